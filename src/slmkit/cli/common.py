@@ -1,0 +1,78 @@
+"""What every command shares: model flags, loading with a status line, output."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Alias (see `slm models`), local HF directory, .gguf file or hub id.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickle (.bin/.pt) weights; they can run code.")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run Python code shipped with the model.")]
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and warnings would bury our one-line output."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None):
+    from slmkit.models import load
+
+    quiet_libraries()
+    with stderr.status(f"loading {spec} (a packaged GGUF is converted once, then cached)"):
+        return load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """Yields a `progress(done, total)` callback drawing a bar on stderr."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def print_table(title: str, rows: dict) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    stdout.print(table)

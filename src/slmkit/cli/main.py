@@ -1,0 +1,44 @@
+"""The `slm` command: wiring only; each command lives in its own module."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from slmkit.cli import bench, eval, generate, info, models_cmd
+
+app = typer.Typer(
+    name="slm",
+    help="Make language models small, make them yours, prove it, and run them locally.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("models")(models_cmd.models)
+app.command("info")(info.info)
+app.command("eval")(eval.eval_command)
+app.command("bench")(bench.bench_command)
+app.command("generate")(generate.generate_command)
+app.command("chat")(generate.chat_command)
+
+
+def main() -> None:
+    """Run the CLI; user errors become one line on stderr (SLM_DEBUG=1 shows the traceback)."""
+    from slmkit.errors import SlmError
+
+    try:
+        app()
+    except SlmError as exc:
+        if os.environ.get("SLM_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

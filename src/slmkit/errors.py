@@ -1,0 +1,23 @@
+"""One exception type for every user-facing failure.
+
+The CLI prints `error: <message>` for these and exits non-zero; anything else is
+a bug and keeps its traceback. Messages name the bad file/field/value and the fix.
+"""
+
+
+class SlmError(Exception):
+    """A problem with what the user gave us (file, model, flag), not a bug."""
+
+    exit_code = 2
+
+
+class ModelLoadError(SlmError):
+    """The model spec could not be resolved or loaded."""
+
+
+class DataError(SlmError):
+    """A data file is missing or malformed."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """Loading would execute untrusted code (pickle weights, remote code)."""

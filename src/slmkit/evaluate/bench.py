@@ -1,0 +1,86 @@
+"""Speed and memory, in llama-bench's shape: pp512 prefill and tg128 decode.
+
+Prefill: one forward pass over `prompt_tokens` random tokens. Time to first
+token: that pass plus picking the token. Decode: `gen_tokens` single-token
+steps on the KV cache, greedy. Each figure is the median of `repeats` runs
+after one short warm-up run.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.evaluate.loglikelihood import context_length
+from slmkit.models.info import bytes_on_disk, count_parameters
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+@torch.inference_mode()
+def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tuple[float, float | None]:
+    start = time.perf_counter()
+    output = model(input_ids=prompt, use_cache=decode)
+    next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
+    time_to_first = time.perf_counter() - start
+    if not decode:
+        return time_to_first, None
+    past = output.past_key_values
+    start = time.perf_counter()
+    for _ in range(gen_tokens):
+        output = model(input_ids=next_token, past_key_values=past, use_cache=True)
+        past = output.past_key_values
+        next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
+    return time_to_first, time.perf_counter() - start
+
+
+def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int = 3, seed: int = 0,
+          progress: Callable[[int, int], None] | None = None) -> dict:
+    """Parameters, bytes on disk, peak RSS, prefill/decode tokens per second and time to first token."""
+    if prompt_tokens < 1 or gen_tokens < 0 or repeats < 1:
+        raise SlmError("--prompt-tokens and --repeats must be positive and --gen-tokens not negative")
+    decode = lm.kind == "causal-lm" and gen_tokens > 0
+    context = context_length(lm.config)
+    if context and prompt_tokens + (gen_tokens if decode else 0) > context:
+        raise SlmError(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed the model's "
+                       f"context ({context})")
+    if lm.kind not in ("causal-lm", "encoder", "classifier"):
+        raise SlmError(f"{lm.spec}: bench runs causal LMs and encoders, not {lm.kind} models")
+    vocab = lm.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=generator)
+    _one_run(lm.model, prompt[:, :min(16, prompt_tokens)], min(4, gen_tokens), decode)  # warm-up
+    first_token_times, decode_times = [], []
+    for run in range(repeats):
+        time_to_first, decode_time = _one_run(lm.model, prompt, gen_tokens, decode)
+        first_token_times.append(time_to_first)
+        if decode_time is not None:
+            decode_times.append(decode_time)
+        if progress:
+            progress(run + 1, repeats)
+    time_to_first = statistics.median(first_token_times)
+    parameters, _ = count_parameters(lm.model)
+    return {
+        "model": lm.spec,
+        "backend": "torch",
+        "threads": torch.get_num_threads(),
+        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "parameters": parameters,
+        "bytes_on_disk": bytes_on_disk(lm.path),
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens if decode else 0,
+        "repeats": repeats,
+        "prefill_tokens_per_s": prompt_tokens / time_to_first,
+        "time_to_first_token_s": time_to_first,
+        "decode_tokens_per_s": gen_tokens / statistics.median(decode_times) if decode_times else None,
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }

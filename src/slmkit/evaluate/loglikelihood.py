@@ -1,0 +1,89 @@
+"""Log-likelihood of a continuation after a context, as lm-evaluation-harness computes it.
+
+Matching its tokenisation matters more than anything else for agreeing with
+published numbers: trailing spaces of the context move to the continuation,
+the pair is encoded whole, and the continuation tokens are whatever the whole
+encoding has past the context's own tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from slmkit.errors import SlmError
+
+
+def require_causal(lm, task: str) -> None:
+    if lm.kind != "causal-lm":
+        raise SlmError(f"{lm.spec}: {task} needs a causal language model; this is a {lm.kind} "
+                       f"({lm.config.model_type})")
+    if lm.tokenizer is None:
+        raise SlmError(f"{lm.spec}: has no tokenizer files")
+
+
+def context_length(config) -> int | None:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    context_ids = tokenizer(context, add_special_tokens=False).input_ids
+    return context_ids, whole[len(context_ids):]
+
+
+def prefix_token(tokenizer) -> int:
+    """What an empty context is conditioned on (lm-eval uses the end-of-text token)."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+@torch.inference_mode()
+def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+    """(sum of continuation log-probs, whether greedy decoding would produce it) per pair."""
+    tokenizer, model = lm.tokenizer, lm.model
+    max_length = context_length(model.config) or 2048
+    requests = []
+    for context, continuation in pairs:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        if not context_ids:
+            context_ids = [prefix_token(tokenizer)]
+        if not continuation_ids:
+            raise SlmError(f"empty continuation after context {context[-40:]!r}")
+        # Keep the last max_length+1 tokens; the final one is only a target.
+        ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
+        requests.append((ids, continuation_ids))
+    results: list[tuple[float, bool]] = []
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start:start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):  # right padding keeps positions unchanged
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention[row, :len(ids)] = 1
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        for row, (ids, continuation_ids) in enumerate(batch):
+            count = len(continuation_ids)
+            scores = F.log_softmax(logits[row, len(ids) - count:len(ids)].float(), dim=-1)
+            target = torch.tensor(continuation_ids)
+            logprob = scores.gather(1, target[:, None]).sum().item()
+            greedy = bool((scores.argmax(dim=-1) == target).all())
+            results.append((logprob, greedy))
+        if progress:
+            progress(len(batch))
+    return results

@@ -1,0 +1,115 @@
+"""Checkpoints: a Hugging Face directory plus `slmkit.json`, written atomically.
+
+The manifest says where the checkpoint came from (parent, stage, config, seed,
+library versions) and what was measured on it, so any later stage or report can
+trace a model back to its origin.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from slmkit.errors import SlmError
+
+MANIFEST_NAME = "slmkit.json"
+MANIFEST_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from slmkit import __version__
+
+    return {
+        "slmkit": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _check_destination(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlmError(f"{out_dir} exists and is not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise SlmError(f"{out_dir} is not empty; choose another --out or pass --force to replace it")
+
+
+def atomic_directory(out_dir: Path, write, force: bool = False) -> Path:
+    """Call `write(tmp_dir)` and move the result to `out_dir` in one rename.
+
+    A crash leaves either the old directory or the new one, never a mix; with
+    `force` the old directory is removed only after the new one is complete.
+    """
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write(tmp_dir)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp_dir, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def save(
+    model,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    stage: str = "save",
+    parent: str | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write `model` (and `tokenizer`) as an HF directory with a manifest.
+
+    Example: `slmkit.save(model, "out/pruned", tok, stage="prune", parent="smollm2-135m-instruct")`.
+    Refuses a non-empty `out_dir` unless `force`.
+    """
+    manifest = {
+        "slmkit_manifest_version": MANIFEST_VERSION,
+        "stage": stage,
+        "parent": parent,
+        "config": config or {},
+        "seed": seed,
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": metrics or {},
+    }
+
+    def write(tmp_dir: Path) -> None:
+        model.save_pretrained(tmp_dir, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_dir)
+        (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    return atomic_directory(Path(out_dir), write, force=force)

@@ -1,0 +1,254 @@
+"""`slmkit.load(spec)`: one entry point for every place a model comes from.
+
+A spec is a catalog alias, a local Hugging Face directory, a `.gguf` file or a
+hub id. Loading is safe by default: safetensors only (pickle weights need
+`allow_pickle`), and repositories that ship their own Python code need
+`trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from slmkit.errors import ModelLoadError, UnsafeModelError
+from slmkit.models import catalog
+from slmkit.models.checkpoint import save
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ENCODER_TYPES = {"bert", "distilbert", "mobilebert", "roberta", "albert", "electra", "deberta", "deberta-v2",
+                 "xlm-roberta"}
+# Files a model directory needs besides weights; what we fetch from the hub.
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+KINDS = ("causal-lm", "encoder", "seq2seq", "classifier")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what we know about where it came from."""
+
+    model: object
+    tokenizer: object | None
+    spec: str  # what the user asked for
+    kind: str  # one of KINDS
+    path: Path | None  # the local directory or .gguf file the weights came from
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLMKIT_CACHE", Path.home() / ".cache" / "slmkit"))
+
+
+def load(
+    spec: str = catalog.DEFAULT_MODEL,
+    *,
+    kind: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Load a model and its tokenizer from an alias, directory, .gguf file or hub id.
+
+    `kind` forces the head: "causal-lm", "encoder", "seq2seq" or "classifier";
+    by default it follows the checkpoint's `architectures`.
+    Example: `lm = slmkit.load("smollm2-135m-instruct"); lm.model(**lm.tokenizer("hi", return_tensors="pt"))`.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    path = resolve(spec, allow_pickle=allow_pickle)
+    if path.is_file():
+        model, tokenizer, found_kind = _load_gguf(path, kind, dtype)
+    else:
+        model, tokenizer, found_kind = _load_directory(path, kind, allow_pickle, trust_remote_code, dtype)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, kind=found_kind, path=path)
+
+
+def resolve(spec: str, *, allow_pickle: bool = False) -> Path:
+    """Turn a spec into a local directory or .gguf file, fetching or converting once."""
+    entry = catalog.lookup(spec)
+    if entry is not None:
+        packaged = catalog.packaged_path(entry)
+        if packaged is None:
+            return _hub_snapshot(entry.hub_id, allow_pickle, hint=f"or `pip install {entry.package}`"
+                                 if entry.package else "")
+        if packaged.suffix == ".gguf":
+            return _materialize_gguf(entry.alias, packaged)
+        return packaged
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir() or path.suffix == ".gguf":
+            return path
+        raise ModelLoadError(f"{spec}: not a model; expected a Hugging Face directory, a .gguf file or an alias "
+                             "(see `slm models`)")
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"{spec}: no such file or directory")
+    return _hub_snapshot(spec, allow_pickle)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or os.sep + os.sep in spec
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool, hint: str = "") -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    patterns = HUB_FILE_PATTERNS + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except HFValidationError:
+        raise ModelLoadError(f"{repo_id!r} is not a model alias (see `slm models`), a local path or a hub id") from None
+    except Exception:  # not in the cache: go online below
+        pass
+    local_hint = f"download it elsewhere and pass the local directory or .gguf file instead{' ' + hint if hint else ''}"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
+        raise ModelLoadError(f"{repo_id}: not in the local cache and the Hugging Face Hub is unreachable (offline); "
+                             f"{local_hint}")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise ModelLoadError(f"{repo_id}: could not fetch from the Hugging Face Hub "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {local_hint}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast without network: huggingface_hub otherwise retries for ~25 s."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _materialize_gguf(alias: str, gguf_path: Path) -> Path:
+    """Convert a packaged GGUF once into a float safetensors checkpoint in the cache.
+
+    Dequantizing the GGUF takes tens of seconds; every later load reads the
+    cached checkpoint. transformers refuses to save a model loaded with
+    `gguf_file=` (it counts as quantized), so `_load_gguf` rebuilds it plain.
+    """
+    target = cache_dir() / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer, _ = _load_gguf(gguf_path, None, "float32")
+    try:
+        save(model, target, tokenizer, stage="import", parent=str(gguf_path),
+             config={"source": "gguf", "alias": alias})
+    except OSError:
+        if not (target / "config.json").is_file():  # a concurrent import won the rename
+            raise
+    return target
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse non-GGUF, truncated or corrupt files with one line before transformers sees them."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def _load_gguf(path: Path, kind: str | None, dtype: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf(path)
+    if kind not in (None, "causal-lm"):
+        raise ModelLoadError(f"{path}: a GGUF file holds a causal LM, not a {kind} model")
+    try:
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({str(exc).splitlines()[0]})") from None
+    # Rebuild as a plain float model so it can be saved and modified like any other.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.load_state_dict(quantized.state_dict())
+    model.tie_weights()
+    return model, tokenizer, "causal-lm"
+
+
+def _read_config(directory: Path) -> dict:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{directory}: no config.json; not a Hugging Face model directory")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def infer_kind(config: dict) -> str:
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"
+    if config.get("is_encoder_decoder"):
+        return "seq2seq"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal-lm"
+    return "encoder" if config.get("model_type") in ENCODER_TYPES else "causal-lm"
+
+
+def _auto_class(kind: str):
+    import transformers
+
+    return {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "encoder": transformers.AutoModel,
+        "seq2seq": transformers.AutoModelForSeq2SeqLM,
+        "classifier": transformers.AutoModelForSequenceClassification,
+    }[kind]
+
+
+def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust_remote_code: bool, dtype: str):
+    import torch
+    from transformers import AutoTokenizer
+
+    config = _read_config(directory)
+    if config.get("auto_map") and not trust_remote_code:
+        raise UnsafeModelError(f"{directory}: the model ships its own Python code (auto_map in config.json); "
+                               "pass --trust-remote-code only if you trust its author")
+    has_safetensors = any(directory.glob("*.safetensors"))
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not has_safetensors:
+        if not pickles:
+            raise ModelLoadError(f"{directory}: no weights found (*.safetensors)")
+        if not allow_pickle:
+            raise UnsafeModelError(f"{directory}: weights are pickle files ({', '.join(pickles)}), which can run "
+                                   "code when loaded; pass --allow-pickle only if you trust them")
+    kind = kind or infer_kind(config)
+    try:
+        model, info = _auto_class(kind).from_pretrained(
+            directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
+            trust_remote_code=trust_remote_code, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{directory}: cannot load weights ({message})") from None
+    if kind == "classifier" and any("classifier" in k or "score" in k for k in info.get("missing_keys", [])):
+        raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
+    tokenizer = None
+    if any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                                     "spiece.model", "tokenizer.model")):
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    return model, tokenizer, kind

@@ -1,0 +1,94 @@
+"""Tiny random models and a tiny tokenizer, built in seconds with no network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+SAMPLE_TEXT = (Path(__file__).parents[1] / "src/slmkit/samples/small-models.txt").read_text()
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+VOCAB = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([SAMPLE_TEXT], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(model_type: str):
+    import transformers as t
+
+    small = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=128)
+    return {
+        "llama": lambda: t.LlamaConfig(**small, num_key_value_heads=2, architectures=["LlamaForCausalLM"]),
+        "qwen2": lambda: t.Qwen2Config(**small, num_key_value_heads=2, architectures=["Qwen2ForCausalLM"]),
+        "gemma3": lambda: t.Gemma3TextConfig(**small, num_key_value_heads=2, head_dim=8,
+                                             architectures=["Gemma3ForCausalLM"]),
+        "phi": lambda: t.PhiConfig(**small, architectures=["PhiForCausalLM"]),
+        "gpt2": lambda: t.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                     bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"]),
+        "gpt_neo": lambda: t.GPTNeoConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                          attention_types=[[["global", "local"], 1]], window_size=16,
+                                          max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+                                          architectures=["GPTNeoForCausalLM"]),
+        "gptj": lambda: t.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                                     n_positions=128, bos_token_id=0, eos_token_id=0,
+                                     architectures=["GPTJForCausalLM"]),
+        "bert": lambda: t.BertConfig(**small, architectures=["BertModel"]),
+        "distilbert": lambda: t.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                 max_position_embeddings=128, architectures=["DistilBertModel"]),
+        "mobilebert": lambda: t.MobileBertConfig(vocab_size=VOCAB, hidden_size=32, embedding_size=16,
+                                                 true_hidden_size=16, intra_bottleneck_size=16,
+                                                 intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                 num_feedforward_networks=1, max_position_embeddings=128,
+                                                 architectures=["MobileBertModel"]),
+        "t5": lambda: t.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 decoder_start_token_id=0, architectures=["T5ForConditionalGeneration"]),
+    }[model_type]()
+
+
+def tiny_model(model_type: str, seed: int = 0):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = tiny_config(model_type)
+    torch.manual_seed(seed)
+    architecture = config.architectures[0]
+    encoder = architecture.endswith("Model") and "LMHead" not in architecture
+    auto = AutoModelForSeq2SeqLM if model_type == "t5" else AutoModel if encoder else AutoModelForCausalLM
+    return auto.from_config(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from slmkit import save
+
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    save(tiny_model("llama"), out, tiny_tokenizer, stage="test")
+    return out
+
+
+def run_slm(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "slmkit.cli.main", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,0 +1,58 @@
+import pytest
+
+import slmkit
+from slmkit.runtime import ChatSession, SamplingConfig, generate
+from slmkit.runtime.generate import render_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama_dir):
+    return slmkit.load(str(tiny_llama_dir))
+
+
+def test_greedy_generation_matches_argmax_decoding(tiny_lm):
+    import torch
+
+    text = "".join(generate(tiny_lm, "small models", SamplingConfig(temperature=0, max_new_tokens=6),
+                            use_template=False))
+    ids = tiny_lm.tokenizer("small models", return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(6):
+            ids = torch.cat([ids, tiny_lm.model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    expected = tiny_lm.tokenizer.decode(ids[0, -6:], skip_special_tokens=True)
+    assert text == expected
+
+
+def test_seeded_sampling_repeats(tiny_lm):
+    config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, min_p=0.05, seed=3, max_new_tokens=8)
+    assert "".join(generate(tiny_lm, "hi", config)) == "".join(generate(tiny_lm, "hi", config))
+
+
+def test_chat_template_is_sandboxed(tiny_lm):
+    tokenizer = tiny_lm.tokenizer
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    try:
+        with pytest.raises(slmkit.SlmError, match="chat template"):
+            render_prompt(tokenizer, [{"role": "user", "content": "x"}])
+    finally:
+        tokenizer.chat_template = saved
+
+
+def test_chat_history_is_trimmed_to_the_context(tiny_lm):
+    session = ChatSession(tiny_lm, SamplingConfig(temperature=0, max_new_tokens=8))
+    session.context = 60
+    for turn in range(6):
+        "".join(session.reply(f"turn {turn} about small language models"))
+    prompt = session._fitted_prompt()
+    assert prompt.shape[1] <= 60 - 8
+    assert session.history[0]["content"].startswith("turn") and len(session.history) < 12
+    session.reset()
+    assert session.history == []
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"min_p": 1.0},
+                                    {"max_new_tokens": 0}, {"repetition_penalty": 0}])
+def test_sampling_config_validation(kwargs):
+    with pytest.raises(slmkit.SlmError):
+        SamplingConfig(**kwargs)
