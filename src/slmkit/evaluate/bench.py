@@ -8,6 +8,7 @@ after one short warm-up run.
 
 from __future__ import annotations
 
+import inspect
 import resource
 import statistics
 import sys
@@ -26,6 +27,11 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def _cache_argument(model) -> str:
+    # transformers 5.x renames `past_key_values` to `cache` (the old name goes in 5.40).
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tuple[float, float | None]:
     start = time.perf_counter()
@@ -34,11 +40,12 @@ def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tupl
     time_to_first = time.perf_counter() - start
     if not decode:
         return time_to_first, None
-    past = output.past_key_values
+    cache_argument = _cache_argument(model)
+    cache = getattr(output, cache_argument)
     start = time.perf_counter()
     for _ in range(gen_tokens):
-        output = model(input_ids=next_token, past_key_values=past, use_cache=True)
-        past = output.past_key_values
+        output = model(input_ids=next_token, use_cache=True, **{cache_argument: cache})
+        cache = getattr(output, cache_argument)
         next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
     return time_to_first, time.perf_counter() - start
 

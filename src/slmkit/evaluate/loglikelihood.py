@@ -8,6 +8,7 @@ encoding has past the context's own tokens.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -67,23 +68,30 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
         # Keep the last max_length+1 tokens; the final one is only a target.
         ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
         requests.append((ids, continuation_ids))
-    results: list[tuple[float, bool]] = []
-    for start in range(0, len(requests), batch_size):
-        batch = requests[start:start + batch_size]
+    # Longest first, as lm-evaluation-harness does: batches of similar length waste little padding.
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+    for start in range(0, len(order), batch_size):
+        batch = [requests[i] for i in order[start:start + batch_size]]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention = torch.zeros(len(batch), width, dtype=torch.long)
         for row, (ids, _) in enumerate(batch):  # right padding keeps positions unchanged
             input_ids[row, :len(ids)] = torch.tensor(ids)
             attention[row, :len(ids)] = 1
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        # Only positions that predict continuation tokens need the (large) vocabulary projection.
+        kept = width - min(len(ids) - len(continuation) for ids, continuation in batch) if keeps_logits else width
+        extra = {"logits_to_keep": kept} if keeps_logits else {}
+        logits = model(input_ids=input_ids, attention_mask=attention, **extra).logits
+        offset = width - kept
         for row, (ids, continuation_ids) in enumerate(batch):
             count = len(continuation_ids)
-            scores = F.log_softmax(logits[row, len(ids) - count:len(ids)].float(), dim=-1)
+            scores = F.log_softmax(logits[row, len(ids) - count - offset:len(ids) - offset].float(), dim=-1)
             target = torch.tensor(continuation_ids)
             logprob = scores.gather(1, target[:, None]).sum().item()
             greedy = bool((scores.argmax(dim=-1) == target).all())
-            results.append((logprob, greedy))
+            results[order[start + row]] = (logprob, greedy)
         if progress:
             progress(len(batch))
     return results

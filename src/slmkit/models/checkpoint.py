@@ -46,7 +46,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
         raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def _check_destination(out_dir: Path, force: bool) -> None:
+def check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse to write over a user's files before any slow work starts."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SlmError(f"{out_dir} exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -60,7 +61,7 @@ def atomic_directory(out_dir: Path, write, force: bool = False) -> Path:
     `force` the old directory is removed only after the new one is complete.
     """
     out_dir = Path(out_dir)
-    _check_destination(out_dir, force)
+    check_destination(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

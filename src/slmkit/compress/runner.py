@@ -1,0 +1,136 @@
+"""The one calibration runner every one-shot method shares (the GPTQ/SparseGPT pattern).
+
+1. One forward pass of the untouched model records what each block is called
+   with (masks, position embeddings: shared objects, so storing them is cheap)
+   and the hidden states entering the first block of each stack.
+2. Per block: hook its Linear layers, run the cached inputs through it so the
+   method can `observe` each layer's inputs, `apply` the method to every
+   layer, then run the compressed block again: its outputs are the next
+   block's inputs. Peak memory is one block plus the cached activations.
+
+A method is any object with `observe(name, module, inputs)` (inputs as
+[tokens, in_features]) and `apply(name, module) -> dict` (per-layer metrics);
+`needs_calibration = False` skips the forward passes (magnitude, RTN).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from slmkit.compress.layers import block_lists, linear_layers
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook of the last block: nothing after it is needed."""
+
+
+def _model_inputs(model: nn.Module, input_ids: torch.Tensor) -> dict:
+    inputs = {"input_ids": input_ids}
+    parameters = inspect.signature(model.forward).parameters
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = input_ids
+    if "use_cache" in parameters:
+        inputs["use_cache"] = False
+    return inputs
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _output_hidden(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def _capture_calls(model: nn.Module, stacks, batches: list[torch.Tensor]):
+    """Per stack, per block, per batch: the (args, kwargs) it is called with.
+
+    Only the first block of each stack keeps its hidden states; the others
+    get theirs from the compressed block before them.
+    """
+    calls = {name: [[None] * len(batches) for _ in blocks] for name, blocks in stacks}
+    last_stack, last_blocks = stacks[-1]
+    handles = []
+    batch_index = 0
+    for stack_name, blocks in stacks:
+        for index, block in enumerate(blocks):
+            def record(module, args, kwargs, stack_name=stack_name, index=index):
+                if index:
+                    args, kwargs = _with_hidden(args, kwargs, None)
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "past_key_value")}
+                calls[stack_name][index][batch_index] = (args, kwargs)
+                if stack_name == last_stack and index == len(last_blocks) - 1:
+                    raise _StopForward
+
+            handles.append(block.register_forward_pre_hook(record, with_kwargs=True))
+    try:
+        for batch_index, input_ids in enumerate(batches):
+            try:
+                model(**_model_inputs(model, input_ids))
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _observer(method, name: str):
+    def hook(module, inputs, output) -> None:  # returning None keeps the layer's output
+        method.observe(name, module, inputs[0].reshape(-1, inputs[0].shape[-1]))
+    return hook
+
+
+def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *, batch_size: int = 8,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Apply `method` to every Linear layer inside the model's blocks; returns metrics per layer."""
+    stacks = block_lists(model)
+    total_blocks = sum(len(blocks) for _, blocks in stacks)
+    metrics: dict[str, dict] = {}
+    if not getattr(method, "needs_calibration", True) or calibration is None:
+        done = 0
+        for stack_name, blocks in stacks:
+            for index, block in enumerate(blocks):
+                for name, layer in linear_layers(block).items():
+                    metrics[f"{stack_name}.{index}.{name}"] = method.apply(f"{stack_name}.{index}.{name}", layer)
+                done += 1
+                if progress:
+                    progress(done, total_blocks)
+        return metrics
+    was_training = model.training
+    model.eval()
+    batches = list(calibration.split(batch_size))
+    calls = _capture_calls(model, stacks, batches)
+    done = 0
+    with torch.no_grad():
+        for stack_name, blocks in stacks:
+            hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
+            for index, block in enumerate(blocks):
+                layers = linear_layers(block)
+                handles = [layer.register_forward_hook(_observer(method, name)) for name, layer in layers.items()]
+                block_calls = [_with_hidden(*call, h) for call, h in zip(calls[stack_name][index], hidden)]
+                try:
+                    for args, kwargs in block_calls:
+                        block(*args, **kwargs)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                for name, layer in layers.items():
+                    metrics[f"{stack_name}.{index}.{name}"] = method.apply(name, layer)
+                hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]
+                done += 1
+                if progress:
+                    progress(done, total_blocks)
+    model.train(was_training)
+    return metrics
