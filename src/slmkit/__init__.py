@@ -6,6 +6,8 @@ The Python API mirrors the `slm` CLI verb for verb.
 __version__ = "0.1.0"
 
 from slmkit.errors import SlmError  # noqa: E402
+from slmkit.compress import prune, quantize  # noqa: E402
+from slmkit.evaluate import evaluate  # noqa: E402
 from slmkit.models import LoadedModel, load, save  # noqa: E402
 
-__all__ = ["LoadedModel", "SlmError", "load", "save", "__version__"]
+__all__ = ["LoadedModel", "SlmError", "evaluate", "load", "prune", "quantize", "save", "__version__"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,12 +21,29 @@ AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickl
 TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run Python code shipped with the model.")]
 
 
+OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new checkpoint.")]
+CalibOpt = Annotated[Path | None, typer.Option(help="Calibration text (any file `slm eval` reads); "
+                                               "default: text sampled from the model itself.")]
+CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration sequences.")]
+CalibSeqLenOpt = Annotated[int, typer.Option(help="Tokens per calibration sequence.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for choosing or sampling calibration text.")]
+ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
+
+
+def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: int):
+    from slmkit.compress import calibration_ids
+
+    with stderr.status("preparing calibration data" + ("" if calib else " (sampling text from the model)")):
+        return calibration_ids(lm, calib, samples=samples, seq_len=seq_len, seed=seed)
+
+
 def quiet_libraries() -> None:
     """Library progress bars and warnings would bury our one-line output."""
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # compressed-tensors' bars; ours are rich
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

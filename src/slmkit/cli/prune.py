@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model, print_json,
-                               print_table, progress_bar, stderr)
+from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
+                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
+                               print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
 def prune_command(
     model: ModelArg = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", help="Directory for the pruned checkpoint.")] = ...,
+    out: OutOpt = ...,
     method: Annotated[str, typer.Option(help="magnitude | wanda | sparsegpt")] = "wanda",
     sparsity: Annotated[float | None, typer.Option(help="Fraction of weights removed per matrix, e.g. 0.5.")] = None,
     pattern: Annotated[str | None, typer.Option(help="N:M sparsity, e.g. 2:4 (keep N of every M).")] = None,
-    calib: Annotated[Path | None, typer.Option(help="Calibration text (any file `slm eval` reads); "
-                                               "default: text sampled from the model itself.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration sequences.")] = 128,
-    calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence.")] = 512,
-    seed: Annotated[int, typer.Option(help="Seed for picking calibration windows.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = 128,
+    calib_seq_len: CalibSeqLenOpt = 512,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -36,7 +35,7 @@ def prune_command(
       slm prune ./model --method sparsegpt --pattern 2:4 --calib wiki.txt --out out/sgpt24
       slm prune --method magnitude --sparsity 0.3 --out out/mag30
     """
-    from slmkit.compress import PRUNE_METHODS, calibration_ids, prune
+    from slmkit.compress import PRUNE_METHODS, prune
     from slmkit.models.checkpoint import check_destination, save
 
     config_class = PRUNE_METHODS.get(method)
@@ -45,26 +44,18 @@ def prune_command(
     config = config_class(sparsity=sparsity, pattern=pattern)
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = None
-    if config_class.method != "magnitude":
-        with stderr.status("preparing calibration data" + ("" if calib else " (sampling from the model)")):
-            calibration = calibration_ids(lm, calib, samples=calib_samples, seq_len=calib_seq_len, seed=seed)
+    calibration = (None if config_class.method == "magnitude"
+                   else calibration_for(lm, calib, calib_samples, calib_seq_len, seed))
     with progress_bar(f"{method} pruning, block") as progress:
         layers = prune(lm.model, config, calibration, progress=progress)
-    total = sum(m["sparsity"] * _numel(m) for m in layers.values()) / sum(_numel(m) for m in layers.values())
-    metrics = {"measured_sparsity": total, "layers": layers}
+    sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
+    measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
     record = {**config.to_dict(), "calib": str(calib) if calib else "self-generated",
               "calib_samples": calib_samples, "calib_seq_len": calib_seq_len}
-    save(lm.model, out, lm.tokenizer, stage="prune", parent=model, config=record, seed=seed, metrics=metrics,
-         force=force)
-    result = {"model": model, "out": str(out), **record, "measured_sparsity": total,
-              "pruned_layers": len(layers)}
+    save(lm.model, out, lm.tokenizer, stage="prune", parent=model, config=record, seed=seed,
+         metrics={"measured_sparsity": measured, "layers": layers}, force=force)
+    result = {"model": model, "out": str(out), **record, "measured_sparsity": measured, "pruned_layers": len(layers)}
     if json_output:
         print_json(result)
     else:
         print_table(f"{model} — pruned", result)
-
-
-def _numel(layer_metrics: dict) -> int:
-    rows, cols = layer_metrics["shape"]
-    return rows * cols

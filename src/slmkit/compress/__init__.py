@@ -3,6 +3,8 @@
 from slmkit.compress.calibration import calibration_ids
 from slmkit.compress.prune import METHODS as PRUNE_METHODS
 from slmkit.compress.prune import MagnitudeConfig, PruneConfig, SparseGPTConfig, WandaConfig, prune
+from slmkit.compress.quantize import METHODS as QUANT_METHODS
+from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig, quantize
 
-__all__ = ["PRUNE_METHODS", "MagnitudeConfig", "PruneConfig", "SparseGPTConfig", "WandaConfig", "calibration_ids",
-           "prune"]
+__all__ = ["PRUNE_METHODS", "QUANT_METHODS", "GPTQConfig", "MagnitudeConfig", "PruneConfig", "QuantConfig",
+           "RTNConfig", "SparseGPTConfig", "WandaConfig", "calibration_ids", "prune", "quantize"]

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from slmkit.compress.layers import set_weight_matrix, weight_matrix
+from slmkit.compress.obs import inverse_hessian_factor, obs_sweep
 from slmkit.compress.runner import run_sequential
 from slmkit.errors import SlmError
 
@@ -112,6 +113,7 @@ def _layer_metrics(weight: torch.Tensor) -> dict:
 
 class MagnitudePruner:
     needs_calibration = False
+    per_row = False  # Wanda compares scores within each output row; magnitude across the matrix
 
     def __init__(self, config: PruneConfig):
         self.config = config
@@ -135,8 +137,6 @@ class MagnitudePruner:
         weight[mask] = 0
         set_weight_matrix(module, weight)
         return _layer_metrics(weight)
-
-    per_row = False
 
 
 class WandaPruner(MagnitudePruner):
@@ -175,49 +175,33 @@ class SparseGPTPruner:
         return _layer_metrics(pruned)
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of the damped inverse Hessian; dead inputs get zero weight."""
-    hessian = hessian.clone()
-    dead = torch.diag(hessian) == 0
-    hessian[dead, dead] = 1
-    weight[:, dead] = 0
-    hessian += damp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian))
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-    return torch.linalg.cholesky(inverse, upper=True)
-
-
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, config: SparseGPTConfig) -> torch.Tensor:
-    """Prune columns block by block, spreading each removed weight's error onto the columns still to come."""
+    """Choose each block's mask by OBS saliency w^2 / [H^-1]_jj^2, then zero it with error compensation."""
     rows, cols = weight.shape
     hinv = inverse_hessian_factor(hessian, weight, config.damp)
     target = round(rows * cols * config.sparsity) if config.sparsity is not None else 0
-    pruned_so_far = 0
-    for start in range(0, cols, config.block_size):
-        end = min(start + config.block_size, cols)
-        block, block_hinv = weight[:, start:end].clone(), hinv[start:end, start:end]
-        errors = torch.zeros_like(block)
-        saliency = block.pow(2) / torch.diag(block_hinv).pow(2)[None, :]
-        if config.pattern is None:
-            # Each block takes its share so the whole matrix ends at exactly `target` zeros.
-            count = round(target * end / cols) - pruned_so_far
-            mask = lowest_mask(saliency, count)
-            pruned_so_far += count
-        else:
-            keep, group = config.n_m
-            mask = torch.zeros_like(block, dtype=torch.bool)
-        for column in range(end - start):
-            if config.pattern is not None and column % group == 0:
-                window = block[:, column:column + group].pow(2) / \
-                    torch.diag(block_hinv)[column:column + group].pow(2)[None, :]
-                mask[:, column:column + group] = n_m_mask(window, keep, group)
-            kept = block[:, column].masked_fill(mask[:, column], 0)
-            error = (block[:, column] - kept) / block_hinv[column, column]
-            block[:, column:] -= error[:, None] * block_hinv[column, column:][None, :]
-            block[:, column] = kept
-            errors[:, column] = error
-        weight[:, start:end] = block
-        weight[:, end:] -= errors @ hinv[start:end, end:]
-    return weight
+    state = {"mask": None, "pruned": 0}
+
+    def saliency(block, block_hinv, lo, hi):
+        return block[:, lo:hi].pow(2) / torch.diag(block_hinv)[lo:hi].pow(2)[None, :]
+
+    def start_block(block, block_hinv, start):
+        if config.pattern is not None:
+            state["mask"] = torch.zeros_like(block, dtype=torch.bool)
+            return
+        # Each block takes its share so the whole matrix ends at exactly `target` zeros.
+        count = round(target * (start + block.shape[1]) / cols) - state["pruned"]
+        state["mask"] = lowest_mask(saliency(block, block_hinv, 0, block.shape[1]), count)
+        state["pruned"] += count
+
+    def fix_column(block, block_hinv, column, _):
+        if config.pattern is not None and column % config.n_m[1] == 0:
+            group = config.n_m[1]
+            state["mask"][:, column:column + group] = n_m_mask(
+                saliency(block, block_hinv, column, column + group), *config.n_m)
+        return block[:, column].masked_fill(state["mask"][:, column], 0)
+
+    return obs_sweep(weight, hinv, config.block_size, start_block, fix_column)
 
 
 PRUNERS = {MagnitudeConfig: MagnitudePruner, WandaConfig: WandaPruner, SparseGPTConfig: SparseGPTPruner}

@@ -8,8 +8,9 @@
    layer, then run the compressed block again: its outputs are the next
    block's inputs. Peak memory is one block plus the cached activations.
 
-A method is any object with `observe(name, module, inputs)` (inputs as
-[tokens, in_features]) and `apply(name, module) -> dict` (per-layer metrics);
+A method is any object with `observe(name, module, inputs)` (the layer's full
+module name; inputs as [tokens, in_features]) and `apply(name, module) -> dict`
+(per-layer metrics);
 `needs_calibration = False` skips the forward passes (magnitude, RTN).
 """
 
@@ -103,7 +104,8 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
         for stack_name, blocks in stacks:
             for index, block in enumerate(blocks):
                 for name, layer in linear_layers(block).items():
-                    metrics[f"{stack_name}.{index}.{name}"] = method.apply(f"{stack_name}.{index}.{name}", layer)
+                    full_name = f"{stack_name}.{index}.{name}"
+                    metrics[full_name] = method.apply(full_name, layer)
                 done += 1
                 if progress:
                     progress(done, total_blocks)
@@ -117,7 +119,7 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
         for stack_name, blocks in stacks:
             hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
             for index, block in enumerate(blocks):
-                layers = linear_layers(block)
+                layers = {f"{stack_name}.{index}.{name}": layer for name, layer in linear_layers(block).items()}
                 handles = [layer.register_forward_hook(_observer(method, name)) for name, layer in layers.items()]
                 block_calls = [_with_hidden(*call, h) for call, h in zip(calls[stack_name][index], hidden)]
                 try:
@@ -127,7 +129,7 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
                     for handle in handles:
                         handle.remove()
                 for name, layer in layers.items():
-                    metrics[f"{stack_name}.{index}.{name}"] = method.apply(name, layer)
+                    metrics[name] = method.apply(name, layer)
                 hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]
                 done += 1
                 if progress:

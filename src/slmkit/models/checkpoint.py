@@ -90,8 +90,11 @@ def save(
     seed: int | None = None,
     metrics: dict[str, Any] | None = None,
     force: bool = False,
+    after_write=None,
 ) -> Path:
     """Write `model` (and `tokenizer`) as an HF directory with a manifest.
+
+    `after_write(tmp_dir)` may add to the directory before it is moved into place.
 
     Example: `slmkit.save(model, "out/pruned", tok, stage="prune", parent="smollm2-135m-instruct")`.
     Refuses a non-empty `out_dir` unless `force`.
@@ -111,6 +114,8 @@ def save(
         model.save_pretrained(tmp_dir, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp_dir)
+        if after_write is not None:
+            after_write(tmp_dir)
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return atomic_directory(Path(out_dir), write, force=force)

@@ -238,10 +238,16 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
             raise UnsafeModelError(f"{directory}: weights are pickle files ({', '.join(pickles)}), which can run "
                                    "code when loaded; pass --allow-pickle only if you trust them")
     kind = kind or infer_kind(config)
+    extra = {}
+    if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+        from transformers import CompressedTensorsConfig
+
+        # Unpack to float weights on the grid: every slmkit stage and measurement works on those.
+        extra["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
     try:
         model, info = _auto_class(kind).from_pretrained(
             directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
-            trust_remote_code=trust_remote_code, output_loading_info=True)
+            trust_remote_code=trust_remote_code, output_loading_info=True, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{directory}: cannot load weights ({message})") from None

@@ -1,0 +1,49 @@
+"""The column sweep SparseGPT and GPTQ share (Optimal Brain Surgeon, lazy batch updates).
+
+Columns are fixed one at a time, left to right; the error each fixed column
+makes is spread onto the columns still to come through the inverse Hessian,
+so later columns compensate. Updates to columns outside the current block are
+batched into one matrix product per block (GPTQ's "lazy batch" trick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of the damped inverse Hessian; inputs never seen get zero weight."""
+    hessian = hessian.clone()
+    dead = torch.diag(hessian) == 0
+    hessian[dead, dead] = 1
+    weight[:, dead] = 0
+    hessian += damp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+    return torch.linalg.cholesky(inverse, upper=True)
+
+
+def obs_sweep(weight: torch.Tensor, hinv: torch.Tensor, block_size: int,
+              start_block: Callable[[torch.Tensor, torch.Tensor, int], None],
+              fix_column: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
+    """Rewrite `weight` ([rows, cols], in place) column by column.
+
+    `start_block(block, block_hinv, start)` sees each block before its sweep (to pick masks);
+    `fix_column(block, block_hinv, column_in_block, column)` returns the column's final values.
+    """
+    cols = weight.shape[1]
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        block, block_hinv = weight[:, start:end].clone(), hinv[start:end, start:end]
+        errors = torch.zeros_like(block)
+        start_block(block, block_hinv, start)
+        for column in range(end - start):
+            fixed = fix_column(block, block_hinv, column, start + column)
+            error = (block[:, column] - fixed) / block_hinv[column, column]
+            block[:, column:] -= error[:, None] * block_hinv[column, column:][None, :]
+            block[:, column] = fixed
+            errors[:, column] = error
+        weight[:, start:end] = block
+        weight[:, end:] -= errors @ hinv[start:end, end:]
+    return weight
