@@ -19,6 +19,11 @@ def prune_command(
     method: Annotated[str, typer.Option(help="magnitude | wanda | sparsegpt")] = "wanda",
     sparsity: Annotated[float | None, typer.Option(help="Fraction of weights removed per matrix, e.g. 0.5.")] = None,
     pattern: Annotated[str | None, typer.Option(help="N:M sparsity, e.g. 2:4 (keep N of every M).")] = None,
+    structured: Annotated[bool, typer.Option("--structured", help="Remove whole blocks, channels and heads: "
+                                             "a smaller dense model.")] = False,
+    depth: Annotated[int, typer.Option(help="--structured: blocks to remove.")] = 0,
+    width: Annotated[str | None, typer.Option(help="--structured: what to keep per block, e.g. ffn=1024,heads=6.")] = None,
+    target_params: Annotated[str | None, typer.Option(help="--structured: total size wanted, e.g. 90M.")] = None,
     calib: CalibOpt = None,
     calib_samples: CalibSamplesOpt = 128,
     calib_seq_len: CalibSeqLenOpt = 512,
@@ -34,7 +39,15 @@ def prune_command(
       slm prune --method wanda --sparsity 0.5 --calib wiki.txt --out out/wanda50
       slm prune ./model --method sparsegpt --pattern 2:4 --calib wiki.txt --out out/sgpt24
       slm prune --method magnitude --sparsity 0.3 --out out/mag30
+      slm prune --structured --depth 6 --calib wiki.txt --out out/short
+      slm prune --structured --width ffn=1024,heads=6 --calib wiki.txt --out out/narrow
+      slm prune --structured --target-params 100M --calib wiki.txt --out out/100m
     """
+    if structured:
+        return _structured(model, out, depth, width, target_params, calib, calib_samples, calib_seq_len, seed, force,
+                           json_output, allow_pickle, trust_remote_code)
+    if depth or width or target_params:
+        raise SlmError("--depth, --width and --target-params need --structured")
     from slmkit.compress import PRUNE_METHODS, prune
     from slmkit.models.checkpoint import check_destination, save
 
@@ -59,3 +72,55 @@ def prune_command(
         print_json(result)
     else:
         print_table(f"{model} — pruned", result)
+
+
+def _parse_width(width: str | None) -> dict[str, int]:
+    if not width:
+        return {}
+    parsed = {}
+    for part in width.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("ffn", "heads") or not value.strip().isdigit():
+            raise SlmError(f"--width {width!r}: expected ffn=N and/or heads=N, e.g. ffn=1024,heads=6")
+        parsed[key.strip()] = int(value)
+    return parsed
+
+
+def _parse_count(text: str | None) -> int | None:
+    if text is None:
+        return None
+    multipliers = {"K": 10**3, "M": 10**6, "B": 10**9}
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in multipliers else (text, "")
+    try:
+        return int(float(number) * multipliers.get(unit, 1))
+    except ValueError:
+        raise SlmError(f"--target-params {text!r}: expected a number like 90M or 1.2B") from None
+
+
+def _structured(model, out, depth, width, target_params, calib, calib_samples, calib_seq_len, seed, force,
+                json_output, allow_pickle, trust_remote_code) -> None:
+    from slmkit.compress.structured import StructuredConfig, prune_structured
+    from slmkit.models.checkpoint import check_destination, save
+
+    config = StructuredConfig(depth=depth, target_params=_parse_count(target_params), **_parse_width(width))
+    check_destination(out, force)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    before = sum(p.numel() for p in lm.model.parameters())
+    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed)
+    with progress_bar("scoring blocks, channels and heads") as progress:
+        report = prune_structured(lm.model, config, calibration)
+        progress(1, 1)
+    kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
+    record = {**config.to_dict(), "calib": str(calib) if calib else "self-generated",
+              "calib_samples": calib_samples, "calib_seq_len": calib_seq_len}
+    metrics = {**report, "parameters_before": before, "kept_ffn_channels": kept["kept_ffn_channels"],
+               "kept_heads": kept["kept_heads"]}
+    save(lm.model, out, lm.tokenizer, stage="structured", parent=model, config=record, seed=seed, metrics=metrics,
+         force=force)
+    result = {"model": model, "out": str(out), **record, "parameters_before": before,
+              "parameters_after": report["parameters"], "removed_blocks": report["removed_blocks"],
+              "ffn": report["ffn"], "heads": report["heads"]}
+    if json_output:
+        print_json(result)
+    else:
+        print_table(f"{model} — structured pruning", result)
