@@ -22,7 +22,8 @@ def on_grid(weight, scale, zero, group):
 
 @pytest.mark.parametrize("config", [RTNConfig(bits=4, group_size=16), RTNConfig(bits=8, group_size=0),
                                     GPTQConfig(bits=4, group_size=16), GPTQConfig(bits=4, group_size=8, act_order=True),
-                                    GPTQConfig(bits=4, group_size=16, symmetric=False)],
+                                    GPTQConfig(bits=4, group_size=16, symmetric=False),
+                                    slmkit.compress.AWQConfig(bits=4, group_size=16)],
                          ids=lambda c: f"{c.method}-w{c.bits}g{c.group_size}{'' if c.symmetric else 'a'}")
 def test_quantized_weights_lie_on_their_grid(config):
     model = tiny_model("llama")
@@ -126,3 +127,60 @@ def test_cli_quantize_bad_input(tiny_llama_dir, tmp_path):
         result = run_slm("quantize", str(tiny_llama_dir), "--method", "rtn", *args, "--out", str(tmp_path / "q"))
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "q").exists()
+
+
+def test_awq_scale_folding_keeps_the_float_model_exact():
+    from slmkit.compress.awq import AWQConfig, AWQQuantizer
+    from slmkit.compress.runner import run_sequential
+
+    model = tiny_model("llama")
+    norm = torch.ones(32)
+    norm[:3] = 25.0  # outlier input channels: AWQ then picks scales far from 1
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.copy_(norm)
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+
+    class FoldOnly(AWQQuantizer):
+        def apply(self, name, module):
+            self.inputs.pop(name)
+            return {}
+
+    quantizer = FoldOnly(AWQConfig(bits=4, group_size=16))
+    quantizer.bind(model)
+    run_sequential(model, quantizer, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(model.model.layers[0].input_layernorm.weight, norm)
+
+
+def test_awq_beats_rtn_with_outlier_channels():
+    """AWQ's premise: a few input channels with large activations matter most."""
+    from slmkit.compress.awq import AWQConfig
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            weight = torch.ones(32)
+            weight[:3] = 25.0  # three outlier channels feed q/k/v
+            layer.input_layernorm.weight.copy_(weight)
+    ids = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids).logits
+    errors = {}
+    for config in (RTNConfig(bits=4, group_size=16), AWQConfig(bits=4, group_size=16)):
+        trial = tiny_model("llama")
+        trial.load_state_dict(model.state_dict())
+        quantize(trial, config, ids)
+        with torch.no_grad():
+            errors[config.method] = float((trial(ids).logits - reference).pow(2).mean())
+    assert errors["awq"] < errors["rtn"]
+
+
+def test_awq_refuses_families_it_cannot_fold():
+    from slmkit.compress.awq import AWQConfig
+
+    with pytest.raises(slmkit.SlmError, match="AWQ supports"):
+        quantize(tiny_model("gpt2"), AWQConfig(bits=4, group_size=16), torch.randint(0, 300, (2, 8)))

@@ -16,7 +16,7 @@ from slmkit.models.catalog import DEFAULT_MODEL
 def quantize_command(
     model: ModelArg = DEFAULT_MODEL,
     out: OutOpt = ...,
-    method: Annotated[str, typer.Option(help="rtn | gptq")] = "gptq",
+    method: Annotated[str, typer.Option(help="rtn | gptq | awq")] = "gptq",
     bits: Annotated[int, typer.Option(help="4 or 8.")] = 4,
     group_size: Annotated[int, typer.Option(help="Input columns per scale; 0 = one scale per row. "
                                             "Must divide every layer's input width.")] = 64,
@@ -42,6 +42,7 @@ def quantize_command(
     Examples:
       slm quantize --method gptq --bits 4 --group-size 64 --calib wiki.txt --out out/gptq-w4g64
       slm quantize ./pruned --method rtn --bits 8 --group-size 0 --out out/int8
+      slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
     """
     from slmkit.compress import QUANT_METHODS, quantize
     from slmkit.compress.formats import check_compressed_tensors, prepare_compressed_tensors

@@ -172,6 +172,12 @@ QUANTIZERS = {RTNConfig: RTNQuantizer, GPTQConfig: GPTQQuantizer}
 METHODS = {config.method: config for config in QUANTIZERS}
 
 
+def register(config_class: type[QuantConfig], quantizer_class) -> None:
+    """Add a method: a config type and the quantizer that implements it (AWQ registers this way)."""
+    QUANTIZERS[config_class] = quantizer_class
+    METHODS[config_class.method] = config_class
+
+
 def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None, *,
              progress=None) -> tuple[dict, dict]:
     """Quantize every Linear layer in the model's blocks in place (weights keep float values on the grid).
@@ -188,6 +194,8 @@ def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None
         for name, layer in linear_layers(blocks[0]).items():
             _group_size(config, name, weight_matrix(layer).shape[1])
     quantizer = quantizer_class(config)
+    if hasattr(quantizer, "bind"):
+        quantizer.bind(model)
     if quantizer.needs_calibration and calibration is None:
         raise SlmError(f"{config.method} needs calibration data")
     metrics = run_sequential(model, quantizer, calibration, progress=progress)

@@ -10,7 +10,8 @@
 
 A method is any object with `observe(name, module, inputs)` (the layer's full
 module name; inputs as [tokens, in_features]) and `apply(name, module) -> dict`
-(per-layer metrics);
+(per-layer metrics), and optionally `prepare_block(prefix, block)`, called
+between the two;
 `needs_calibration = False` skips the forward passes (magnitude, RTN).
 """
 
@@ -128,6 +129,8 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
                 finally:
                     for handle in handles:
                         handle.remove()
+                if hasattr(method, "prepare_block"):  # block-level rewrites (AWQ's scale folding)
+                    method.prepare_block(f"{stack_name}.{index}", block)
                 for name, layer in layers.items():
                     metrics[name] = method.apply(name, layer)
                 hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]

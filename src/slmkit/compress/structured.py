@@ -18,18 +18,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from slmkit.compress.families import FAMILIES, family_of
 from slmkit.compress.layers import block_lists
 from slmkit.errors import SlmError
 
-# Module names per family: the one place architecture differences live.
-WIDTH_ADAPTERS = {
-    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-              "ffn_in": ("mlp.gate_proj", "mlp.up_proj"), "ffn_out": "mlp.down_proj"},
-}
-for _family in ("qwen2", "gemma3_text", "gemma3", "mistral"):
-    WIDTH_ADAPTERS[_family] = WIDTH_ADAPTERS["llama"]
-WIDTH_ADAPTERS["phi"] = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-                         "o": "self_attn.dense", "ffn_in": ("mlp.fc1",), "ffn_out": "mlp.fc2"}
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
@@ -200,10 +192,10 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
     """
     text_config = _text_config(model)
     stack_name, blocks = _decoder_blocks(model)
-    adapter = WIDTH_ADAPTERS.get(text_config.model_type)
+    adapter = family_of(model)
     wants_width = config.ffn is not None or config.heads is not None
     if wants_width and adapter is None:
-        raise SlmError(f"width pruning supports {', '.join(sorted(WIDTH_ADAPTERS))}, not {text_config.model_type}; "
+        raise SlmError(f"width pruning supports {', '.join(sorted(FAMILIES))}, not {text_config.model_type}; "
                        "--depth works for every decoder")
     ffn, heads, depth = config.ffn, config.heads, config.depth
     if config.target_params is not None:
