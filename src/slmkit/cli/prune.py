@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
-                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
+                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, calibration_record,
+                               load_model,
                                print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -63,8 +64,7 @@ def prune_command(
         layers = prune(lm.model, config, calibration, progress=progress)
     sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
     measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
-    record = {**config.to_dict(), "calib": str(calib) if calib else "self-generated",
-              "calib_samples": calib_samples, "calib_seq_len": calib_seq_len}
+    record = {**config.to_dict(), **calibration_record(calib, calib_samples, calib_seq_len)}
     save(lm.model, out, lm.tokenizer, stage="prune", parent=model, config=record, seed=seed,
          metrics={"measured_sparsity": measured, "layers": layers}, force=force)
     result = {"model": model, "out": str(out), **record, "measured_sparsity": measured, "pruned_layers": len(layers)}
@@ -111,8 +111,7 @@ def _structured(model, out, depth, width, target_params, calib, calib_samples, c
         report = prune_structured(lm.model, config, calibration)
         progress(1, 1)
     kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
-    record = {**config.to_dict(), "calib": str(calib) if calib else "self-generated",
-              "calib_samples": calib_samples, "calib_seq_len": calib_seq_len}
+    record = {**config.to_dict(), **calibration_record(calib, calib_samples, calib_seq_len)}
     metrics = {**report, "parameters_before": before, "kept_ffn_channels": kept["kept_ffn_channels"],
                "kept_heads": kept["kept_heads"]}
     save(lm.model, out, lm.tokenizer, stage="structured", parent=model, config=record, seed=seed, metrics=metrics,

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
-                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
+                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, calibration_record,
+                               load_model,
                                print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -64,10 +65,8 @@ def quantize_command(
         layers, params = quantize(lm.model, config, calibration, progress=progress)
     saved_format = "fake-quant" if fake_quant else "compressed-tensors"
     after_write = None if fake_quant else prepare_compressed_tensors(lm.model, config, params)
-    record = {**config.to_dict(), "format": saved_format, "calib": str(calib) if calib else "self-generated",
-              "calib_samples": calib_samples, "calib_seq_len": calib_seq_len}
-    if method == "rtn":
-        record.update(calib=None, calib_samples=None, calib_seq_len=None)
+    record = {**config.to_dict(), "format": saved_format,
+              **(calibration_record(calib, calib_samples, calib_seq_len) if calibration is not None else {})}
     mse = sum(m["weight_mse"] for m in layers.values()) / len(layers)
     save(lm.model, out, lm.tokenizer, stage="quantize", parent=model, config=record, seed=seed,
          metrics={"mean_weight_mse": mse, "layers": layers}, force=force, after_write=after_write)

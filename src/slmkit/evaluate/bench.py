@@ -1,9 +1,10 @@
 """Speed and memory, in llama-bench's shape: pp512 prefill and tg128 decode.
 
-Prefill: one forward pass over `prompt_tokens` random tokens. Time to first
-token: that pass plus picking the token. Decode: `gen_tokens` single-token
+Prefill: one forward pass over `prompt_tokens` random tokens, projecting only
+the last position onto the vocabulary. Time to first token: that pass plus
+picking the token. Decode: `gen_tokens` single-token
 steps on the KV cache, greedy. Each figure is the median of `repeats` runs
-after one short warm-up run.
+after one warm-up run at the full prompt size.
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _head_only_last(model) -> dict:
+    # The vocabulary projection of every prompt position is waste when only the next token is wanted.
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.inference_mode()
 def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tuple[float, float | None]:
     start = time.perf_counter()
-    output = model(input_ids=prompt, use_cache=decode)
+    output = model(input_ids=prompt, use_cache=decode, **_head_only_last(model))
     next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
     time_to_first = time.perf_counter() - start
     if not decode:
@@ -65,7 +71,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     vocab = lm.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=generator)
-    _one_run(lm.model, prompt[:, :min(16, prompt_tokens)], min(4, gen_tokens), decode)  # warm-up
+    _one_run(lm.model, prompt, min(4, gen_tokens), decode)  # warm-up at full prompt size
     first_token_times, decode_times = [], []
     for run in range(repeats):
         time_to_first, decode_time = _one_run(lm.model, prompt, gen_tokens, decode)
