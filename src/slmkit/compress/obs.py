@@ -8,7 +8,8 @@ batched into one matrix product per block (GPTQ's "lazy batch" trick).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +25,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: fl
     return torch.linalg.cholesky(inverse, upper=True)
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """The sweep is thousands of tiny ops: splitting each across threads costs more than it saves,
+    and on a busy machine every op waits for a descheduled worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def obs_sweep(weight: torch.Tensor, hinv: torch.Tensor, block_size: int,
               start_block: Callable[[torch.Tensor, torch.Tensor, int], None],
               fix_column: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
@@ -32,6 +45,11 @@ def obs_sweep(weight: torch.Tensor, hinv: torch.Tensor, block_size: int,
     `start_block(block, block_hinv, start)` sees each block before its sweep (to pick masks);
     `fix_column(block, block_hinv, column_in_block, column)` returns the column's final values.
     """
+    with single_thread():
+        return _sweep(weight, hinv, block_size, start_block, fix_column)
+
+
+def _sweep(weight, hinv, block_size, start_block, fix_column) -> torch.Tensor:
     cols = weight.shape[1]
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
