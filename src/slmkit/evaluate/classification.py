@@ -36,8 +36,7 @@ def macro_f1(gold: list[int], predicted: list[int]) -> float:
 @torch.inference_mode()
 def classification_accuracy(lm, rows: list[tuple[str, str]], *, batch_size: int = 32, max_length: int = 512,
                             progress: Callable[[int], None] | None = None) -> dict:
-    if lm.kind != "classifier":
-        raise SlmError(f"{lm.spec}: classification needs a sequence-classification model; this is a {lm.kind}")
+    lm.require("classifier", "classification")
     gold = _gold_ids(lm, [label for _, label in rows])
     predicted: list[int] = []
     for start in range(0, len(rows), batch_size):

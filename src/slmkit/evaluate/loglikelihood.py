@@ -18,9 +18,7 @@ from slmkit.errors import SlmError
 
 
 def require_causal(lm, task: str) -> None:
-    if lm.kind != "causal-lm":
-        raise SlmError(f"{lm.spec}: {task} needs a causal language model; this is a {lm.kind} "
-                       f"({lm.config.model_type})")
+    lm.require("causal-lm", task)
     if lm.tokenizer is None:
         raise SlmError(f"{lm.spec}: has no tokenizer files")
 

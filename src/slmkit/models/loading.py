@@ -24,7 +24,9 @@ ENCODER_TYPES = {"bert", "distilbert", "mobilebert", "roberta", "albert", "elect
                  "xlm-roberta"}
 # Files a model directory needs besides weights; what we fetch from the hub.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-KINDS = ("causal-lm", "encoder", "seq2seq", "classifier")
+KIND_NAMES = {"causal-lm": "a causal language model", "encoder": "an encoder", "seq2seq": "a sequence-to-sequence model",
+              "classifier": "a sequence classifier"}
+KINDS = tuple(KIND_NAMES)
 
 
 @dataclass
@@ -41,6 +43,12 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+    def require(self, kind: str, task: str) -> None:
+        """One-line refusal when a task gets the wrong kind of model."""
+        if self.kind != kind:
+            raise ModelLoadError(f"{self.spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[self.kind]} "
+                                 f"({self.config.model_type})")
 
 
 def cache_dir() -> Path:
@@ -172,7 +180,7 @@ def _load_gguf(path: Path, kind: str | None, dtype: str):
 
     check_gguf(path)
     if kind not in (None, "causal-lm"):
-        raise ModelLoadError(f"{path}: a GGUF file holds a causal LM, not a {kind} model")
+        raise ModelLoadError(f"{path}: a GGUF file holds a causal language model, not {KIND_NAMES[kind]}")
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)

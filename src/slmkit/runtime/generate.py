@@ -90,8 +90,7 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     """Yield text pieces as the model produces them."""
     from transformers import TextIteratorStreamer, set_seed
 
-    if lm.kind != "causal-lm":
-        raise SlmError(f"{lm.spec}: generation needs a causal language model; this is a {lm.kind}")
+    lm.require("causal-lm", "generation")
     if sampling.seed is not None:
         set_seed(sampling.seed)
     streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
