@@ -21,8 +21,11 @@ def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: fl
     hessian[dead, dead] = 1
     weight[:, dead] = 0
     hessian += damp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian))
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-    return torch.linalg.cholesky(inverse, upper=True)
+    # If flip(H) = L L^T then H^-1 = U^T U with U = flip(L^-1): one Cholesky and one triangular
+    # solve, instead of forming H^-1 and factoring it again (torch's cholesky_inverse is slow on CPU).
+    lower = torch.linalg.cholesky(torch.flip(hessian, dims=(0, 1)))
+    inverse_lower = torch.linalg.solve_triangular(lower, torch.eye(len(hessian)), upper=False)
+    return torch.flip(inverse_lower, dims=(0, 1))
 
 
 @contextmanager
@@ -59,7 +62,7 @@ def _sweep(weight, hinv, block_size, start_block, fix_column) -> torch.Tensor:
         for column in range(end - start):
             fixed = fix_column(block, block_hinv, column, start + column)
             error = (block[:, column] - fixed) / block_hinv[column, column]
-            block[:, column:] -= error[:, None] * block_hinv[column, column:][None, :]
+            block[:, column:].addr_(error, block_hinv[column, column:], alpha=-1)
             block[:, column] = fixed
             errors[:, column] = error
         weight[:, start:end] = block
