@@ -39,7 +39,7 @@ class AWQConfig(QuantConfig):
     method: ClassVar[str] = "awq"
     grid: int = 20
     max_shrink: float = 0.5
-    max_tokens: int = 8192
+    max_tokens: int = 2048
 
     def __post_init__(self):
         super().__post_init__()
