@@ -23,7 +23,7 @@ from slmkit.compress.layers import set_weight_matrix, weight_matrix
 from slmkit.compress.quantize import QuantConfig, RTNQuantizer, _group_size, register
 from slmkit.errors import SlmError
 
-CLIP_TOKENS = 1024  # tokens the clip search scores on (evenly spaced over those kept)
+CLIP_TOKENS = 256  # tokens the clip search scores on (evenly spaced over those kept)
 
 
 @dataclass
@@ -119,7 +119,15 @@ class AWQQuantizer(RTNQuantizer):
             self.inputs[name] = [x / best_scales for x in self.inputs[name]]
 
     def apply(self, name, module) -> dict:
-        """Clip each group's range where that lowers the output error, then round to nearest."""
+        """Clip each group's range where that lowers the output error, then round to nearest.
+
+        Query and key projections are not clipped: their error acts through the softmax,
+        which a plain output error does not measure (AWQ's reference code skips them too).
+        """
+        if name.endswith((f".{self.family['q']}", f".{self.family['k']}")):
+            self.inputs.pop(name)
+            self.abs_sums.pop(name, None)
+            return super().apply(name, module)
         weight = weight_matrix(module).float().clone()
         inputs = torch.cat(self.inputs.pop(name))
         inputs = inputs[torch.linspace(0, len(inputs) - 1, min(len(inputs), CLIP_TOKENS)).long()]
