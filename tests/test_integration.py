@@ -60,3 +60,27 @@ def test_minilm_info_through_cli():
     info = json.loads(result.stdout)
     assert info["kind"] == "encoder" and info["model_type"] == "bert" and info["layers"] == 6
     assert info["parameters"] == 22_713_216
+
+
+@pytest.mark.integration
+@needs_smollm2
+def test_smollm2_gguf_export_tokenizes_and_templates_as_transformers(smollm2, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from slmkit.export import export_gguf
+
+    written = export_gguf(smollm2, tmp_path / "smollm2.q8_0.gguf", "q8_0")
+    llm = llama_cpp.Llama(str(written.path), vocab_only=True, verbose=False)
+    tokenizer = smollm2.tokenizer
+    sample = ("Small models run offline. Kleine Modelle laufen lokal — ¿también en español? "
+              "Маленькие модели. 小さなモデルは速い。 🙂 In 2024, 12345 people; x += 3.14\n\n\tdone")
+    assert llm.tokenize(sample.encode(), add_bos=False, special=False) == \
+        tokenizer(sample, add_special_tokens=False)["input_ids"]
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    template = llm.metadata["tokenizer.chat_template"]
+    formatter = Jinja2ChatFormatter(template, eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token or "",
+                                    add_generation_prompt=True)
+    assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)

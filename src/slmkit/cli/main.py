@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from slmkit.cli import bench, eval, generate, info, models_cmd, prune, quantize
+from slmkit.cli import bench, eval, export, generate, info, models_cmd, prune, quantize
 
 app = typer.Typer(
     name="slm",
@@ -22,6 +22,7 @@ app.command("eval")(eval.eval_command)
 app.command("bench")(bench.bench_command)
 app.command("prune")(prune.prune_command)
 app.command("quantize")(quantize.quantize_command)
+app.command("export")(export.export_command)
 app.command("generate")(generate.generate_command)
 app.command("chat")(generate.chat_command)
 

@@ -30,12 +30,15 @@ class QuantConfig:
         bits: 4 or 8 bits per weight.
         group_size: input columns sharing one scale; 0 = one scale per output row.
         symmetric: zero point fixed at 0 (q4_0-style) or an integer zero point per group.
+        float16_scales: round every scale to float16, as GGUF blocks store it, so a symmetric
+            group-32 checkpoint exports to q4_0 / q8_0 with its exact values.
     """
 
     method: ClassVar[str] = ""
     bits: int = 4
     group_size: int = 64
     symmetric: bool = True
+    float16_scales: bool = False
 
     def __post_init__(self):
         if self.bits not in SUPPORTED_BITS:
@@ -106,7 +109,7 @@ class RTNQuantizer:
         rows, cols = weight.shape
         group = _group_size(config, name, cols)
         grouped = weight.reshape(rows, cols // group, group)
-        scale, zero = group_params(grouped.reshape(-1, group), config.bits, config.symmetric)
+        scale, zero = group_params(grouped.reshape(-1, group), config.bits, config.symmetric, config.float16_scales)
         quantized = fake_quantize(grouped.reshape(-1, group), scale, zero, config.bits, config.symmetric)
         quantized = quantized.reshape(rows, cols)
         set_weight_matrix(module, quantized)
@@ -132,7 +135,7 @@ class GPTQQuantizer(RTNQuantizer):
         weight, hessian = original.clone(), self.hessians.pop(name)
         order = torch.argsort(torch.diag(hessian), descending=True) if config.act_order else torch.arange(cols)
         if config.act_order:  # static groups: scales from the original weights, in original column order
-            static = [group_params(weight[:, g:g + group], config.bits, config.symmetric)
+            static = [group_params(weight[:, g:g + group], config.bits, config.symmetric, config.float16_scales)
                       for g in range(0, cols, group)]
         weight, hessian = weight[:, order], hessian[order][:, order]
         # Pruned weights stay zero (0 is on every grid); the error compensation works around them.
@@ -152,7 +155,7 @@ class GPTQQuantizer(RTNQuantizer):
                 current["scale"], current["zero"] = static[group_index]
             elif position % group == 0:  # a new group starts: its scale from the error-updated weights
                 current["scale"], current["zero"] = group_params(block[:, column:column + group], config.bits,
-                                                                 config.symmetric)
+                                                                 config.symmetric, config.float16_scales)
             scales[:, group_index:group_index + 1] = current["scale"]
             zeros[:, group_index:group_index + 1] = current["zero"]
             fixed = fake_quantize(block[:, column:column + 1], current["scale"], current["zero"], config.bits,

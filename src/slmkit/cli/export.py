@@ -1,0 +1,60 @@
+"""`slm export MODEL --format gguf --quant q4_0 --out FILE.gguf`: a file local runtimes run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from slmkit.cli.common import (AllowPickleOpt, ForceOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, human_bytes,
+                               load_model, print_json, print_table)
+from slmkit.errors import SlmError
+from slmkit.models.catalog import DEFAULT_MODEL
+
+FORMATS = ("gguf",)
+
+
+def export_command(
+    model: ModelArg = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", help="The file to write (FILE.gguf).")] = ...,
+    format: Annotated[str, typer.Option("--format", help="gguf")] = "gguf",
+    quant: Annotated[str, typer.Option(help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0")] = "f16",
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Export a model for llama.cpp / Ollama / LM Studio, with an Ollama Modelfile beside it.
+
+    A checkpoint from `slm quantize --target gguf-q4_0` (or gguf-q8_0) exported with the matching
+    --quant keeps its calibrated GPTQ/AWQ values exactly; other weights are rounded as llama.cpp does.
+
+    Examples:
+      slm export --quant q8_0 --out smollm2.q8_0.gguf
+      slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out gptq-q4_0
+      slm export gptq-q4_0 --quant q4_0 --out smollm2-gptq.q4_0.gguf
+    """
+    from slmkit.export import GGUF_QUANT_TYPES, export_gguf, write_modelfile
+
+    if format not in FORMATS:
+        raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if quant not in GGUF_QUANT_TYPES:
+        raise SlmError(f"unknown --quant {quant!r}; choose one of {', '.join(GGUF_QUANT_TYPES)}")
+    if out.exists() and not force:  # before the (slow) load
+        raise SlmError(f"{out} already exists; pass --force to replace it")
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    written = export_gguf(lm, out, quant, force=force)
+    modelfile = write_modelfile(written.path, lm.tokenizer)
+    result = {"model": model, "out": str(written.path), "format": format, "quant": quant,
+              "architecture": written.architecture, "tensors": written.tensors, "bytes": written.bytes,
+              "calibrated_exact_layers": len(written.exact_layers),
+              "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
+              "run_with": f"slm chat {written.path}"}
+    if json_output:
+        print_json(result)
+        return
+    print_table(f"{model} → {written.path.name}", {**result, "bytes": human_bytes(written.bytes)})
+    if written.requantized_layers:
+        typer.echo(f"note: {len(written.requantized_layers)} calibrated layers are not on the {quant} grid and "
+                   f"were re-rounded; quantize with --target gguf-{quant} to keep them exactly", err=True)

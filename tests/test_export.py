@@ -1,0 +1,160 @@
+"""GGUF export: llama.cpp computes what transformers computes, calibrated values survive bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE_TEXT, run_slm, tiny_config, tiny_model
+
+from slmkit import load, save
+from slmkit.errors import SlmError
+from slmkit.export import export_gguf
+from slmkit.export.gguf import _permute_rows
+
+llama_cpp = pytest.importorskip("llama_cpp")
+gguf = pytest.importorskip("gguf")
+
+from slmkit.runtime.llamacpp import open_gguf  # noqa: E402
+
+MULTILINGUAL = "Small models run offline. Kleine Modelle laufen lokal — ¿también en español? 小さなモデル 🙂 x=42;\n\tok"
+
+
+def saved_tiny(model_type, tmp_path, tokenizer, seed=0):
+    directory = tmp_path / model_type
+    model = tiny_model(model_type, seed=seed)
+    if model_type == "gemma3":  # as the released Gemma 3 sizes (and llama.cpp) have it
+        model.config.query_pre_attn_scalar = model.config.head_dim
+    save(model, directory, tokenizer, stage="test")
+    return directory
+
+
+def llama_cpp_logits(path, ids):
+    llm = open_gguf(path, n_ctx=64, logits_all=True, n_threads=2)
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "phi", "gemma3"])
+def test_f32_export_gives_transformers_logits_in_llama_cpp(model_type, tmp_path, tiny_tokenizer):
+    lm = load(str(saved_tiny(model_type, tmp_path, tiny_tokenizer)))
+    written = export_gguf(lm, tmp_path / "model.gguf", "f32")
+    ids = tiny_tokenizer(SAMPLE_TEXT)["input_ids"][:40]
+    with torch.no_grad():
+        expected = lm.model(torch.tensor([ids])).logits[0].numpy()
+    assert written.tensors == len(list(lm.model.parameters()))
+    # llama.cpp keeps its KV cache in float16: agreement to ~1e-4, not float32 rounding
+    np.testing.assert_allclose(llama_cpp_logits(written.path, ids), expected, atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("quant, tolerance", [("q8_0", 0.02), ("q4_0", 0.3), ("f16", 0.005)])
+def test_quantized_exports_load_and_generate(quant, tolerance, tmp_path, tiny_tokenizer):
+    lm = load(str(saved_tiny("llama", tmp_path, tiny_tokenizer)))
+    written = export_gguf(lm, tmp_path / f"model.{quant}.gguf", quant)
+    reader = gguf.GGUFReader(written.path)
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == quant.upper() and types["blk.0.attn_norm.weight"] == "F32"
+    ids = tiny_tokenizer(SAMPLE_TEXT)["input_ids"][:24]
+    with torch.no_grad():
+        expected = lm.model(torch.tensor([ids])).logits[0].numpy()
+    got = llama_cpp_logits(written.path, ids)
+    assert np.abs(got - expected).max() < tolerance * np.abs(expected).max()
+    llm = open_gguf(written.path, n_ctx=64, n_threads=2)
+    completion = llm.create_completion("Small models", max_tokens=8, temperature=0)
+    assert completion["usage"]["completion_tokens"] > 0
+
+
+def test_gptq_q4_0_target_exports_the_exact_calibrated_values(tmp_path, tiny_tokenizer):
+    source = saved_tiny("llama", tmp_path, tiny_tokenizer)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT * 4)
+    quantized = tmp_path / "gptq"
+    result = run_slm("quantize", str(source), "--method", "gptq", "--target", "gguf-q4_0", "--calib", str(calib),
+                     "--calib-samples", "4", "--calib-seq-len", "32", "--out", str(quantized), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["group_size"] == 32
+    lm = load(str(quantized))
+    written = export_gguf(lm, tmp_path / "gptq.q4_0.gguf", "q4_0")
+    assert len(written.exact_layers) == 7 * 2 and not written.requantized_layers
+
+    config = lm.model.config
+    tensors = {tensor.name: tensor for tensor in gguf.GGUFReader(written.path).tensors}
+    for index, block in enumerate(lm.model.model.layers):
+        for gguf_kind, module, heads in [("attn_q", block.self_attn.q_proj, config.num_attention_heads),
+                                         ("attn_k", block.self_attn.k_proj, config.num_key_value_heads),
+                                         ("attn_v", block.self_attn.v_proj, None),
+                                         ("ffn_down", block.mlp.down_proj, None)]:
+            tensor = tensors[f"blk.{index}.{gguf_kind}.weight"]
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_0
+            weight = module.weight.detach().numpy()
+            expected = _permute_rows(weight, heads) if heads else weight
+            stored = gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType.Q4_0).reshape(weight.shape)
+            np.testing.assert_array_equal(stored, expected)
+
+
+def test_a_non_gguf_grid_is_re_rounded_and_reported(tmp_path, tiny_tokenizer):
+    source = saved_tiny("llama", tmp_path, tiny_tokenizer)
+    quantized = tmp_path / "rtn"
+    result = run_slm("quantize", str(source), "--method", "rtn", "--group-size", "32", "--out", str(quantized))
+    assert result.returncode == 0, result.stderr
+    written = export_gguf(load(str(quantized)), tmp_path / "rtn.q4_0.gguf", "q4_0")
+    assert not written.exact_layers and len(written.requantized_layers) == 14  # float32 scales, not float16
+
+
+def test_tokenizer_metadata_matches_transformers(tmp_path, tiny_tokenizer):
+    written = export_gguf(load(str(saved_tiny("llama", tmp_path, tiny_tokenizer))), tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(str(written.path), vocab_only=True, verbose=False)
+    for text in (MULTILINGUAL, SAMPLE_TEXT[:300], "<|endoftext|> after a special token"):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
+            tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    fields = gguf.GGUFReader(written.path).fields
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tiny_tokenizer.eos_token_id
+    assert fields["tokenizer.chat_template"].contents() == tiny_tokenizer.chat_template
+
+
+def test_export_cli_writes_gguf_and_modelfile(tmp_path, tiny_tokenizer):
+    source = saved_tiny("qwen2", tmp_path, tiny_tokenizer)
+    out = tmp_path / "out" / "tiny.q8_0.gguf"
+    result = run_slm("export", str(source), "--quant", "q8_0", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bytes"] == out.stat().st_size and report["architecture"] == "qwen2"
+    modelfile = (tmp_path / "out" / "tiny.q8_0.Modelfile").read_text()
+    assert "FROM ./tiny.q8_0.gguf" in modelfile and '"<|endoftext|>"' in modelfile
+
+    before = out.read_bytes()
+    again = run_slm("export", str(source), "--quant", "f16", "--out", str(out))
+    assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert out.read_bytes() == before
+
+
+def test_export_refuses_what_gguf_cannot_hold(tmp_path, tiny_tokenizer):
+    encoder = tmp_path / "bert"
+    save(tiny_model("bert"), encoder, tiny_tokenizer, stage="test")
+    result = run_slm("export", str(encoder), "--out", str(tmp_path / "bert.gguf"))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "causal" in result.stderr or "llama" in result.stderr
+
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama")
+    config.hidden_size, config.intermediate_size = 48, 96  # rows of 48: not a multiple of q4_0's 32
+    odd = tmp_path / "odd"
+    save(AutoModelForCausalLM.from_config(config), odd, tiny_tokenizer, stage="test")
+    with pytest.raises(SlmError, match="not a multiple of 32"):
+        export_gguf(load(str(odd)), tmp_path / "odd.gguf", "q4_0")
+    assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*tmp*"))
+
+    result = run_slm("export", str(odd), "--quant", "q3_k", "--out", str(tmp_path / "x.gguf"))
+    assert result.returncode != 0 and "--quant" in result.stderr
+
+
+def test_quantize_target_refuses_contradicting_flags(tmp_path, tiny_tokenizer):
+    source = saved_tiny("llama", tmp_path, tiny_tokenizer)
+    result = run_slm("quantize", str(source), "--method", "rtn", "--target", "gguf-q4_0", "--group-size", "64",
+                     "--out", str(tmp_path / "never"))
+    assert result.returncode != 0 and "--target gguf-q4_0 needs group size 32" in result.stderr
+    assert not (tmp_path / "never").exists()
