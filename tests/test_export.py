@@ -158,3 +158,46 @@ def test_quantize_target_refuses_contradicting_flags(tmp_path, tiny_tokenizer):
                      "--out", str(tmp_path / "never"))
     assert result.returncode != 0 and "--target gguf-q4_0 needs group size 32" in result.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_gguf_runs_on_the_llamacpp_backend_through_the_cli(tmp_path, tiny_tokenizer):
+    source = saved_tiny("llama", tmp_path, tiny_tokenizer)
+    gguf_path = tmp_path / "tiny.f32.gguf"
+    assert run_slm("export", str(source), "--quant", "f32", "--out", str(gguf_path)).returncode == 0
+    sample = tmp_path / "sample.txt"
+    sample.write_text(SAMPLE_TEXT)
+    scores = {}
+    for model, backend in ((str(source), "torch"), (str(gguf_path), "llamacpp")):
+        result = run_slm("eval", model, "--data", str(sample), "--max-length", "64", "--backend", backend, "--json")
+        assert result.returncode == 0, result.stderr
+        scores[backend] = json.loads(result.stdout)
+    assert scores["llamacpp"]["scored_tokens"] == scores["torch"]["scored_tokens"]
+    assert scores["llamacpp"]["token_perplexity"] == pytest.approx(scores["torch"]["token_perplexity"], rel=1e-3)
+
+    bench = run_slm("bench", str(gguf_path), "--prompt-tokens", "16", "--gen-tokens", "8", "--repeats", "1", "--json")
+    assert bench.returncode == 0, bench.stderr
+    measured = json.loads(bench.stdout)
+    assert measured["backend"] == "llamacpp" and measured["decode_tokens_per_s"] > 0
+    assert measured["bytes_on_disk"] == gguf_path.stat().st_size
+
+    answer = run_slm("generate", "Small models", "-m", str(gguf_path), "--temperature", "0",
+                     "--max-new-tokens", "8", "--no-chat-template")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
+    from slmkit.runtime.llamacpp import LlamaCppModel
+
+    prompt = tiny_tokenizer("Small models")["input_ids"]
+    on_llamacpp = []
+    for token in LlamaCppModel(gguf_path).llm.generate(prompt, temp=0.0):  # greedy
+        on_llamacpp.append(token)
+        if len(on_llamacpp) == 8:
+            break
+    with torch.no_grad():
+        on_torch = load(str(source)).model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
+                                                    pad_token_id=0)[0, len(prompt):].tolist()
+    assert on_llamacpp == on_torch
+
+    chat = run_slm("chat", str(gguf_path), "--temperature", "0", "--max-new-tokens", "4", stdin="Hi\n/exit\n")
+    assert chat.returncode == 0, chat.stderr
+
+    wrong = run_slm("bench", str(source), "--backend", "llamacpp")
+    assert wrong.returncode != 0 and "slm export" in wrong.stderr

@@ -28,6 +28,9 @@ CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration sequences.")]
 CalibSeqLenOpt = Annotated[int, typer.Option(help="Tokens per calibration sequence.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for choosing or sampling calibration text.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
+BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp. auto runs a .gguf file with llama.cpp when "
+                                              "llama-cpp-python is installed, everything else with torch.")]
+BACKENDS = ("auto", "torch", "llamacpp")
 
 
 def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: int):
@@ -55,10 +58,38 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None):
+def choose_backend(spec: str, backend: str) -> str:
+    import importlib.util
+
+    from slmkit.errors import SlmError
+
+    if backend not in BACKENDS:
+        raise SlmError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    is_gguf = spec.endswith(".gguf")
+    if backend == "llamacpp" and not is_gguf:
+        raise SlmError(f"--backend llamacpp runs .gguf files and {spec} is not one; make one with `slm export`")
+    if backend == "auto":
+        return "llamacpp" if is_gguf and importlib.util.find_spec("llama_cpp") else "torch"
+    return backend
+
+
+def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None,
+               backend: str = "torch", n_ctx: int | None = None, logits_all: bool = False):
+    """The model for a command; `backend` as --backend takes it (n_ctx and logits_all: llama.cpp only)."""
     from slmkit.models import load
 
     quiet_libraries()
+    if choose_backend(spec, backend) == "llamacpp":
+        from slmkit.errors import ModelLoadError
+        from slmkit.runtime.llamacpp import LlamaCppModel
+
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"{spec}: no such file")
+        if kind not in (None, "causal-lm"):
+            raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
+        with stderr.status(f"loading {spec} with llama.cpp"):
+            return LlamaCppModel(path, n_ctx=n_ctx, logits_all=logits_all)
     with stderr.status(f"loading {spec} (a packaged GGUF is converted once, then cached)"):
         return load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model, print_json,
-                               print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model,
+                               print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
@@ -21,6 +21,7 @@ def eval_command(
     stride: Annotated[int | None, typer.Option(help="Slide windows by this many tokens instead of not overlapping.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N windows (perplexity) or examples.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per forward pass.")] = None,
+    backend: BackendOpt = "auto",
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -31,13 +32,15 @@ def eval_command(
       slm eval smollm2-135m-instruct --data wiki.test.txt --max-length 2048
       slm eval smollm2-135m-instruct --data arc_easy_test.jsonl --json
       slm eval ./my-classifier --data dev.tsv --task classification
+      slm eval model.q4_0.gguf --data wiki.test.txt --max-length 2048   # scored by llama.cpp
     """
     from slmkit import data as data_module
     from slmkit.evaluate import evaluate
 
     task = task or data_module.infer_task(data)  # check the file before the slow model load
     kind = "classifier" if task == "classification" else None
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, kind=kind)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, kind=kind,
+                    backend=backend, n_ctx=max_length or 2048, logits_all=True)
     with progress_bar(f"{task} on {data.name}") as progress:
         result = evaluate(lm, data, task=task, max_length=max_length, stride=stride, limit=limit,
                           batch_size=batch_size, progress=progress)

@@ -56,6 +56,24 @@ def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tupl
     return time_to_first, time.perf_counter() - start
 
 
+def _one_llamacpp_run(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float | None]:
+    """The same steps on llama.cpp: prefill (last position's logits only), then greedy single-token decode."""
+    import numpy as np
+
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    time_to_first = time.perf_counter() - start
+    if not gen_tokens:
+        return time_to_first, None
+    start = time.perf_counter()
+    for _ in range(gen_tokens):
+        llm.eval([next_token])
+        next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    return time_to_first, time.perf_counter() - start
+
+
 def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int = 3, seed: int = 0,
           progress: Callable[[int, int], None] | None = None) -> dict:
     """Parameters, bytes on disk, peak RSS, prefill/decode tokens per second and time to first token."""
@@ -68,25 +86,39 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
                        f"context ({context})")
     if lm.kind not in ("causal-lm", "encoder", "classifier"):
         raise SlmError(f"{lm.spec}: bench runs causal LMs and encoders, not {lm.kind} models")
-    vocab = lm.config.get_text_config().vocab_size
+    on_llamacpp = getattr(lm, "backend", "torch") == "llamacpp"
+    if on_llamacpp and prompt_tokens + gen_tokens > lm.context:
+        raise SlmError(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed llama.cpp's "
+                       f"context ({lm.context})")
+    vocab = lm.config.vocab_size if on_llamacpp else lm.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=generator)
-    _one_run(lm.model, prompt, min(4, gen_tokens), decode)  # warm-up at full prompt size
+    if on_llamacpp:
+        def one_run(gen: int):
+            return _one_llamacpp_run(lm.llm, prompt[0].tolist(), gen if decode else 0)
+    else:
+        def one_run(gen: int):
+            return _one_run(lm.model, prompt, gen, decode)
+    one_run(min(4, gen_tokens))  # warm-up at full prompt size
     first_token_times, decode_times = [], []
     for run in range(repeats):
-        time_to_first, decode_time = _one_run(lm.model, prompt, gen_tokens, decode)
+        time_to_first, decode_time = one_run(gen_tokens)
         first_token_times.append(time_to_first)
         if decode_time is not None:
             decode_times.append(decode_time)
         if progress:
             progress(run + 1, repeats)
     time_to_first = statistics.median(first_token_times)
-    parameters, _ = count_parameters(lm.model)
+    if on_llamacpp:
+        parameters, threads, dtype = lm.parameters(), lm.llm.n_threads, lm.file_type
+    else:
+        parameters, threads = count_parameters(lm.model)[0], torch.get_num_threads()
+        dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     return {
         "model": lm.spec,
-        "backend": "torch",
-        "threads": torch.get_num_threads(),
-        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "backend": "llamacpp" if on_llamacpp else "torch",
+        "threads": threads,
+        "dtype": dtype,
         "parameters": parameters,
         "bytes_on_disk": bytes_on_disk(lm.path),
         "prompt_tokens": prompt_tokens,

@@ -54,8 +54,8 @@ def prefix_token(tokenizer) -> int:
 def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """(sum of continuation log-probs, whether greedy decoding would produce it) per pair."""
-    tokenizer, model = lm.tokenizer, lm.model
-    max_length = context_length(model.config) or 2048
+    tokenizer = lm.tokenizer
+    max_length = getattr(lm, "context", None) or context_length(lm.config) or 2048
     requests = []
     for context, continuation in pairs:
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
@@ -66,6 +66,10 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
         # Keep the last max_length+1 tokens; the final one is only a target.
         ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
         requests.append((ids, continuation_ids))
+    if getattr(lm, "backend", "torch") == "llamacpp":
+        return [_score(torch.from_numpy(lm.logits(ids)[-len(continuation):]), continuation)
+                for ids, continuation in _reporting(requests, progress)]
+    model = lm.model
     # Longest first, as lm-evaluation-harness does: batches of similar length waste little padding.
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -85,11 +89,22 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
         offset = width - kept
         for row, (ids, continuation_ids) in enumerate(batch):
             count = len(continuation_ids)
-            scores = F.log_softmax(logits[row, len(ids) - count - offset:len(ids) - offset].float(), dim=-1)
-            target = torch.tensor(continuation_ids)
-            logprob = scores.gather(1, target[:, None]).sum().item()
-            greedy = bool((scores.argmax(dim=-1) == target).all())
-            results[order[start + row]] = (logprob, greedy)
+            results[order[start + row]] = _score(logits[row, len(ids) - count - offset:len(ids) - offset],
+                                                 continuation_ids)
         if progress:
             progress(len(batch))
     return results
+
+
+def _score(logits: torch.Tensor, continuation_ids: list[int]) -> tuple[float, bool]:
+    """(log-probability of the continuation, whether it is the greedy choice) from its positions' logits."""
+    scores = F.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(continuation_ids)
+    return scores.gather(1, target[:, None]).sum().item(), bool((scores.argmax(dim=-1) == target).all())
+
+
+def _reporting(items: list, progress: Callable[[int], None] | None):
+    for item in items:
+        yield item
+        if progress:
+            progress(1)

@@ -17,7 +17,7 @@ class ChatSession:
     def __init__(self, lm, sampling: SamplingConfig, system: str | None = None):
         self.lm, self.sampling, self.system = lm, sampling, system
         self.history: list[dict] = []
-        self.context = context_length(lm.config) or 2048
+        self.context = getattr(lm, "context", None) or context_length(lm.config) or 2048
 
     def reset(self) -> None:
         self.history = []

@@ -91,6 +91,9 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     from transformers import TextIteratorStreamer, set_seed
 
     lm.require("causal-lm", "generation")
+    if getattr(lm, "backend", "torch") == "llamacpp":
+        yield from _stream_llamacpp(lm, input_ids[0].tolist(), sampling)
+        return
     if sampling.seed is not None:
         set_seed(sampling.seed)
     streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -112,6 +115,17 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     worker.join()
     if failure:
         raise failure[0]
+
+
+def _stream_llamacpp(lm, ids: list[int], sampling: SamplingConfig) -> Iterator[str]:
+    """llama.cpp's own sampler with the same settings; it stops at the end-of-generation tokens."""
+    lm.llm.reset()
+    chunks = lm.llm.create_completion(
+        ids, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+        top_k=sampling.top_k, min_p=sampling.min_p, repeat_penalty=sampling.repetition_penalty,
+        seed=sampling.seed, stream=True)
+    for chunk in chunks:
+        yield chunk["choices"][0]["text"]
 
 
 def generate(lm, prompt: str, sampling: SamplingConfig | None = None, *, system: str | None = None,

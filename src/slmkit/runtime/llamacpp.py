@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from slmkit.errors import SlmError
 
 PROBE = """
@@ -115,3 +117,65 @@ def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
                                    logits_all=logits_all, verbose=False)
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
         raise SlmError(f"llama.cpp cannot load {path}: {exc}") from None
+
+
+class LlamaCppModel:
+    """A GGUF run by llama.cpp, in the shape slmkit's eval, bench and generation code expects.
+
+    The tokenizer is transformers' reading of the same file: chat templates render in its
+    sandbox and conversations are trimmed with the same code as on the torch backend
+    (llama.cpp and transformers agree on the token ids; the export tests check it).
+    """
+
+    backend = "llamacpp"
+    kind = "causal-lm"
+
+    def __init__(self, path: Path, *, n_ctx: int | None = None, n_threads: int | None = None,
+                 logits_all: bool = False):
+        """`logits_all` keeps the logits of every position (scoring needs them; n_ctx x vocab floats)."""
+        from types import SimpleNamespace
+
+        import gguf
+        from transformers import AutoTokenizer
+
+        from slmkit.models.loading import check_gguf
+
+        self.path, self.spec = path, str(path)
+        check_gguf(path)
+        fields = gguf.GGUFReader(path).fields
+        architecture = fields["general.architecture"].contents()
+        context_field = fields.get(f"{architecture}.context_length")
+        trained_context = int(context_field.contents()) if context_field else 2048
+        self.llm = open_gguf(path, n_ctx=n_ctx or min(trained_context, 4096), n_threads=n_threads,
+                             logits_all=logits_all)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise SlmError(f"{path}: transformers cannot read this GGUF's tokenizer "
+                           f"({str(exc).splitlines()[0]})") from None
+        self.config = SimpleNamespace(max_position_embeddings=trained_context, vocab_size=self.llm.n_vocab(),
+                                      model_type=architecture)
+        file_type = fields.get("general.file_type")
+        self.file_type = (gguf.LlamaFileType(int(file_type.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+                          if file_type else "unknown")
+
+    def require(self, kind: str, task: str) -> None:
+        if kind != "causal-lm":
+            raise SlmError(f"{self.spec}: {task} needs a different kind of model than this GGUF's causal LM")
+
+    @property
+    def context(self) -> int:
+        return self.llm.n_ctx()
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits at every position of `ids`, from a fresh context (needs logits_all)."""
+        if len(ids) > self.context:
+            raise SlmError(f"{len(ids)} tokens do not fit llama.cpp's context of {self.context}")
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[:len(ids)])
+
+    def parameters(self) -> int:
+        import gguf
+
+        return sum(int(np.prod(tensor.shape)) for tensor in gguf.GGUFReader(self.path).tensors)
