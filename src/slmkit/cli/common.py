@@ -84,8 +84,6 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
         from slmkit.runtime.llamacpp import LlamaCppModel
 
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"{spec}: no such file")
         if kind not in (None, "causal-lm"):
             raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
         with stderr.status(f"loading {spec} with llama.cpp"):

@@ -35,14 +35,12 @@ def export_command(
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out gptq-q4_0
       slm export gptq-q4_0 --quant q4_0 --out smollm2-gptq.q4_0.gguf
     """
-    from slmkit.export import GGUF_QUANT_TYPES, export_gguf, write_modelfile
+    from slmkit.export import export_gguf, write_modelfile
+    from slmkit.export.gguf import check_target
 
     if format not in FORMATS:
         raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    if quant not in GGUF_QUANT_TYPES:
-        raise SlmError(f"unknown --quant {quant!r}; choose one of {', '.join(GGUF_QUANT_TYPES)}")
-    if out.exists() and not force:  # before the (slow) load
-        raise SlmError(f"{out} already exists; pass --force to replace it")
+    check_target(out, quant, force)  # before the (slow) load
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     written = export_gguf(lm, out, quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)

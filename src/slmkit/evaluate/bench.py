@@ -86,7 +86,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
                        f"context ({context})")
     if lm.kind not in ("causal-lm", "encoder", "classifier"):
         raise SlmError(f"{lm.spec}: bench runs causal LMs and encoders, not {lm.kind} models")
-    on_llamacpp = getattr(lm, "backend", "torch") == "llamacpp"
+    on_llamacpp = lm.backend == "llamacpp"
     if on_llamacpp and prompt_tokens + gen_tokens > lm.context:
         raise SlmError(f"--prompt-tokens + --gen-tokens ({prompt_tokens + gen_tokens}) exceed llama.cpp's "
                        f"context ({lm.context})")
@@ -110,7 +110,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
             progress(run + 1, repeats)
     time_to_first = statistics.median(first_token_times)
     if on_llamacpp:
-        parameters, threads, dtype = lm.parameters(), lm.llm.n_threads, lm.file_type
+        parameters, threads, dtype = lm.parameters, lm.llm.n_threads, lm.file_type
     else:
         parameters, threads = count_parameters(lm.model)[0], torch.get_num_threads()
         dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")

@@ -66,7 +66,7 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
         # Keep the last max_length+1 tokens; the final one is only a target.
         ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
         requests.append((ids, continuation_ids))
-    if getattr(lm, "backend", "torch") == "llamacpp":
+    if lm.backend == "llamacpp":
         return [_score(torch.from_numpy(lm.logits(ids)[-len(continuation):]), continuation)
                 for ids, continuation in _reporting(requests, progress)]
     model = lm.model

@@ -45,7 +45,7 @@ def perplexity(lm, text: str, *, max_length: int | None = None, stride: int | No
                limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Perplexity metrics of `lm` on `text`. `limit` keeps the first N windows."""
     require_causal(lm, "perplexity")
-    on_llamacpp = getattr(lm, "backend", "torch") == "llamacpp"
+    on_llamacpp = lm.backend == "llamacpp"
     model_context = lm.context if on_llamacpp else context_length(lm.config)
     if max_length is None:
         max_length = min(model_context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)

@@ -161,12 +161,8 @@ def write_modelfile(gguf_path: Path, tokenizer) -> Path:
     return path
 
 
-def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False) -> GGUFExport:
-    """Write `lm` (a LoadedModel of a causal LM) as a GGUF file at `out`, atomically.
-
-    Example: `export_gguf(slmkit.load("smollm2-135m-instruct"), "smollm2.q8_0.gguf", quant="q8_0")`.
-    """
-    out = Path(out)
+def check_target(out: Path, quant: str, force: bool) -> None:
+    """Refuse a bad --quant or --out before any slow work."""
     if quant not in QUANT_TYPES:
         raise SlmError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     if out.suffix != ".gguf":
@@ -175,6 +171,15 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
         raise SlmError(f"{out} already exists; pass --force to replace it")
     if out.is_dir():
         raise SlmError(f"{out} is a directory; --out names the .gguf file to write")
+
+
+def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False) -> GGUFExport:
+    """Write `lm` (a LoadedModel of a causal LM) as a GGUF file at `out`, atomically.
+
+    Example: `export_gguf(slmkit.load("smollm2-135m-instruct"), "smollm2.q8_0.gguf", quant="q8_0")`.
+    """
+    out = Path(out)
+    check_target(out, quant, force)
     lm.require("causal-lm", "GGUF export")
     model, config = lm.model, lm.model.config
     architecture = architecture_for(config)

@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
 from slmkit.errors import ModelLoadError, UnsafeModelError
@@ -39,6 +40,7 @@ class LoadedModel:
     kind: str  # one of KINDS
     path: Path | None  # the local directory or .gguf file the weights came from
     extra: dict = field(default_factory=dict)
+    backend: ClassVar[str] = "torch"  # runtime.llamacpp.LlamaCppModel says "llamacpp"
 
     @property
     def config(self):
@@ -160,8 +162,10 @@ def _materialize_gguf(alias: str, gguf_path: Path) -> Path:
     return target
 
 
-def check_gguf(path: Path) -> None:
-    """Refuse non-GGUF, truncated or corrupt files with one line before transformers sees them."""
+def check_gguf(path: Path):
+    """The file's GGUFReader; non-GGUF, truncated, corrupt or missing files get one line instead."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":
@@ -169,7 +173,7 @@ def check_gguf(path: Path) -> None:
     from gguf import GGUFReader
 
     try:
-        GGUFReader(path)
+        return GGUFReader(path)
     except Exception as exc:
         raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 

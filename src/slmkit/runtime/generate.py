@@ -91,7 +91,7 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     from transformers import TextIteratorStreamer, set_seed
 
     lm.require("causal-lm", "generation")
-    if getattr(lm, "backend", "torch") == "llamacpp":
+    if lm.backend == "llamacpp":
         yield from _stream_llamacpp(lm, input_ids[0].tolist(), sampling)
         return
     if sampling.seed is not None:

@@ -141,8 +141,9 @@ class LlamaCppModel:
         from slmkit.models.loading import check_gguf
 
         self.path, self.spec = path, str(path)
-        check_gguf(path)
-        fields = gguf.GGUFReader(path).fields
+        reader = check_gguf(path)
+        fields = reader.fields
+        self.parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
         architecture = fields["general.architecture"].contents()
         context_field = fields.get(f"{architecture}.context_length")
         trained_context = int(context_field.contents()) if context_field else 2048
@@ -174,8 +175,3 @@ class LlamaCppModel:
         self.llm.reset()
         self.llm.eval(ids)
         return np.array(self.llm.scores[:len(ids)])
-
-    def parameters(self) -> int:
-        import gguf
-
-        return sum(int(np.prod(tensor.shape)) for tensor in gguf.GGUFReader(self.path).tensors)
