@@ -35,8 +35,6 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-SLMKIT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-SLM = REPO_ROOT / ".venv" / "bin" / "slm"
 MODEL_ALIAS = "smollm2-135m-instruct"
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "arc_easy_test.jsonl"
 TASK_NAME = "slmkit_check_arc_easy_local"
@@ -65,23 +63,6 @@ metric_list:
 metadata:
   version: 1.0
 """
-
-
-def checkpoint_dir() -> str:
-    """The float safetensors directory slmkit loads for the alias (converted from the GGUF once)."""
-    command = [str(SLMKIT_PYTHON), "-c", f"import slmkit.models as m; print(m.resolve({MODEL_ALIAS!r}))"]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-
-
-def run_slm(data: Path, limit: int | None) -> dict:
-    command = [str(SLM), "eval", MODEL_ALIAS, "--data", str(data), "--json"]
-    if limit is not None:
-        command += ["--limit", str(limit)]
-    print("$", " ".join(command), flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"slm eval failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout)
 
 
 def run_lm_eval(peer_python: Path, model_dir: str, data: Path, limit: int | None, batch_size: int) -> dict:
@@ -124,16 +105,16 @@ def main() -> None:
     data = args.data.resolve()
 
     sys.path.insert(0, str(BENCH_DIR))
-    from peers import ensure_peer_venv
+    from peers import alias_checkpoint_dir, ensure_peer_venv, slm_eval
 
     peer_python = ensure_peer_venv(PEER_PACKAGES)
 
     started = time.perf_counter()
-    slm = run_slm(data, args.limit)
+    slm = slm_eval(MODEL_ALIAS, data, args.limit)
     slm_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    peer = run_lm_eval(peer_python, checkpoint_dir(), data, args.limit, args.batch_size)
+    peer = run_lm_eval(peer_python, alias_checkpoint_dir(MODEL_ALIAS), data, args.limit, args.batch_size)
     peer_seconds = time.perf_counter() - started
 
     print(f"\n{data.name}: slm scored {slm['examples']} questions, lm-eval {peer['examples']}")

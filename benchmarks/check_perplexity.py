@@ -25,35 +25,14 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SLMKIT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-SLM = REPO_ROOT / ".venv" / "bin" / "slm"
 MODEL_ALIAS = "smollm2-135m-instruct"
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "wikitext-2-raw-test.txt"
-
-
-def checkpoint_dir() -> str:
-    """The float safetensors directory slmkit loads for the alias (converted from the GGUF once)."""
-    command = [str(SLMKIT_PYTHON), "-c", f"import slmkit.models as m; print(m.resolve({MODEL_ALIAS!r}))"]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-
-
-def run_slm(data: Path, max_length: int, limit: int | None) -> dict:
-    command = [str(SLM), "eval", MODEL_ALIAS, "--data", str(data), "--max-length", str(max_length), "--json"]
-    if limit is not None:
-        command += ["--limit", str(limit)]
-    print("$", " ".join(command), flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"slm eval failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout)
 
 
 def transformers_perplexity(model_dir: str, data: Path, max_length: int, limit: int | None) -> dict:
@@ -89,11 +68,14 @@ def main() -> None:
     args = parser.parse_args()
     data = args.data.resolve()
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peers import alias_checkpoint_dir, slm_eval
+
     started = time.perf_counter()
-    slm = run_slm(data, args.max_length, args.limit)
+    slm = slm_eval(MODEL_ALIAS, data, args.limit, "--max-length", str(args.max_length))
     slm_seconds = time.perf_counter() - started
 
-    model_dir = checkpoint_dir()
+    model_dir = alias_checkpoint_dir(MODEL_ALIAS)
     print(f"transformers on {model_dir}", flush=True)
     started = time.perf_counter()
     ref = transformers_perplexity(model_dir, data, args.max_length, args.limit)

@@ -1,4 +1,6 @@
-"""The peer venv (benchmarks/.venv-peers) that holds the tools slmkit is compared with.
+"""What the benchmark scripts share: the peer venv and running slmkit itself.
+
+The peer venv (benchmarks/.venv-peers) holds the tools slmkit is compared with.
 
 Peers (lm-evaluation-harness, llama-cpp-python, ...) live in their own venv so
 their pins never touch slmkit's. Bench scripts call
@@ -10,12 +12,32 @@ multi-GB CUDA build.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 PEER_VENV = Path(__file__).resolve().parent / ".venv-peers"
+PROJECT_VENV = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+def alias_checkpoint_dir(alias: str) -> str:
+    """The float safetensors directory slmkit loads for an alias (converted from the GGUF once)."""
+    command = [str(PROJECT_VENV / "python"), "-c", f"import slmkit.models as m; print(m.resolve({alias!r}))"]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+def slm_eval(model: str, data: Path, limit: int | None, *options: str) -> dict:
+    """`slm eval MODEL --data DATA [--limit N] OPTIONS --json`, parsed; exits with its stderr if it fails."""
+    command = [str(PROJECT_VENV / "slm"), "eval", model, "--data", str(data), *options, "--json"]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    print("$", " ".join(command), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"slm eval failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout)
 
 
 def _distribution_name(requirement: str) -> str:
