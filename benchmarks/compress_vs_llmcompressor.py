@@ -6,6 +6,9 @@ SmolLM2-135M-Instruct checkpoint is compressed once by slmkit and once by
 llm-compressor (on CPU), and every result, plus the dense baseline, is scored
 by ONE evaluator: `slm eval OUT --data wikitext-2-raw-test.txt --max-length 2048`
 (token perplexity over non-overlapping 2048-token windows).
+Structured pruning to 75% of the parameters (`slm prune --structured
+--target-params`) is listed for slmkit alone, with its decode speed-up over
+the dense model measured by `slm bench`.
 
 How:
 - slmkit: the `slm prune` / `slm quantize` CLI in a subprocess; its time is the
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,7 +69,10 @@ METHODS = {
     "sparsegpt-2:4": ["prune", "--method", "sparsegpt", "--pattern", "2:4"],
     "rtn-w4g64": ["quantize", "--method", "rtn", "--bits", "4", "--group-size", "64", "--sym"],
     "gptq-w4g64": ["quantize", "--method", "gptq", "--bits", "4", "--group-size", "64", "--sym"],
+    # slmkit only (llm-compressor's oneshot removes no blocks or channels); {target} = 75% of the dense count
+    "structured-75": ["prune", "--structured", "--target-params", "{target}"],
 }
+STRUCTURED_FRACTION = 0.75
 
 
 def ensure_llmcompressor_venv() -> Path:
@@ -132,19 +139,43 @@ def calibration_windows(model_dir: Path, args) -> list[list[int]]:
     return ids.tolist()
 
 
+def parameter_count(model_dir: Path) -> int:
+    """Parameters stored in a checkpoint directory's safetensors files (tied weights count once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as tensors:
+            total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
+    return total
+
+
+def decode_speed(model_dir: Path, log) -> float | None:
+    """Decode tokens/s by `slm bench` (pp512 / tg128, median of 3)."""
+    proc, _ = run_timed([SLM, "bench", model_dir, "--json"], log)
+    return float(last_json(proc.stdout)["decode_tokens_per_s"]) if proc.returncode == 0 else None
+
+
 def run_slmkit(method: str, model_dir: Path, out_dir: Path, args, log) -> dict:
-    cmd = [SLM, *METHODS[method], model_dir, "--calib", args.calib, "--calib-samples", str(args.calib_samples),
+    target = str(round(STRUCTURED_FRACTION * parameter_count(model_dir)))
+    cmd = [SLM, *(a.format(target=target) for a in METHODS[method]), model_dir, "--calib", args.calib, "--calib-samples", str(args.calib_samples),
            "--calib-seq-len", str(args.calib_seq_len), "--seed", "0", "--out", out_dir, "--force", "--json"]
     proc, seconds = run_timed(cmd, log)
     row = {"method": method, "tool": "slmkit", "wall_s": seconds, "process_s": seconds}
     if proc.returncode != 0:
         return {**row, "perplexity": None, "note": f"slm failed: {one_line_error(proc)}"}
     row["perplexity"], row["note"] = evaluate(out_dir, args, log)
+    if METHODS[method][1] == "--structured":
+        row["parameters"] = parameter_count(out_dir)
+        row["decode_tokens_per_s"] = decode_speed(out_dir, log)
     return row
 
 
 def run_llmcompressor(method: str, python: Path, model_dir: Path, calib_json: Path, out_dir: Path,
                       args, log) -> dict:
+    if METHODS[method][1] == "--structured":
+        return {"method": method, "tool": "llm-compressor", "wall_s": None, "process_s": None, "perplexity": None,
+                "note": "n/a: llm-compressor's oneshot removes no blocks, channels or heads"}
     proc, seconds = run_timed([python, WORKER, model_dir, method, calib_json, out_dir], log)
     row = {"method": method, "tool": "llm-compressor", "process_s": seconds}
     results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -180,18 +211,26 @@ def run_llmcompressor(method: str, python: Path, model_dir: Path, calib_json: Pa
 
 
 def print_table(rows: list[dict], dense_ppl: float | None) -> None:
-    header = f"{'method':<15} {'tool':<15} {'perplexity':>10} {'vs dense':>9} {'wall (s)':>9} {'process (s)':>11}  note"
+    header = (f"{'method':<15} {'tool':<15} {'perplexity':>10} {'vs dense':>9} {'wall (s)':>9} {'process (s)':>11} "
+              f"{'params (M)':>10} {'decode t/s':>10}  note")
     print(header)
     print("-" * len(header))
+
+    def number(value, spec):
+        return format(value, spec) if value is not None else ""
+
     for r in rows:
         ppl = f"{r['perplexity']:.3f}" if r.get("perplexity") is not None else "n/a"
         delta = (f"{100 * (r['perplexity'] / dense_ppl - 1):+.1f}%"
                  if r.get("perplexity") is not None and dense_ppl else "")
         wall = f"{r['wall_s']:.1f}" if r.get("wall_s") is not None else "n/a"
-        process = f"{r['process_s']:.1f}" if r.get("process_s") is not None else ""
-        print(f"{r['method']:<15} {r['tool']:<15} {ppl:>10} {delta:>9} {wall:>9} {process:>11}  {r.get('note', '')}")
+        params = number(r["parameters"] / 1e6 if r.get("parameters") else None, ".1f")
+        print(f"{r['method']:<15} {r['tool']:<15} {ppl:>10} {delta:>9} {wall:>9} "
+              f"{number(r.get('process_s'), '.1f'):>11} {params:>10} "
+              f"{number(r.get('decode_tokens_per_s'), '.1f'):>10}  {r.get('note', '')}")
     print("wall: slmkit = the whole `slm` subprocess; llm-compressor = the oneshot() call. "
-          "process: each tool's whole subprocess (load, calibrate, compress, save).")
+          "process: each tool's whole subprocess (load, calibrate, compress, save). "
+          "decode: `slm bench` tg128 after pp512, for the dense and structured models.")
 
 
 def main() -> None:
@@ -242,6 +281,9 @@ def main() -> None:
         dense_ppl, note = evaluate(model_dir, args, log)
         rows.append({"method": "dense", "tool": "-", "perplexity": dense_ppl, "wall_s": None, "process_s": None,
                      "note": note})
+        if any(METHODS[m][1] == "--structured" for m in methods):
+            rows[-1]["parameters"] = parameter_count(model_dir)
+            rows[-1]["decode_tokens_per_s"] = decode_speed(model_dir, log)
         print(f"dense: {dense_ppl}", file=sys.stderr, flush=True)
     for method in methods:
         for tool in tools:

@@ -42,9 +42,10 @@ def test_exact_sparsity_in_every_matrix(family, config):
     torch.testing.assert_close(model.get_input_embeddings().weight, embedding_before)
 
 
-def test_runner_feeds_each_block_what_the_model_does():
+@pytest.mark.parametrize("family", ["gemma3", "llama", "gpt2", "bert", "phi"])
+def test_runner_feeds_each_block_what_the_model_does(family):
     """With a method that changes nothing, observed inputs equal a plain forward pass's (gemma3: mixed attention)."""
-    model = tiny_model("gemma3")
+    model = tiny_model(family)
     ids = calibration()
     expected = {}
 
@@ -53,8 +54,9 @@ def test_runner_feeds_each_block_what_the_model_does():
             expected[key] = inputs[0].reshape(-1, inputs[0].shape[-1])
         return hook
 
-    handles = [layer.register_forward_hook(record(f"{i}.{name}"))
-               for i, block in enumerate(model.model.layers) for name, layer in linear_layers(block).items()]
+    handles = [layer.register_forward_hook(record(f"{stack}.{i}.{name}"))
+               for stack, blocks in block_lists(model)
+               for i, block in enumerate(blocks) for name, layer in linear_layers(block).items()]
     with torch.no_grad():
         model(input_ids=ids)
     for handle in handles:
@@ -65,7 +67,7 @@ def test_runner_feeds_each_block_what_the_model_does():
         seen = {}
 
         def observe(self, name, module, inputs):
-            self.seen[name.removeprefix("model.layers.")] = inputs.clone()
+            self.seen[name] = inputs.clone()
 
         def apply(self, name, module):
             return {}

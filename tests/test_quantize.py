@@ -53,6 +53,21 @@ def test_symmetric_grid_uses_all_levels_and_keeps_zeros():
     torch.testing.assert_close(dequantized[0, 2], torch.tensor(-1.0))
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_mse_observer_never_loses_to_minmax(symmetric):
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32)  # Gaussian tails: clipping the extremes pays off on most rows
+    importance = torch.rand(32) + 0.5
+    errors = {}
+    for observer in ("minmax", "mse"):
+        scale, zero = group_params(weight, 4, symmetric, True, observer, importance)
+        assert torch.equal(scale, scale.half().float())  # still a float16 scale (GGUF blocks)
+        error = (fake_quantize(weight, scale, zero, 4, symmetric) - weight).pow(2) * importance
+        errors[observer] = error.sum(dim=1)
+    assert bool((errors["mse"] <= errors["minmax"] + 1e-6).all())
+    assert float(errors["mse"].sum()) < 0.95 * float(errors["minmax"].sum())
+
+
 def test_gptq_beats_rtn_on_layer_output_error():
     inputs = correlated_inputs(tokens=1024, width=128)
     torch.manual_seed(1)
@@ -61,7 +76,8 @@ def test_gptq_beats_rtn_on_layer_output_error():
     reference = layer(inputs).detach()
     errors = {}
     for label, config in [("rtn", RTNConfig(bits=4, group_size=32)), ("gptq", GPTQConfig(bits=4, group_size=32)),
-                          ("gptq-act", GPTQConfig(bits=4, group_size=32, act_order=True))]:
+                          ("gptq-act", GPTQConfig(bits=4, group_size=32, act_order=True)),
+                          ("gptq-mse", GPTQConfig(bits=4, group_size=32, observer="mse"))]:
         trial = nn.Linear(128, 64, bias=False)
         trial.weight.data.copy_(layer.weight.data)
         quantizer = QUANTIZERS[type(config)](config)
@@ -70,6 +86,7 @@ def test_gptq_beats_rtn_on_layer_output_error():
         with torch.no_grad():
             errors[label] = float((trial(inputs) - reference).pow(2).mean())
     assert errors["gptq"] < errors["rtn"] and errors["gptq-act"] < errors["rtn"]
+    assert errors["gptq-mse"] < errors["gptq"]
 
 
 def test_quantize_respects_pruned_zeros():
@@ -83,7 +100,8 @@ def test_quantize_respects_pruned_zeros():
 
 
 @pytest.mark.parametrize("kwargs, message", [({"bits": 3}, "--bits"), ({"bits": 16}, "--bits"),
-                                             ({"group_size": -1}, "--group-size")])
+                                             ({"group_size": -1}, "--group-size"),
+                                             ({"observer": "percentile"}, "--observer")])
 def test_bad_quant_config(kwargs, message):
     with pytest.raises(slmkit.SlmError, match=message):
         GPTQConfig(**kwargs)

@@ -47,6 +47,8 @@ def quantize_command(
     target: Annotated[str | None, typer.Option(help="Pick the grid of a GGUF type so `slm export` writes these "
                                                        "exact values: " + " | ".join(GGUF_TARGETS))] = None,
     act_order: Annotated[bool, typer.Option(help="GPTQ: quantize columns by decreasing activation size.")] = False,
+    observer: Annotated[str, typer.Option(help="How each group's scale is chosen: minmax (its full range) | mse "
+                                               "(searches clipped ranges for the least error).")] = "minmax",
     fake_quant: Annotated[bool, typer.Option("--fake-quant", "--dry-run",
                                              help="Save float weights on the grid instead of packed "
                                                   "compressed-tensors (quick quality checks).")] = False,
@@ -81,7 +83,7 @@ def quantize_command(
     if act_order and method != "gptq":
         raise SlmError("--act-order applies to --method gptq only")
     grid = resolve_grid(bits, group_size, sym, target)
-    config = config_class(**grid, **extra)
+    config = config_class(**grid, **extra, observer=observer)
     if not fake_quant:
         check_compressed_tensors(config)
     check_destination(out, force)

@@ -76,7 +76,8 @@ class AWQQuantizer(RTNQuantizer):
         rows, cols = weight.shape
         group = _group_size(self.config, name, cols)
         flat = weight.reshape(-1, group)
-        scale, zero = group_params(flat, self.config.bits, self.config.symmetric, self.config.float16_scales)
+        scale, zero = group_params(flat, self.config.bits, self.config.symmetric, self.config.float16_scales,
+                                   self.config.observer)
         return fake_quantize(flat, scale, zero, self.config.bits, self.config.symmetric).reshape(rows, cols)
 
     def prepare_block(self, prefix: str, block) -> None:

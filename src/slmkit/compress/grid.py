@@ -14,18 +14,50 @@ from __future__ import annotations
 import torch
 
 
-def group_params(weight: torch.Tensor, bits: int, symmetric: bool,
-                 float16_scales: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero_point), each [rows, 1], for a [rows, group] slice."""
+OBSERVERS = ("minmax", "mse")
+# Ranges the mse observer tries, as fractions of the full min-max range (llm-compressor's MSE
+# observer and llama.cpp's k-quant search shrink the range the same way).
+SHRINK_FACTORS = torch.linspace(1.0, 0.7, 31).tolist()
+
+
+def group_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scales: bool = False,
+                 observer: str = "minmax", importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point), each [rows, 1], for a [rows, group] slice.
+
+    observer "minmax" spans the group's full range; "mse" tries shrunken ranges (clipping
+    the outliers) and keeps, per row, the one with the least squared error, each column's
+    error weighted by `importance` ([group]; e.g. GPTQ's 1 / [H^-1]_jj^2) when given.
+    """
+    if observer == "minmax":
+        return _range_params(weight, bits, symmetric, float16_scales, 1.0)
+    if observer != "mse":
+        raise ValueError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
+    best_error = best_scale = best_zero = None
+    for factor in SHRINK_FACTORS:
+        scale, zero = _range_params(weight, bits, symmetric, float16_scales, factor)
+        error = (fake_quantize(weight, scale, zero, bits, symmetric) - weight).pow_(2)
+        error = (error * importance if importance is not None else error).sum(dim=1, keepdim=True)
+        if best_error is None:
+            best_error, best_scale, best_zero = error, scale, zero
+        else:
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_scale = torch.where(better, scale, best_scale)
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def _range_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scales: bool,
+                  factor: float) -> tuple[torch.Tensor, torch.Tensor]:
     if symmetric:
         index = weight.abs().argmax(dim=1, keepdim=True)
-        scale = weight.gather(1, index) / -(2 ** (bits - 1))
+        scale = weight.gather(1, index) * (factor / -(2 ** (bits - 1)))
         if float16_scales:
             scale = scale.half().float()
         zero = torch.zeros_like(scale)
     else:
-        low = weight.min(dim=1, keepdim=True).values.clamp(max=0)
-        high = weight.max(dim=1, keepdim=True).values.clamp(min=0)
+        low = weight.min(dim=1, keepdim=True).values.clamp(max=0) * factor
+        high = weight.max(dim=1, keepdim=True).values.clamp(min=0) * factor
         scale = (high - low) / (2**bits - 1)
         if float16_scales:
             scale = scale.half().float()

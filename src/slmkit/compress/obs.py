@@ -14,6 +14,32 @@ from contextlib import contextmanager
 import torch
 
 
+class Hessians:
+    """Per layer, the sum of X^T X over its calibration inputs (shape is all that matters: damping is relative).
+
+    Layers that read the same input (q/k/v, gate/up) get it as the same tensor object from the
+    runner, so the product is computed once per input, not once per layer.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self._last_input: torch.Tensor | None = None
+        self._last_product: torch.Tensor | None = None
+
+    def add(self, name: str, inputs: torch.Tensor) -> None:
+        if inputs is not self._last_input:
+            inputs32 = inputs.float()
+            self._last_input, self._last_product = inputs, inputs32.t() @ inputs32
+        if name in self.sums:
+            self.sums[name] += self._last_product
+        else:
+            self.sums[name] = self._last_product.clone()
+
+    def pop(self, name: str) -> torch.Tensor:
+        self._last_input = self._last_product = None
+        return self.sums.pop(name)
+
+
 def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of the damped inverse Hessian; inputs never seen get zero weight."""
     hessian = hessian.clone()

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 import torch
 
-from slmkit.compress.grid import fake_quantize, group_params
+from slmkit.compress.grid import OBSERVERS, fake_quantize, group_params
 from slmkit.compress.layers import block_lists, linear_layers, set_weight_matrix, weight_matrix
-from slmkit.compress.obs import inverse_hessian_factor, obs_sweep
+from slmkit.compress.obs import Hessians, inverse_hessian_factor, obs_sweep
 from slmkit.compress.runner import run_sequential
 from slmkit.errors import SlmError
 
@@ -32,6 +32,8 @@ class QuantConfig:
         symmetric: zero point fixed at 0 (q4_0-style) or an integer zero point per group.
         float16_scales: round every scale to float16, as GGUF blocks store it, so a symmetric
             group-32 checkpoint exports to q4_0 / q8_0 with its exact values.
+        observer: how a group's scale is chosen: "minmax" spans its full range, "mse" searches
+            clipped ranges for the least (for GPTQ: Hessian-weighted) squared error.
     """
 
     method: ClassVar[str] = ""
@@ -39,8 +41,11 @@ class QuantConfig:
     group_size: int = 64
     symmetric: bool = True
     float16_scales: bool = False
+    observer: str = "minmax"
 
     def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise SlmError(f"--observer must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
         if self.bits not in SUPPORTED_BITS:
             raise SlmError(f"--bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {self.bits}")
         if self.group_size < 0:
@@ -105,28 +110,28 @@ class RTNQuantizer:
         pass
 
     def apply(self, name, module) -> dict:
-        config, weight = self.config, weight_matrix(module).float().clone()
+        config, weight = self.config, weight_matrix(module).float()
         rows, cols = weight.shape
         group = _group_size(config, name, cols)
-        grouped = weight.reshape(rows, cols // group, group)
-        scale, zero = group_params(grouped.reshape(-1, group), config.bits, config.symmetric, config.float16_scales)
-        quantized = fake_quantize(grouped.reshape(-1, group), scale, zero, config.bits, config.symmetric)
-        quantized = quantized.reshape(rows, cols)
+        grouped = weight.reshape(-1, group)
+        scale, zero = group_params(grouped, config.bits, config.symmetric, config.float16_scales, config.observer)
+        quantized = fake_quantize(grouped, scale, zero, config.bits, config.symmetric).reshape(rows, cols)
+        metrics = _metrics(weight, quantized, scale.reshape(rows, -1))  # before the weight is overwritten
         set_weight_matrix(module, quantized)
         self.params[name] = (scale.reshape(rows, -1), zero.reshape(rows, -1))
-        return _metrics(weight, quantized, scale.reshape(rows, -1))
+        return metrics
 
 
 class GPTQQuantizer(RTNQuantizer):
     needs_calibration = True
+    parallel_apply = True  # apply() touches only its own layer and its own Hessian
 
     def __init__(self, config: GPTQConfig):
         super().__init__(config)
-        self.hessians: dict[str, torch.Tensor] = {}
+        self.hessians = Hessians()
 
     def observe(self, name, module, inputs) -> None:
-        inputs = inputs.float()
-        self.hessians[name] = self.hessians.get(name, 0) + inputs.t() @ inputs
+        self.hessians.add(name, inputs)
 
     def apply(self, name, module) -> dict:
         config, original = self.config, weight_matrix(module).float().clone()
@@ -135,7 +140,8 @@ class GPTQQuantizer(RTNQuantizer):
         weight, hessian = original.clone(), self.hessians.pop(name)
         order = torch.argsort(torch.diag(hessian), descending=True) if config.act_order else torch.arange(cols)
         if config.act_order:  # static groups: scales from the original weights, in original column order
-            static = [group_params(weight[:, g:g + group], config.bits, config.symmetric, config.float16_scales)
+            static = [group_params(weight[:, g:g + group], config.bits, config.symmetric, config.float16_scales,
+                                   config.observer, torch.diag(hessian)[g:g + group])
                       for g in range(0, cols, group)]
         weight, hessian = weight[:, order], hessian[order][:, order]
         # Pruned weights stay zero (0 is on every grid); the error compensation works around them.
@@ -154,8 +160,11 @@ class GPTQQuantizer(RTNQuantizer):
             if config.act_order:
                 current["scale"], current["zero"] = static[group_index]
             elif position % group == 0:  # a new group starts: its scale from the error-updated weights
+                # The sweep charges a column's error (w - q)^2 / [H^-1]_jj^2: weigh the scale search the same.
+                importance = torch.diag(block_hinv)[column:column + group].pow(-2)
                 current["scale"], current["zero"] = group_params(block[:, column:column + group], config.bits,
-                                                                 config.symmetric, config.float16_scales)
+                                                                 config.symmetric, config.float16_scales,
+                                                                 config.observer, importance)
             scales[:, group_index:group_index + 1] = current["scale"]
             zeros[:, group_index:group_index + 1] = current["zero"]
             fixed = fake_quantize(block[:, column:column + 1], current["scale"], current["zero"], config.bits,

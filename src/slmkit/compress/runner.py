@@ -12,18 +12,22 @@ A method is any object with `observe(name, module, inputs)` (the layer's full
 module name; inputs as [tokens, in_features]) and `apply(name, module) -> dict`
 (per-layer metrics), and optionally `prepare_block(prefix, block)`, called
 between the two;
-`needs_calibration = False` skips the forward passes (magnitude, RTN).
+`needs_calibration = False` skips the forward passes (magnitude, RTN);
+`parallel_apply = True` lets the layers of a block be compressed in parallel threads.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
 from slmkit.compress.layers import block_lists, linear_layers
+from slmkit.compress.obs import single_thread
 
 
 class _StopForward(Exception):
@@ -76,22 +80,72 @@ def _capture_calls(model: nn.Module, stacks, batches: list[torch.Tensor]):
                     raise _StopForward
 
             handles.append(block.register_forward_pre_hook(record, with_kwargs=True))
+    # A decoder stack of T5 needs the encoder's real output: skip blocks in single-stack models only.
+    skipping = _later_blocks_skipped(stacks[0][1]) if len(stacks) == 1 else nullcontext()
     try:
-        for batch_index, input_ids in enumerate(batches):
-            try:
-                model(**_model_inputs(model, input_ids))
-            except _StopForward:
-                pass
+        with skipping:
+            for batch_index, input_ids in enumerate(batches):
+                try:
+                    model(**_model_inputs(model, input_ids))
+                except _StopForward:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
     return calls
 
 
-def _observer(method, name: str):
+@contextmanager
+def _later_blocks_skipped(blocks: nn.ModuleList) -> Iterator[None]:
+    """While calls are captured, every block after the first passes its input through untouched.
+
+    Only the first block's hidden states are kept, so computing the others would be a wasted
+    full forward pass. Each skipped block returns the first block's output with the hidden
+    states swapped in, so whatever the model does between blocks sees the usual structure.
+    """
+    first_output = {}
+
+    def keep_output(module, args, output):
+        first_output["value"] = output
+
+    def passthrough(*args, **kwargs):
+        hidden, template = _hidden_of(args, kwargs), first_output["value"]
+        if isinstance(template, (tuple, list)):
+            return type(template)((hidden, *template[1:]))
+        return hidden
+
+    handle = blocks[0].register_forward_hook(keep_output)
+    for block in blocks[1:]:
+        block.forward = passthrough  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        handle.remove()
+        for block in blocks[1:]:
+            del block.forward
+
+
+def _observer(method, name: str, shared: dict):
     def hook(module, inputs, output) -> None:  # returning None keeps the layer's output
-        method.observe(name, module, inputs[0].reshape(-1, inputs[0].shape[-1]))
+        # Layers reading the same input (q/k/v, gate/up) get the same flat tensor object,
+        # so a method can compute a statistic of it once (obs.Hessians does).
+        if shared.get("raw") is not inputs[0]:
+            shared["raw"], shared["flat"] = inputs[0], inputs[0].reshape(-1, inputs[0].shape[-1])
+        method.observe(name, module, shared["flat"])
     return hook
+
+
+def _apply_all(method, layers: dict[str, nn.Module]) -> dict[str, dict]:
+    """Apply the method to each layer of a block; the layers are independent, so methods that
+    say `parallel_apply` (the OBS sweeps: thousands of small single-threaded ops) run one layer
+    per core in threads."""
+    workers = min(len(layers), torch.get_num_threads())
+    if workers <= 1 or not getattr(method, "parallel_apply", False):
+        return {name: method.apply(name, layer) for name, layer in layers.items()}
+    # torch's thread count is per thread under OpenMP: each worker sets its own to one.
+    with single_thread(), ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {name: pool.submit(method.apply, name, layer) for name, layer in layers.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *, batch_size: int = 8,
@@ -121,7 +175,9 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
             hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
             for index, block in enumerate(blocks):
                 layers = {f"{stack_name}.{index}.{name}": layer for name, layer in linear_layers(block).items()}
-                handles = [layer.register_forward_hook(_observer(method, name)) for name, layer in layers.items()]
+                shared: dict = {}
+                handles = [layer.register_forward_hook(_observer(method, name, shared))
+                           for name, layer in layers.items()]
                 block_calls = [_with_hidden(*call, h) for call, h in zip(calls[stack_name][index], hidden)]
                 try:
                     for args, kwargs in block_calls:
@@ -129,11 +185,12 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
                 finally:
                     for handle in handles:
                         handle.remove()
+                    shared.clear()
                 if hasattr(method, "prepare_block"):  # block-level rewrites (AWQ's scale folding)
                     method.prepare_block(f"{stack_name}.{index}", block)
-                for name, layer in layers.items():
-                    metrics[name] = method.apply(name, layer)
-                hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]
+                metrics.update(_apply_all(method, layers))
+                if index < len(blocks) - 1:  # the last block's outputs feed nothing
+                    hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]
                 done += 1
                 if progress:
                     progress(done, total_blocks)
