@@ -40,11 +40,6 @@ def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: in
         return calibration_ids(lm, calib, samples=samples, seq_len=seq_len, seed=seed)
 
 
-def calibration_record(calib: Path | None, samples: int, seq_len: int) -> dict:
-    """How a checkpoint was calibrated, for its manifest."""
-    return {"calib": str(calib) if calib else "self-generated", "calib_samples": samples, "calib_seq_len": seq_len}
-
-
 def quiet_libraries() -> None:
     """Library progress bars and warnings would bury our one-line output."""
     import os

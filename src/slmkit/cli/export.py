@@ -35,24 +35,18 @@ def export_command(
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out gptq-q4_0
       slm export gptq-q4_0 --quant q4_0 --out smollm2-gptq.q4_0.gguf
     """
-    from slmkit.export import export_gguf, write_modelfile
     from slmkit.export.gguf import check_target
+    from slmkit.pipeline.stages import export_stage
 
     if format not in FORMATS:
         raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
     check_target(out, quant, force)  # before the (slow) load
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    written = export_gguf(lm, out, quant, force=force)
-    modelfile = write_modelfile(written.path, lm.tokenizer)
-    result = {"model": model, "out": str(written.path), "format": format, "quant": quant,
-              "architecture": written.architecture, "tensors": written.tensors, "bytes": written.bytes,
-              "calibrated_exact_layers": len(written.exact_layers),
-              "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
-              "run_with": f"slm chat {written.path}"}
+    result = {"model": model, "out": str(out), **export_stage(lm, out, quant, force=force)}
     if json_output:
         print_json(result)
         return
-    print_table(f"{model} → {written.path.name}", {**result, "bytes": human_bytes(written.bytes)})
-    if written.requantized_layers:
-        typer.echo(f"note: {len(written.requantized_layers)} calibrated layers are not on the {quant} grid and "
+    print_table(f"{model} → {out.name}", {**result, "bytes": human_bytes(result["bytes"])})
+    if result["calibrated_requantized_layers"]:
+        typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {quant} grid and "
                    f"were re-rounded; quantize with --target gguf-{quant} to keep them exactly", err=True)

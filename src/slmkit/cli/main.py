@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from slmkit.cli import bench, eval, export, generate, info, models_cmd, prune, quantize
+from slmkit.cli import bench, eval, export, generate, info, models_cmd, prune, quantize, run
 
 app = typer.Typer(
     name="slm",
@@ -25,6 +25,8 @@ app.command("quantize")(quantize.quantize_command)
 app.command("export")(export.export_command)
 app.command("generate")(generate.generate_command)
 app.command("chat")(generate.chat_command)
+app.command("run")(run.run_command)
+app.command("report")(run.report_command)
 
 
 def main() -> None:

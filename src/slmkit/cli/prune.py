@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
-                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, calibration_record,
-                               load_model,
+                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
                                print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -49,8 +48,9 @@ def prune_command(
                            json_output, allow_pickle, trust_remote_code)
     if depth or width or target_params:
         raise SlmError("--depth, --width and --target-params need --structured")
-    from slmkit.compress import PRUNE_METHODS, prune
-    from slmkit.models.checkpoint import check_destination, save
+    from slmkit.compress import PRUNE_METHODS
+    from slmkit.models.checkpoint import check_destination
+    from slmkit.pipeline.stages import calibration_record, prune_stage
 
     config_class = PRUNE_METHODS.get(method)
     if config_class is None:
@@ -61,20 +61,16 @@ def prune_command(
     calibration = (None if config_class.method == "magnitude"
                    else calibration_for(lm, calib, calib_samples, calib_seq_len, seed))
     with progress_bar(f"{method} pruning, block") as progress:
-        layers = prune(lm.model, config, calibration, progress=progress)
-    sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
-    measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
-    record = {**config.to_dict(), **calibration_record(calib, calib_samples, calib_seq_len)}
-    save(lm.model, out, lm.tokenizer, stage="prune", parent=model, config=record, seed=seed,
-         metrics={"measured_sparsity": measured, "layers": layers}, force=force)
-    result = {"model": model, "out": str(out), **record, "measured_sparsity": measured, "pruned_layers": len(layers)}
+        result = prune_stage(lm, out, config, calibration, parent=model, seed=seed, force=force, progress=progress,
+                             calib=calibration_record(calib, calib_samples, calib_seq_len))
+    result = {"model": model, "out": str(out), **result}
     if json_output:
         print_json(result)
     else:
         print_table(f"{model} — pruned", result)
 
 
-def _parse_width(width: str | None) -> dict[str, int]:
+def parse_width(width: str | None) -> dict[str, int]:
     if not width:
         return {}
     parsed = {}
@@ -86,7 +82,7 @@ def _parse_width(width: str | None) -> dict[str, int]:
     return parsed
 
 
-def _parse_count(text: str | None) -> int | None:
+def parse_count(text: str | None) -> int | None:
     if text is None:
         return None
     multipliers = {"K": 10**3, "M": 10**6, "B": 10**9}
@@ -99,26 +95,18 @@ def _parse_count(text: str | None) -> int | None:
 
 def _structured(model, out, depth, width, target_params, calib, calib_samples, calib_seq_len, seed, force,
                 json_output, allow_pickle, trust_remote_code) -> None:
-    from slmkit.compress.structured import StructuredConfig, prune_structured
-    from slmkit.models.checkpoint import check_destination, save
+    from slmkit.compress.structured import StructuredConfig
+    from slmkit.models.checkpoint import check_destination
+    from slmkit.pipeline.stages import calibration_record, structured_stage
 
-    config = StructuredConfig(depth=depth, target_params=_parse_count(target_params), **_parse_width(width))
+    config = StructuredConfig(depth=depth, target_params=parse_count(target_params), **parse_width(width))
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    before = sum(p.numel() for p in lm.model.parameters())
     calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed)
     with progress_bar("scoring blocks, channels and heads") as progress:
-        report = prune_structured(lm.model, config, calibration)
-        progress(1, 1)
-    kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
-    record = {**config.to_dict(), **calibration_record(calib, calib_samples, calib_seq_len)}
-    metrics = {**report, "parameters_before": before, "kept_ffn_channels": kept["kept_ffn_channels"],
-               "kept_heads": kept["kept_heads"]}
-    save(lm.model, out, lm.tokenizer, stage="structured", parent=model, config=record, seed=seed, metrics=metrics,
-         force=force)
-    result = {"model": model, "out": str(out), **record, "parameters_before": before,
-              "parameters_after": report["parameters"], "removed_blocks": report["removed_blocks"],
-              "ffn": report["ffn"], "heads": report["heads"]}
+        result = structured_stage(lm, out, config, calibration, parent=model, seed=seed, force=force,
+                                  progress=progress, calib=calibration_record(calib, calib_samples, calib_seq_len))
+    result = {"model": model, "out": str(out), **result}
     if json_output:
         print_json(result)
     else:

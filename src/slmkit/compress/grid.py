@@ -18,6 +18,7 @@ OBSERVERS = ("minmax", "mse")
 # Ranges the mse observer tries, as fractions of the full min-max range (llm-compressor's MSE
 # observer and llama.cpp's k-quant search shrink the range the same way).
 SHRINK_FACTORS = torch.linspace(1.0, 0.7, 31).tolist()
+MSE_SEARCH_ELEMENTS = 1 << 22  # candidates x rows x group held at once by the mse search
 
 
 def group_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scales: bool = False,
@@ -32,32 +33,32 @@ def group_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scale
         return _range_params(weight, bits, symmetric, float16_scales, 1.0)
     if observer != "mse":
         raise ValueError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
-    best_error = best_scale = best_zero = None
-    for factor in SHRINK_FACTORS:
-        scale, zero = _range_params(weight, bits, symmetric, float16_scales, factor)
-        error = (fake_quantize(weight, scale, zero, bits, symmetric) - weight).pow_(2)
-        error = (error * importance if importance is not None else error).sum(dim=1, keepdim=True)
-        if best_error is None:
-            best_error, best_scale, best_zero = error, scale, zero
-        else:
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_scale = torch.where(better, scale, best_scale)
-            best_zero = torch.where(better, zero, best_zero)
-    return best_scale, best_zero
+    # All candidate ranges at once ([factors, rows, group]), a slice of rows at a time to bound memory.
+    factors = torch.tensor(SHRINK_FACTORS).view(-1, 1, 1)
+    rows_per_slice = max(1, MSE_SEARCH_ELEMENTS // (len(SHRINK_FACTORS) * weight.shape[1]))
+    scales, zeros = [], []
+    for rows in weight.split(rows_per_slice):
+        scale, zero = _range_params(rows.unsqueeze(0), bits, symmetric, float16_scales, factors)
+        error = (fake_quantize(rows, scale, zero, bits, symmetric) - rows).pow_(2)
+        error = (error * importance if importance is not None else error).sum(dim=-1, keepdim=True)
+        best = error.argmin(dim=0, keepdim=True)  # [1, rows, 1]
+        scales.append(scale.gather(0, best)[0])
+        zeros.append(zero.gather(0, best)[0])
+    return torch.cat(scales), torch.cat(zeros)
 
 
 def _range_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scales: bool,
-                  factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  factor: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point spanning `factor` x the range of each row (along the last dim)."""
     if symmetric:
-        index = weight.abs().argmax(dim=1, keepdim=True)
-        scale = weight.gather(1, index) * (factor / -(2 ** (bits - 1)))
+        index = weight.abs().argmax(dim=-1, keepdim=True)
+        scale = weight.gather(-1, index) * (factor / -(2 ** (bits - 1)))
         if float16_scales:
             scale = scale.half().float()
         zero = torch.zeros_like(scale)
     else:
-        low = weight.min(dim=1, keepdim=True).values.clamp(max=0) * factor
-        high = weight.max(dim=1, keepdim=True).values.clamp(min=0) * factor
+        low = weight.min(dim=-1, keepdim=True).values.clamp(max=0) * factor
+        high = weight.max(dim=-1, keepdim=True).values.clamp(min=0) * factor
         scale = (high - low) / (2**bits - 1)
         if float16_scales:
             scale = scale.half().float()

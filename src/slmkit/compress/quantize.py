@@ -34,6 +34,7 @@ class QuantConfig:
             group-32 checkpoint exports to q4_0 / q8_0 with its exact values.
         observer: how a group's scale is chosen: "minmax" spans its full range, "mse" searches
             clipped ranges for the least (for GPTQ: Hessian-weighted) squared error.
+            Default: mse for GPTQ, minmax otherwise (unweighted clipping hurt RTN).
     """
 
     method: ClassVar[str] = ""
@@ -74,6 +75,8 @@ class GPTQConfig(QuantConfig):
     """
 
     method: ClassVar[str] = "gptq"
+    # Hessian-weighted clipping search: on SmolLM2 q4_0 it beat spanning the full range by 4% perplexity.
+    observer: str = "mse"
     act_order: bool = False
     damp: float = 0.01
     block_size: int = 128

@@ -1,0 +1,370 @@
+"""The report of one or more runs: report.md and a self-contained report.html.
+
+What a person choosing a model needs, measured: the original against every
+model a stage made (parameters, bytes on disk, peak RAM, prefill/decode speed,
+time to first token, perplexity, task accuracies, each with its change from
+the original), plots (quality against size with the Pareto front, decode
+speed per model, per-layer sparsity or quantization error), sample answers of
+the original and the final model, and the command that runs each artefact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.models.checkpoint import read_manifest
+from slmkit.pipeline.run import RUN_FILE
+
+# (key in a measurement, column title, unit, higher is better, format)
+COLUMNS = [
+    ("parameters", "parameters", "", None, "{:,.0f}"),
+    ("bytes_on_disk", "on disk", "MB", False, "{:.1f}"),
+    ("peak_rss_bytes", "peak RAM", "MB", False, "{:.0f}"),
+    ("prefill_tokens_per_s", "prefill", "tok/s", True, "{:.1f}"),
+    ("decode_tokens_per_s", "decode", "tok/s", True, "{:.1f}"),
+    ("time_to_first_token_s", "first token", "s", False, "{:.3f}"),
+    ("token_perplexity", "perplexity", "", False, "{:.3f}"),
+]
+ACCURACY_KEYS = ("acc", "acc_norm", "accuracy", "macro_f1")
+MEGABYTE_KEYS = ("bytes_on_disk", "peak_rss_bytes")
+
+
+@dataclass
+class ModelRow:
+    run: str
+    label: str
+    stage: str
+    path: str
+    backend: str | None = None
+    values: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.label if not self.run else f"{self.run}/{self.label}"
+
+
+def read_run(directory: Path) -> dict:
+    path = directory / RUN_FILE
+    if not path.is_file():
+        raise SlmError(f"{directory}: no {RUN_FILE} here; give a directory `slm run` wrote")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _bytes_on_disk(path: Path) -> int | None:
+    from slmkit.models.info import bytes_on_disk
+
+    return bytes_on_disk(path) if path.exists() else None
+
+
+def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]:
+    """One row per model of the run, filled from every measuring stage (later ones win)."""
+    rows = {"original": ModelRow(run_label, "original", "original", state["model"])}
+    for name, record in state["stages"].items():
+        if record.get("status") != "done":
+            continue
+        if record["stage"] in ("eval", "bench"):
+            for label, result in record["result"].items():
+                row = rows.get(label)
+                if row is None:
+                    continue
+                row.backend = result.get("backend", row.backend)
+                if record["stage"] == "bench":
+                    row.values.update({key: result.get(key) for key in
+                                       ("parameters", "bytes_on_disk", "peak_rss_bytes", "prefill_tokens_per_s",
+                                        "decode_tokens_per_s", "time_to_first_token_s")})
+                else:
+                    row.values.update({key: value for key, value in result.items()
+                                       if key == "token_perplexity" or key in ACCURACY_KEYS})
+        else:
+            path = directory / record["output"]
+            rows[name] = ModelRow(run_label, name, record["stage"], str(path))
+            rows[name].values.setdefault("bytes_on_disk", _bytes_on_disk(path))
+    original = rows["original"]
+    if original.values.get("bytes_on_disk") is None and Path(original.path).exists():
+        original.values["bytes_on_disk"] = _bytes_on_disk(Path(original.path))
+    return list(rows.values())
+
+
+def _format(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key in MEGABYTE_KEYS:
+        value = value / 1e6
+    spec = next((c[4] for c in COLUMNS if c[0] == key), "{:.2f}")
+    return spec.format(value * 100 if key in ACCURACY_KEYS else value)
+
+
+def _change(value, reference) -> str:
+    if value is None or not reference:
+        return ""
+    return f"{100 * (value / reference - 1):+.1f}%"
+
+
+def _table(rows: list[ModelRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells; every number after the first row carries its change from that run's original."""
+    accuracy_keys = [k for k in ACCURACY_KEYS if any(k in r.values for r in rows)]
+    keys = [c[0] for c in COLUMNS if any(r.values.get(c[0]) is not None for r in rows)] + accuracy_keys
+    titles = {c[0]: c[1] + (f" ({c[2]})" if c[2] else "") for c in COLUMNS}
+    titles.update({k: f"{k} (%)" for k in accuracy_keys})
+    header = ["model", "stage", "backend"] + [titles[k] for k in keys]
+    originals = {r.run: r for r in rows if r.label == "original"}
+    cells = []
+    for row in rows:
+        reference = originals.get(row.run)
+        line = [row.name, row.stage, row.backend or "—"]
+        for key in keys:
+            text = _format(key, row.values.get(key))
+            if reference is not row and reference and row.values.get(key) is not None:
+                change = _change(row.values[key], reference.values.get(key))
+                text = f"{text} ({change})" if change else text
+            line.append(text)
+        cells.append(line)
+    return header, cells
+
+
+def headline(rows: list[ModelRow]) -> dict:
+    """Original vs the final model of the first run: size ratio, decode speed ratio, perplexity change."""
+    first_run = [r for r in rows if r.run == rows[0].run]
+    original = first_run[0]
+    measured = [r for r in first_run[1:] if r.values.get("token_perplexity") is not None
+                or r.values.get("decode_tokens_per_s") is not None]
+    final = (measured or first_run)[-1]
+
+    def ratio(key):
+        a, b = original.values.get(key), final.values.get(key)
+        return a / b if a and b else None
+
+    speed = (final.values.get("decode_tokens_per_s") or 0) / original.values["decode_tokens_per_s"] \
+        if original.values.get("decode_tokens_per_s") and final.values.get("decode_tokens_per_s") else None
+    ppl_a, ppl_b = original.values.get("token_perplexity"), final.values.get("token_perplexity")
+    return {"original": original.name, "final": final.name, "size_ratio": ratio("bytes_on_disk"),
+            "decode_speed_ratio": speed,
+            "perplexity_change_percent": 100 * (ppl_b / ppl_a - 1) if ppl_a and ppl_b else None,
+            "original_perplexity": ppl_a, "final_perplexity": ppl_b}
+
+
+def _headline_text(numbers: dict) -> str:
+    parts = []
+    if numbers["size_ratio"]:
+        parts.append(f"{numbers['size_ratio']:.2f}x smaller on disk")
+    if numbers["decode_speed_ratio"]:
+        parts.append(f"{numbers['decode_speed_ratio']:.2f}x the decode speed")
+    if numbers["perplexity_change_percent"] is not None:
+        parts.append(f"perplexity {numbers['original_perplexity']:.3f} -> {numbers['final_perplexity']:.3f} "
+                     f"({numbers['perplexity_change_percent']:+.1f}%)")
+    return f"{numbers['final']} vs {numbers['original']}: " + (", ".join(parts) if parts else "not measured")
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    measured = [r for r in rows if r.values.get("bytes_on_disk") and r.values.get("token_perplexity")]
+    if measured:
+        figure, axes = plt.subplots(figsize=(6.4, 4))
+        for run in sorted({r.run for r in measured}):
+            mine = [r for r in measured if r.run == run]
+            axes.scatter([r.values["bytes_on_disk"] / 1e6 for r in mine],
+                         [r.values["token_perplexity"] for r in mine], label=run or None, zorder=3)
+        for r in measured:
+            axes.annotate(r.name, (r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+        # The front: models no other model beats on both size and perplexity.
+        front, best = [], float("inf")
+        for size, perplexity in sorted((r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"])
+                                       for r in measured):
+            if perplexity < best:
+                front.append((size, perplexity))
+                best = perplexity
+        axes.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", label="Pareto front", zorder=2)
+        axes.set_xlabel("size on disk (MB)")
+        axes.set_ylabel("perplexity (lower is better)")
+        axes.set_title("Quality vs size")
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
+        plots["pareto"] = _png(figure)
+        plt.close(figure)
+    speeds = [(r.name, r.values["decode_tokens_per_s"]) for r in rows if r.values.get("decode_tokens_per_s")]
+    if speeds:
+        figure, axes = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(speeds)))
+        axes.barh([s[0] for s in speeds][::-1], [s[1] for s in speeds][::-1], color="#4c72b0")
+        for index, (_, value) in enumerate(speeds[::-1]):
+            axes.text(value, index, f" {value:.1f}", va="center", fontsize=8)
+        axes.set_xlabel("decode tokens/s (higher is better)")
+        axes.set_title("Decode speed")
+        plots["decode"] = _png(figure)
+        plt.close(figure)
+    if layer_series:
+        metrics = sorted({metric for metric, _ in layer_series.values()})
+        figure, axes_list = plt.subplots(len(metrics), 1, figsize=(6.4, 3.2 * len(metrics)), squeeze=False)
+        for axes, metric in zip(axes_list[:, 0], metrics):  # one panel per metric: their scales differ
+            for label, (series_metric, values) in layer_series.items():
+                if series_metric == metric:
+                    axes.plot(range(len(values)), values, marker=".", label=label)
+            axes.set_ylabel(metric)
+            axes.set_title(f"Per-layer {metric}")
+            axes.legend(fontsize=8)
+            axes.grid(alpha=0.3)
+        axes_list[-1, 0].set_xlabel("layer (model order)")
+        figure.tight_layout()
+        plots["layers"] = _png(figure)
+        plt.close(figure)
+    return plots
+
+
+def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
+    """Per-layer sparsity (prune) or weight MSE (quantize) from each checkpoint's manifest."""
+    series = {}
+    for row in rows:
+        if row.stage not in ("prune", "quantize") or not Path(row.path).is_dir():
+            continue
+        layers = (read_manifest(row.path) or {}).get("metrics", {}).get("layers", {})
+        metric = "sparsity" if row.stage == "prune" else "weight_mse"
+        values = [m[metric] for m in layers.values() if metric in m]
+        if values:
+            series[row.name] = (metric, values)
+    return series
+
+
+def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
+    """(model, where it is, the command that chats with it)."""
+    found = []
+    for row in rows:
+        if row.label == "original" or row.stage in ("eval", "bench"):
+            continue
+        found.append((row.name, row.path, f"slm chat {row.path}"))
+        if row.path.endswith(".gguf"):
+            modelfile = Path(row.path).with_suffix(".Modelfile")
+            if modelfile.exists():
+                found.append((row.name + " (Ollama)", str(modelfile),
+                              f"cd {modelfile.parent} && ollama create {Path(row.path).stem} -f {modelfile.name}"))
+    return found
+
+
+def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html (into the run directory, or `out_dir` for several runs)."""
+    if not run_dirs:
+        raise SlmError("give at least one run directory")
+    if len(run_dirs) > 1 and out_dir is None:
+        raise SlmError("several runs: say where the report goes with --out DIR")
+    out_dir = Path(out_dir or run_dirs[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    states = [(Path(d), read_run(Path(d))) for d in run_dirs]
+    multiple = len(states) > 1
+    rows = []
+    for directory, state in states:
+        rows += collect_rows(directory, state, directory.name if multiple else "")
+    numbers = headline(rows)
+    plots = _plots(rows, _layer_series(rows))
+    header, cells = _table(rows)
+    samples = [] if multiple else (states[0][1].get("samples") or [])
+    commands = _commands(rows)
+    title = "slmkit report: " + ", ".join(state["recipe_name"] for _, state in states)
+    stage_times = [((f"{directory.name}/" if multiple else "") + f"{name} ({record['stage']})", record["seconds"])
+                   for directory, state in states
+                   for name, record in state["stages"].items() if record.get("status") == "done"]
+
+    assets = out_dir / "report-files"
+    assets.mkdir(exist_ok=True)
+    for name, png in plots.items():
+        _write_atomic(assets / f"{name}.png", png)
+    markdown = _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times)
+    page = _html(title, states, numbers, header, cells, plots, samples, commands, stage_times)
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    _write_atomic(md_path, markdown.encode())
+    _write_atomic(html_path, page.encode())
+    return md_path, html_path
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+def _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times) -> str:
+    lines = [f"# {title}", ""]
+    for directory, state in states:
+        lines.append(f"- run `{directory}`: model `{state['model']}`, data `{state['data'] or 'none (data-free)'}`, "
+                     f"finished {state.get('finished') or 'no (stopped early)'}")
+    lines += ["", f"**{_headline_text(numbers)}**", "", "| " + " | ".join(header) + " |",
+              "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines.append("")
+    for name in plots:
+        lines += [f"![{name}](report-files/{name}.png)", ""]
+    if samples:
+        final = samples[0]["final"]
+        lines += ["## Sample answers", ""]
+        for sample in samples:
+            lines += [f"**{sample['prompt']}**", "", f"- original: {sample['original']}", f"- {final}: {sample[final]}",
+                      ""]
+    lines += ["## Artefacts", ""] + [f"- {name}: `{path}` — `{command}`" for name, path, command in commands]
+    lines += ["", "## Stage times", ""] + [f"- {what}: {seconds:.1f} s" for what, seconds in stage_times]
+    return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; padding: 0 1rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+th:first-child, td:first-child, td:nth-child(2), td:nth-child(3) { text-align: left; }
+th { background: #f3f3f3; }
+.headline { font-size: 1.15rem; background: #eef5ee; padding: 0.8rem; border-radius: 6px; }
+.plots img { max-width: 100%; margin: 0.5rem 0; display: block; }
+.samples td { text-align: left; vertical-align: top; white-space: pre-wrap; max-width: 30rem; }
+code { background: #f3f3f3; padding: 0 0.2rem; }
+"""
+
+
+def _html(title, states, numbers, header, cells, plots, samples, commands, stage_times) -> str:
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>{esc(title)}</h1><ul>"]
+    for directory, state in states:
+        parts.append(f"<li>run <code>{esc(str(directory))}</code>: model <code>{esc(state['model'])}</code>, data "
+                     f"<code>{esc(state['data'] or 'none (data-free)')}</code></li>")
+    parts.append(f"</ul><p class='headline' id='headline'>{esc(_headline_text(numbers))}</p>")
+    parts.append("<table id='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
+    for row in cells:
+        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+    parts.append("</tbody></table><div class='plots'>")
+    for name, png in plots.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<img id='plot-{name}' alt='{esc(name)} plot' src='data:image/png;base64,{data}'>")
+    parts.append("</div>")
+    if samples:
+        final = samples[0]["final"]
+        parts.append(f"<h2>Sample answers</h2><table class='samples' id='samples'><thead><tr><th>prompt</th>"
+                     f"<th>original</th><th>{esc(final)}</th></tr></thead><tbody>")
+        for sample in samples:
+            parts.append(f"<tr><td>{esc(sample['prompt'])}</td><td>{esc(sample['original'])}</td>"
+                         f"<td>{esc(sample[final])}</td></tr>")
+        parts.append("</tbody></table>")
+    parts.append("<h2>Artefacts</h2><ul id='artefacts'>")
+    for name, path, command in commands:
+        parts.append(f"<li>{esc(name)}: <code>{esc(path)}</code><br>run: <code>{esc(command)}</code></li>")
+    parts.append("</ul><h2>Stage times</h2><ul>")
+    for what, seconds in stage_times:
+        parts.append(f"<li>{esc(what)}: {seconds:.1f} s</li>")
+    parts.append("</ul></body></html>")
+    return "\n".join(parts) + "\n"

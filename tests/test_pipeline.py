@@ -1,0 +1,213 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slmkit.errors import SlmError
+from slmkit.models.checkpoint import read_manifest
+from slmkit.pipeline.recipe import load_recipe, parse_recipe
+from slmkit.pipeline.run import run_recipe
+
+from conftest import run_slm
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def two_stage_recipe(text_path: Path, gptq_samples: int = 8, bench: bool = True) -> str:
+    bench_stage = """
+  - stage: bench
+    prompt_tokens: 16
+    gen_tokens: 4
+    repeats: 1
+""" if bench else ""
+    return f"""
+name: tiny
+prompts: ["Small models"]
+max_new_tokens: 8
+stages:
+  - stage: prune
+    method: magnitude
+    sparsity: 0.5
+  - stage: quantize
+    method: gptq
+    bits: 4
+    group_size: 16
+    fake_quant: true
+    calib_samples: {gptq_samples}
+    calib_seq_len: 32
+  - stage: eval
+    data: {text_path}
+    max_length: 64
+""" + bench_stage
+
+
+@pytest.fixture
+def sample_text(tmp_path) -> Path:
+    from conftest import SAMPLE_TEXT
+
+    path = tmp_path / "sample.txt"
+    path.write_text(SAMPLE_TEXT)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nstages:\n  - stage: compress\n", "r.yaml: stages[0].stage: unknown stage 'compress'"),
+    ("name: x\nstages:\n  - stage: prune\n    sparsty: 0.5\n", "r.yaml: stages[0].sparsty: unknown field"),
+    ("name: x\nstages:\n  - stage: prune\n    sparsity: 1.5\n", "r.yaml: stages[0] (prune): --sparsity"),
+    ("name: x\nstages:\n  - stage: quantize\n    bits: 3\n", "r.yaml: stages[0] (quantize): --bits"),
+    ("name: x\nstages:\n  - stage: quantize\n    bits: four\n", "r.yaml: stages[0].bits: "),
+    ("name: x\nstagez: []\n", "r.yaml: stagez: unknown field"),
+    ("name: x\nstages: [\n", "r.yaml: line 3 not valid YAML"),
+    ("name: x\nstages:\n  - stage: distill\n", "'distill' is not available"),
+    ("name: x\nstages:\n  - stage: eval\n    name: a\n  - stage: bench\n    name: a\n", "name 'a' is used twice"),
+    ("name: x\nstages:\n  - stage: eval\n    models: [original, q]\n  - stage: quantize\n    name: q\n",
+     "r.yaml: stages[0].models: 'q' is not the original or a model made before this stage"),
+])
+def test_recipe_validation_errors_name_file_and_key(text, message):
+    with pytest.raises(SlmError) as error:
+        parse_recipe(text, "r.yaml")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_ready_recipes_validate():
+    names = sorted(path.stem for path in RECIPES.glob("*.yaml"))
+    assert {"edge-chat", "sparse-2of4", "int8-server"} <= set(names)
+    for path in RECIPES.glob("*.yaml"):
+        assert load_recipe(path).name == path.stem
+
+
+def test_cli_run_refuses_a_bad_recipe_before_anything_runs(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: x\nstages:\n  - stage: prune\n    method: snip\n")
+    result = run_slm("run", str(recipe), "--out", str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert f"{recipe}: stages[0].method" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_stage_recipe_makes_checkpoints_run_json_and_report(tiny_llama_dir, sample_text, tmp_path):
+    recipe = parse_recipe(two_stage_recipe(sample_text), "tiny.yaml")
+    run_dir = run_recipe(recipe, recipe_path="tiny.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
+    state = json.loads((run_dir / "run.json").read_text())
+    assert [record["status"] for record in state["stages"].values()] == ["done"] * 4
+    assert read_manifest(run_dir / "01-prune")["stage"] == "prune"
+    manifest = read_manifest(run_dir / "02-quantize")
+    assert manifest["stage"] == "quantize" and manifest["config"]["calib"] == "self-generated"
+    measured = state["stages"]["03-eval"]["result"]
+    assert set(measured) == {"original", "01-prune", "02-quantize"}
+    assert measured["original"]["token_perplexity"] < measured["01-prune"]["token_perplexity"]
+    benched = state["stages"]["04-bench"]["result"]
+    assert all(result["decode_tokens_per_s"] > 0 for result in benched.values())
+    assert len(state["samples"]) == 1 and state["samples"][0]["final"] == "02-quantize"
+
+    from slmkit.pipeline.report import write_report
+
+    md_path, html_path = write_report([run_dir])
+    markdown = md_path.read_text()
+    assert "| original |" in markdown and "02-quantize" in markdown and "perplexity" in markdown
+    page = html_path.read_text()
+    for element in ("id='summary'", "id='plot-pareto'", "id='plot-decode'", "id='plot-layers'", "id='samples'"):
+        assert element in page
+    assert "src='report-files" not in page  # self-contained: plots are embedded
+
+    shutil.copytree(run_dir, tmp_path / "run-b")
+    result = run_slm("report", str(run_dir), str(tmp_path / "run-b"), "--out", str(tmp_path / "both"))
+    assert result.returncode == 0, result.stderr
+    compared = (tmp_path / "both" / "report.md").read_text()
+    assert "| run/original |" in compared and "| run-b/02-quantize |" in compared
+    refused = run_slm("report", str(run_dir), str(tmp_path / "run-b"))
+    assert refused.returncode != 0 and "--out" in refused.stderr
+
+
+def _slm_run(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "slmkit.cli.main", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _wait_for_log(log: Path, line: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and line in log.read_text():
+            return
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError(f"{line!r} never appeared in {log}")
+
+
+def test_resume_after_kill_reruns_only_the_stopped_stage(tiny_llama_dir, sample_text, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    # Enough self-generated calibration that the GPTQ stage is still running when it is killed.
+    recipe.write_text(two_stage_recipe(sample_text, gptq_samples=256, bench=False))
+    model = str(tiny_llama_dir)
+    killed_dir = tmp_path / "killed"
+    process = _slm_run(str(recipe), "--model", model, "--out", str(killed_dir))
+    _wait_for_log(killed_dir / "run.log", "02-quantize: start", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = json.loads((killed_dir / "run.json").read_text())
+    assert list(state["stages"]) == ["01-prune"]
+    first_stage = (killed_dir / "01-prune" / "model.safetensors").stat()
+
+    resumed = subprocess.run([sys.executable, "-m", "slmkit.cli.main", "run", str(recipe), "--model", model,
+                              "--out", str(killed_dir), "--json"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "01-prune: finished earlier, kept" in resumed.stderr
+    assert (killed_dir / "01-prune" / "model.safetensors").stat().st_mtime_ns == first_stage.st_mtime_ns
+    assert not [p for p in killed_dir.iterdir() if ".tmp-" in p.name]
+
+    clean_dir = tmp_path / "clean"
+    clean = subprocess.run([sys.executable, "-m", "slmkit.cli.main", "run", str(recipe), "--model", model,
+                            "--out", str(clean_dir), "--json"], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    resumed_state = json.loads((killed_dir / "run.json").read_text())
+    clean_state = json.loads((clean_dir / "run.json").read_text())
+    for name in ("02-quantize", "03-eval"):
+        resumed_result, clean_result = resumed_state["stages"][name]["result"], clean_state["stages"][name]["result"]
+        assert json.dumps(resumed_result, sort_keys=True) == json.dumps(clean_result, sort_keys=True)
+    assert resumed_state["samples"] == clean_state["samples"]
+    assert (killed_dir / "report.html").is_file() and (killed_dir / "report.md").is_file()
+
+
+def test_run_refuses_a_directory_of_another_recipe(tiny_llama_dir, sample_text, tmp_path):
+    recipe = parse_recipe(two_stage_recipe(sample_text).replace("sparsity: 0.5", "sparsity: 0.25"), "a.yaml")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"fingerprint": "other", "model": "m", "data": None,
+                                                          "recipe_name": "other"}))
+    with pytest.raises(SlmError, match="holds a run of another recipe"):
+        run_recipe(recipe, recipe_path="a.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SlmError, match="is not empty"):
+        run_recipe(recipe, recipe_path="a.yaml", model=str(tiny_llama_dir), out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian package chromium)")
+def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp_path):
+    recipe = parse_recipe(two_stage_recipe(sample_text), "tiny.yaml")
+    run_dir = run_recipe(recipe, recipe_path="tiny.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
+    from slmkit.pipeline.report import write_report
+
+    _, html_path = write_report([run_dir])
+    # Chromium prints the DOM after the page has loaded and reports console messages on stderr.
+    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                             "--v=0", "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert 'id="summary"' in dom and "<td>original</td>" in dom
+    for plot in ("pareto", "decode", "layers"):
+        assert f'id="plot-{plot}"' in dom
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
