@@ -211,3 +211,14 @@ def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp
         assert f'id="plot-{plot}"' in dom
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
+
+
+def test_bench_stage_reports_each_models_own_peak_memory(tiny_llama_dir):
+    """A bench process started by a big process must not report the parent's peak (Linux keeps ru_maxrss)."""
+    from slmkit.pipeline.recipe import BenchStage
+    from slmkit.pipeline.run import RunModel, _bench
+
+    ballast = bytearray(1_500_000_000)  # noqa: F841  (held while the child runs)
+    result = _bench(BenchStage(stage="bench", prompt_tokens=8, gen_tokens=2, repeats=1),
+                    RunModel("original", str(tiny_llama_dir), "original"))
+    assert result["peak_rss_bytes"] < 1_200_000_000

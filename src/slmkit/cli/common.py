@@ -44,11 +44,13 @@ def quiet_libraries() -> None:
     """Library progress bars and warnings would bury our one-line output."""
     import os
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # compressed-tensors' bars; ours are rich
+    import warnings
+
     import transformers
 
+    # Loading a compressed-tensors checkpoint passes its own quantization config back in; harmless.
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -9,7 +9,6 @@ import typer
 
 from slmkit.cli.common import AllowPickleOpt, BackendOpt, ModelArg, TrustRemoteCodeOpt, load_model
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.runtime.generate import SamplingConfig
 
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
@@ -37,7 +36,7 @@ def generate_command(
       slm generate "What is the capital of France?"
       slm generate "Once upon a time" -m ./my-model --no-chat-template --temperature 0
     """
-    from slmkit.runtime.generate import generate
+    from slmkit.runtime.generate import SamplingConfig, generate
 
     sampling = SamplingConfig(temperature, top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens)
     if prompt == "-":
@@ -60,6 +59,7 @@ def chat_command(
     Examples: slm chat; echo "Hi" | slm chat ./my-model --temperature 0; slm chat model.q4_0.gguf
     """
     from slmkit.runtime.chat import repl
+    from slmkit.runtime.generate import SamplingConfig
 
     sampling = SamplingConfig(temperature, top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend)

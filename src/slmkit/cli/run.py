@@ -28,8 +28,8 @@ def run_command(
     from slmkit.pipeline.report import collect_rows, headline, read_run, write_report
     from slmkit.pipeline.run import run_recipe
 
+    quiet_libraries()  # before the recipe's configs import the libraries whose bars it silences
     parsed = load_recipe(recipe)
-    quiet_libraries()
     directory = run_recipe(parsed, recipe_path=str(recipe), model=model, data=data, out=out,
                            say=lambda message: stderr.print(message), progress=progress_bar)
     md_path, html_path = write_report([directory])

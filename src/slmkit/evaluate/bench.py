@@ -24,6 +24,15 @@ from slmkit.models.info import bytes_on_disk, count_parameters
 
 
 def _peak_rss_bytes() -> int:
+    # Linux carries ru_maxrss across fork+exec (a bench started by a big process inherits its
+    # peak); VmHWM belongs to this process's own address space.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
@@ -58,19 +67,26 @@ def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tupl
 
 def _one_llamacpp_run(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float | None]:
     """The same steps on llama.cpp: prefill (last position's logits only), then greedy single-token decode."""
+    import llama_cpp
     import numpy as np
+
+    vocab = llm.n_vocab()
+
+    def greedy_next() -> int:
+        # Without logits_all, llama-cpp-python no longer copies logits into llm.scores: read the context's.
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
 
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
-    next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    next_token = greedy_next()
     time_to_first = time.perf_counter() - start
     if not gen_tokens:
         return time_to_first, None
     start = time.perf_counter()
     for _ in range(gen_tokens):
         llm.eval([next_token])
-        next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        next_token = greedy_next()
     return time_to_first, time.perf_counter() - start
 
 

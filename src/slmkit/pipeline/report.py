@@ -301,10 +301,18 @@ def _write_atomic(path: Path, content: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _evaluated_on(state: dict) -> str:
+    """The files the run's eval stages scored, for the reader of a perplexity."""
+    files = {result.get("data") for record in state["stages"].values() if record.get("stage") == "eval"
+             for result in record.get("result", {}).values()}
+    return ", ".join(sorted(f for f in files if f)) or "not evaluated"
+
+
 def _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times) -> str:
     lines = [f"# {title}", ""]
     for directory, state in states:
         lines.append(f"- run `{directory}`: model `{state['model']}`, data `{state['data'] or 'none (data-free)'}`, "
+                     f"evaluated on `{_evaluated_on(state)}`, "
                      f"finished {state.get('finished') or 'no (stopped early)'}")
     lines += ["", f"**{_headline_text(numbers)}**", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
@@ -331,7 +339,7 @@ th:first-child, td:first-child, td:nth-child(2), td:nth-child(3) { text-align: l
 th { background: #f3f3f3; }
 .headline { font-size: 1.15rem; background: #eef5ee; padding: 0.8rem; border-radius: 6px; }
 .plots img { max-width: 100%; margin: 0.5rem 0; display: block; }
-.samples td { text-align: left; vertical-align: top; white-space: pre-wrap; max-width: 30rem; }
+.samples td, .samples th { text-align: left; vertical-align: top; white-space: pre-wrap; max-width: 30rem; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
 """
 
@@ -342,7 +350,8 @@ def _html(title, states, numbers, header, cells, plots, samples, commands, stage
              f"<style>{STYLE}</style></head><body>", f"<h1>{esc(title)}</h1><ul>"]
     for directory, state in states:
         parts.append(f"<li>run <code>{esc(str(directory))}</code>: model <code>{esc(state['model'])}</code>, data "
-                     f"<code>{esc(state['data'] or 'none (data-free)')}</code></li>")
+                     f"<code>{esc(state['data'] or 'none (data-free)')}</code>, evaluated on "
+                     f"<code>{esc(_evaluated_on(state))}</code></li>")
     parts.append(f"</ul><p class='headline' id='headline'>{esc(_headline_text(numbers))}</p>")
     parts.append("<table id='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
     for row in cells:

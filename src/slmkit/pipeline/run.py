@@ -215,7 +215,8 @@ def _evaluate(stage, model: RunModel, data: str | None, update) -> dict:
     from slmkit.evaluate import evaluate
 
     path = stage.data or data or str(SAMPLE_TEXT)
-    lm = load_model(model.spec, n_ctx=stage.max_length or 2048, logits_all=True)
+    # "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
+    lm = load_model(model.spec, backend="auto", n_ctx=stage.max_length or 2048, logits_all=True)
     result = evaluate(lm, path, task=stage.task, max_length=stage.max_length, limit=stage.limit, progress=update)
     return {**result, "backend": lm.backend}
 
@@ -239,7 +240,7 @@ def _answer_prompts(recipe: Recipe, original: RunModel, final: RunModel) -> list
     sampling = SamplingConfig(temperature=0, max_new_tokens=recipe.max_new_tokens)
     answers = {}
     for model in (original, final):
-        lm = load_model(model.spec)
+        lm = load_model(model.spec, backend="auto")
         if lm.kind != "causal-lm":
             return []
         answers[model.label] = ["".join(generate(lm, prompt, sampling)).strip() for prompt in recipe.prompts]
