@@ -14,9 +14,15 @@ Compares:
      package ships: `Llama.eval` of the P prompt tokens (prefill), then G `eval`
      calls of one argmax-chosen token each (decode).
 
+  d. `slm bench smollm2-135m-instruct --weights int8 --json`: slmkit's faster torch
+     path (int8 weights, activations quantized per token; torch dynamic quantization);
+  e. `slm bench FILE.gguf --json`: slmkit's llama.cpp backend on the same GGUF file as
+     (c) (--gguf picks the file, e.g. one `slm export` wrote).
+
 (a) and (b) run float32 weights (the slmkit checkpoint is the GGUF dequantized
-to float32); (c) runs the 4-bit Q4_1 weights, so it also moves about 1/6 of the
-bytes per token. The ratio column divides each figure by HF generate's.
+to float32); (c) and (e) run the GGUF's 4-bit weights, so they also move about
+1/6 of the bytes per token. The "/HF" columns divide each figure by HF
+generate's; "/llama.cpp" divides (e) by (c).
 
 Every measurement runs in its own subprocess, one after another, never two at
 once: (a) and (b) in slmkit's venv, (c) in the peer venv at
@@ -56,6 +62,7 @@ PEER_VENV = BENCH_DIR / ".venv-peers"
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULT_MARKER = "BENCH_GENERATE_RESULT "
+TOOLS = ("slm", "hf", "llama.cpp", "slm-int8", "slm-llamacpp")
 
 
 # ---------------------------------------------------------------- workers
@@ -263,8 +270,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="threads for every tool (default os.cpu_count())")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens")
-    parser.add_argument("--tools", default="slm,hf,llama.cpp",
-                        help="comma-separated subset of slm,hf,llama.cpp (default: all three)")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma-separated subset of {','.join(TOOLS)} (default: all)")
+    parser.add_argument("--gguf", help="the GGUF for llama.cpp and slm-llamacpp (default: the package's Q4_1)")
     parser.add_argument("--json", action="store_true", help="also print all results as JSON")
     parser.add_argument("--worker", choices=["hf", "llama"], help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -284,7 +292,7 @@ def main() -> None:
         return
 
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(tools) - {"slm", "hf", "llama.cpp"}
+    unknown = set(tools) - set(TOOLS)
     if unknown:
         parser.error(f"unknown --tools entries: {', '.join(sorted(unknown))}")
 
@@ -297,11 +305,16 @@ def main() -> None:
 
     started = time.perf_counter()
     rows: list[dict] = []
-    if "slm" in tools:
-        print("running slm bench ...", flush=True)
-        stdout, wall = run_checked([str(SLM), "bench", MODEL_ALIAS, *size, "--json"], env=env)
+    def slm_bench(label: str, *arguments: str) -> None:
+        print(f"running {label} ...", flush=True)
+        stdout, wall = run_checked([str(SLM), "bench", *arguments, *size, "--json"], env=env)
         report = json.loads(stdout[stdout.index("{"):])
-        rows.append({"tool": "slm bench", "weights": report.get("dtype", "float32"), "wall_s": wall, **report})
+        rows.append({"tool": label, "weights": report.get("dtype", "float32"), "wall_s": wall, **report})
+
+    if "slm" in tools:
+        slm_bench("slm bench", MODEL_ALIAS)
+    if "slm-int8" in tools:
+        slm_bench("slm bench int8", MODEL_ALIAS, "--weights", "int8")
     if "hf" in tools:
         print("running HF generate ...", flush=True)
         model_dir = float_checkpoint_dir()
@@ -310,8 +323,8 @@ def main() -> None:
                                     "--seed", str(args.seed)], env=env)
         result = worker_result(stdout)
         rows.append({"tool": "HF generate", "weights": result["dtype"], "wall_s": wall, **result})
+    path = args.gguf or gguf_path()
     if "llama.cpp" in tools:
-        path = gguf_path()
         python = peer_python_with_llama_cpp()
         print("running llama.cpp (llama-cpp-python) ...", flush=True)
         command = [str(python), __file__, "--worker", "llama", "--model-path", path, *size,
@@ -327,13 +340,17 @@ def main() -> None:
                   "rerunning with its extra buffer types (AMX, weight repacking) turned off", flush=True)
             stdout, wall = run_checked([*command, "--no-extra-buffer-types"], env=env)
         result = worker_result(stdout)
-        rows.append({"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": "Q4_1 GGUF",
+        rows.append({"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": Path(path).name[-14:],
                      "wall_s": wall, **result})
+    if "slm-llamacpp" in tools:
+        slm_bench("slm bench llama.cpp", path)
+        rows[-1]["weights"] = Path(path).name[-14:]
     total_wall = time.perf_counter() - started
 
     reference = next((row for row in rows if row["tool"] == "HF generate"), None)
-    header = f"{'tool':<22} {'weights':<10} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
-             f"{'decode /HF':>10} {'prefill /HF':>11}"
+    direct = next((row for row in rows if row["tool"].startswith("llama.cpp")), None)
+    header = f"{'tool':<22} {'weights':<14} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
+             f"{'decode /HF':>10} {'prefill /HF':>11} {'decode /llama.cpp':>17}"
     print()
     print(header)
     print("-" * len(header))
@@ -343,21 +360,23 @@ def main() -> None:
             decode_ratio = row["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
         if reference and row["prefill_tokens_per_s"] and reference["prefill_tokens_per_s"]:
             prefill_ratio = row["prefill_tokens_per_s"] / reference["prefill_tokens_per_s"]
-        print(f"{row['tool']:<22} {row['weights']:<10} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
+        llama_ratio = (row["decode_tokens_per_s"] / direct["decode_tokens_per_s"]
+                       if direct and row["tool"] == "slm bench llama.cpp" else None)
+        print(f"{row['tool']:<22} {row['weights']:<14} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
               f"{fmt(row['prefill_tokens_per_s']):>13} {fmt(decode_ratio, '.2f'):>10} "
-              f"{fmt(prefill_ratio, '.2f'):>11}")
-    llama_row = next((row for row in rows if row["tool"].startswith("llama.cpp")), None)
-    if reference and llama_row:
-        hf_tokens, gguf_tokens = reference["first_generated_tokens"], llama_row["first_generated_tokens"]
+              f"{fmt(prefill_ratio, '.2f'):>11} {fmt(llama_ratio, '.2f'):>17}")
+    if reference and direct:
+        hf_tokens, gguf_tokens = reference["first_generated_tokens"], direct["first_generated_tokens"]
         same = sum(a == b for a, b in zip(hf_tokens, gguf_tokens))
         print(f"\nsanity check, same prompt: first greedy tokens agree {same}/{min(len(hf_tokens), len(gguf_tokens))} "
-              f"(HF {hf_tokens} vs llama.cpp {gguf_tokens}; Q4_1 kernels round activations, so a late "
+              f"(HF {hf_tokens} vs llama.cpp {gguf_tokens}; 4-bit kernels round activations, so a late "
               f"divergence is normal)")
-    if llama_row and not llama_row["extra_buffer_types"]:
+    if direct and not direct["extra_buffer_types"]:
         print("llama.cpp ran with use_extra_bufts=False (no AMX / weight repacking) because AMX raised SIGILL here.")
     print()
     print("float32: slm bench and HF generate (the slmkit checkpoint is the GGUF dequantized to float32); "
-          "Q4_1: llama.cpp on the 4-bit GGUF.")
+          "int8: slm bench --weights int8; the GGUF rows: llama.cpp direct and slm bench's llama.cpp backend "
+          "on the same file.")
     print(f"P={args.prompt_tokens}, G={args.gen_tokens}, repeats={args.repeats}; "
           f"total wall time {total_wall:.1f} s. Other processes on this machine make these numbers noisy.")
     if args.json:

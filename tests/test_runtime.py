@@ -56,3 +56,38 @@ def test_chat_history_is_trimmed_to_the_context(tiny_lm):
 def test_sampling_config_validation(kwargs):
     with pytest.raises(slmkit.SlmError):
         SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
+    import torch
+
+    from slmkit.cli.common import load_model
+
+    reference = load_model(str(tiny_llama_dir))
+    fast = load_model(str(tiny_llama_dir), weights=weights)
+    if weights == "int8":
+        from torch import nn
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+        modules = list(fast.model.modules())
+        assert not any(type(module) is nn.Linear for module in modules)  # every Linear, the LM head too
+        assert isinstance(fast.model.lm_head, DynamicInt8Linear)
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = reference.model(input_ids=ids).logits.flatten()
+        got = fast.model(input_ids=ids).logits.float().flatten()
+    assert float(torch.corrcoef(torch.stack([expected, got]))[0, 1]) > 0.99
+    assert not torch.equal(expected, got)  # the weights really changed
+    text = "".join(generate(fast, "Hello", SamplingConfig(temperature=0, max_new_tokens=4)))
+    assert isinstance(text, str)
+
+
+def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):
+    from conftest import run_slm
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    pytest.importorskip("llama_cpp")
+    result = run_slm("bench", str(gguf), "--weights", "int8")
+    assert result.returncode != 0 and "--weights int8 applies to the torch backend" in result.stderr

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, human_bytes, load_model,
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, WeightsOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, human_bytes, load_model,
                                print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -17,6 +17,7 @@ def bench_command(
     gen_tokens: Annotated[int, typer.Option(help="Tokens generated for the decode test (llama-bench tg).")] = 128,
     repeats: Annotated[int, typer.Option(help="Runs; each figure is their median.")] = 3,
     backend: BackendOpt = "auto",
+    weights: WeightsOpt = "float32",
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -28,7 +29,7 @@ def bench_command(
     from slmkit.evaluate.bench import bench
 
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
-                    n_ctx=prompt_tokens + gen_tokens + 16)
+                    n_ctx=prompt_tokens + gen_tokens + 16, weights=weights)
     with progress_bar("bench") as progress:
         result = bench(lm, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats, progress=progress)
     if json_output:

@@ -31,6 +31,8 @@ ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
 BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp. auto runs a .gguf file with llama.cpp when "
                                               "llama-cpp-python is installed, everything else with torch.")]
 BACKENDS = ("auto", "torch", "llamacpp")
+WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights with "
+                                              "dynamic activation quantization: faster decoding on a CPU).")]
 
 
 def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: int):
@@ -71,8 +73,11 @@ def choose_backend(spec: str, backend: str) -> str:
 
 
 def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None,
-               backend: str = "torch", n_ctx: int | None = None, logits_all: bool = False):
-    """The model for a command; `backend` as --backend takes it (n_ctx and logits_all: llama.cpp only)."""
+               backend: str = "torch", n_ctx: int | None = None, logits_all: bool = False,
+               weights: str = "float32"):
+    """The model for a command; `backend` as --backend takes it (n_ctx and logits_all: llama.cpp only;
+    `weights` as --weights takes it: torch only)."""
+    from slmkit.errors import SlmError
     from slmkit.models import load
 
     quiet_libraries()
@@ -80,13 +85,21 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
         from slmkit.errors import ModelLoadError
         from slmkit.runtime.llamacpp import LlamaCppModel
 
+        if weights != "float32":
+            raise SlmError(f"--weights {weights} applies to the torch backend; a GGUF's weight types are chosen "
+                           "when it is exported (slm export --quant)")
         path = Path(spec).expanduser()
         if kind not in (None, "causal-lm"):
             raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
         with stderr.status(f"loading {spec} with llama.cpp"):
             return LlamaCppModel(path, n_ctx=n_ctx, logits_all=logits_all)
     with stderr.status(f"loading {spec} (a packaged GGUF is converted once, then cached)"):
-        return load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        lm = load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if weights != "float32":
+        from slmkit.runtime.weights import convert_weights
+
+        convert_weights(lm, weights)
+    return lm
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model,
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, WeightsOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model,
                                print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -22,6 +22,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Only the first N windows (perplexity) or examples.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per forward pass.")] = None,
     backend: BackendOpt = "auto",
+    weights: WeightsOpt = "float32",
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -40,7 +41,7 @@ def eval_command(
     task = task or data_module.infer_task(data)  # check the file before the slow model load
     kind = "classifier" if task == "classification" else None
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, kind=kind,
-                    backend=backend, n_ctx=max_length or 2048, logits_all=True)
+                    backend=backend, n_ctx=max_length or 2048, logits_all=True, weights=weights)
     with progress_bar(f"{task} on {data.name}") as progress:
         result = evaluate(lm, data, task=task, max_length=max_length, stride=stride, limit=limit,
                           batch_size=batch_size, progress=progress)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import AllowPickleOpt, BackendOpt, ModelArg, TrustRemoteCodeOpt, load_model
+from slmkit.cli.common import AllowPickleOpt, BackendOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt, load_model
 from slmkit.models.catalog import DEFAULT_MODEL
 
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
@@ -28,6 +28,7 @@ def generate_command(
     system: SystemOpt = None,
     no_chat_template: Annotated[bool, typer.Option(help="Feed the prompt as raw text.")] = False,
     backend: BackendOpt = "auto",
+    weights: WeightsOpt = "float32",
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Answer one prompt, streaming tokens as they come.
@@ -41,7 +42,8 @@ def generate_command(
     sampling = SamplingConfig(temperature, top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens)
     if prompt == "-":
         prompt = sys.stdin.read()
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
+                    weights=weights)
     for piece in generate(lm, prompt, sampling, system=system, use_template=not no_chat_template):
         print(piece, end="", flush=True)
     print()
@@ -51,7 +53,7 @@ def chat_command(
     model: ModelArg = DEFAULT_MODEL,
     temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 1.0, top_k: TopKOpt = 0, min_p: MinPOpt = 0.0,
     repetition_penalty: RepetitionOpt = 1.0, seed: SeedOpt = None, max_new_tokens: MaxNewOpt = 256,
-    system: SystemOpt = None, backend: BackendOpt = "auto",
+    system: SystemOpt = None, backend: BackendOpt = "auto", weights: WeightsOpt = "float32",
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Chat in the terminal; /reset clears the history, /exit quits.
@@ -62,5 +64,6 @@ def chat_command(
     from slmkit.runtime.generate import SamplingConfig
 
     sampling = SamplingConfig(temperature, top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens)
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
+                    weights=weights)
     repl(lm, sampling, system=system)

@@ -129,7 +129,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
         parameters, threads, dtype = lm.parameters, lm.llm.n_threads, lm.file_type
     else:
         parameters, threads = count_parameters(lm.model)[0], torch.get_num_threads()
-        dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+        dtype = lm.extra.get("weights") or str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     return {
         "model": lm.spec,
         "backend": "llamacpp" if on_llamacpp else "torch",

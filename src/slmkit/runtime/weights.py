@@ -1,0 +1,36 @@
+"""Faster torch inference on a CPU: fewer bytes of weights per generated token.
+
+Decoding reads every weight once per token, so on a CPU it waits on memory far
+more than on arithmetic. int8 uses torch's dynamic quantization (int8 weights,
+each token's activations quantized on the fly, fbgemm/oneDNN kernels): a
+quarter of float32's bytes. bfloat16 halves them where the CPU has bf16 math.
+These are runtime choices for generation speed; a saved, calibrated model comes
+from `slm quantize`, and a GGUF from `slm export`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from slmkit.errors import SlmError
+
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+
+def convert_weights(lm, weights: str):
+    """Convert a loaded torch model's weights in place; returns the LoadedModel."""
+    if weights not in WEIGHT_FORMATS:
+        raise SlmError(f"unknown --weights {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    if weights == "bfloat16":
+        lm.model.to(torch.bfloat16)
+    elif weights == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore")
+            quantize_dynamic(lm.model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    lm.extra["weights"] = weights
+    return lm
