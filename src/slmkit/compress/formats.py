@@ -41,7 +41,7 @@ def prepare_compressed_tensors(model, config: QuantConfig, params: dict[str, tup
                                strategy="group" if config.group_size else "channel",
                                group_size=config.group_size or None)
     scheme = QuantizationScheme(targets=sorted(params), weights=weights)
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}), show_progress=False)
     for name, (scale, _) in params.items():
         layer = modules[name]
         # q4_0-style scales may be negative (the signed extreme maps to -8); codes * scale is still exact.
