@@ -14,13 +14,12 @@ import base64
 import html
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.checkpoint import read_manifest
-from slmkit.pipeline.run import RUN_FILE
+from slmkit.pipeline.run import RUN_FILE, write_atomic
 
 # (key in a measurement, column title, unit, higher is better, format)
 COLUMNS = [
@@ -286,19 +285,13 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Pat
     assets = out_dir / "report-files"
     assets.mkdir(exist_ok=True)
     for name, png in plots.items():
-        _write_atomic(assets / f"{name}.png", png)
+        write_atomic(assets / f"{name}.png", png)
     markdown = _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times)
     page = _html(title, states, numbers, header, cells, plots, samples, commands, stage_times)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    _write_atomic(md_path, markdown.encode())
-    _write_atomic(html_path, page.encode())
+    write_atomic(md_path, markdown.encode())
+    write_atomic(html_path, page.encode())
     return md_path, html_path
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
 
 
 def _evaluated_on(state: dict) -> str:

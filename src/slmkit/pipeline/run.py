@@ -29,6 +29,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.models.checkpoint import atomic_directory
 from slmkit.pipeline.recipe import Recipe, Stage
 
 RUN_FILE = "run.json"
@@ -53,10 +54,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write a file so a reader sees the old content or the new, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_bytes(content)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 class Run:
@@ -161,8 +167,6 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
             with progress(f"{stage.stage}: {model.label}") as update:
                 results[model.label] = (_evaluate(stage, model, data, update) if stage.stage == "eval"
                                         else _bench(stage, model))
-        from slmkit.models.checkpoint import atomic_directory
-
         atomic_directory(out, lambda tmp: write_json_atomic(tmp / "results.json", results))
         return results, out.name
     from slmkit import load
@@ -178,8 +182,6 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
 
         def write(tmp: Path) -> None:
             result.update(stages.export_stage(lm, tmp / path.name, stage.quant))
-
-        from slmkit.models.checkpoint import atomic_directory
 
         atomic_directory(out, write)
         result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
