@@ -208,6 +208,7 @@ def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]
         axes.barh([s[0] for s in speeds][::-1], [s[1] for s in speeds][::-1], color="#4c72b0")
         for index, (_, value) in enumerate(speeds[::-1]):
             axes.text(value, index, f" {value:.1f}", va="center", fontsize=8)
+        axes.set_xlim(0, 1.12 * max(value for _, value in speeds))  # room for the longest bar's label
         axes.set_xlabel("decode tokens/s (higher is better)")
         axes.set_title("Decode speed")
         plots["decode"] = _png(figure)
