@@ -182,3 +182,11 @@ def test_cli_prune_writes_a_checkpoint_transformers_loads(tiny_llama_dir, tmp_pa
     assert again.returncode != 0 and "not empty" in again.stderr
     bad = run_slm("prune", str(tiny_llama_dir), "--method", "obs", "--sparsity", "0.5", "--out", str(tmp_path / "x"))
     assert bad.returncode != 0 and "unknown --method" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_needs_calibration_follows_the_method():
+    from slmkit.compress import AWQConfig, GPTQConfig, RTNConfig, needs_calibration
+
+    assert not needs_calibration(MagnitudeConfig(sparsity=0.5)) and not needs_calibration(RTNConfig(bits=4))
+    assert all(needs_calibration(config) for config in (WandaConfig(sparsity=0.5), SparseGPTConfig(pattern="2:4"),
+                                                         GPTQConfig(bits=4), AWQConfig(bits=4)))

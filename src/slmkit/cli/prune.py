@@ -48,7 +48,7 @@ def prune_command(
                            json_output, allow_pickle, trust_remote_code)
     if depth or width or target_params:
         raise SlmError("--depth, --width and --target-params need --structured")
-    from slmkit.compress import PRUNE_METHODS
+    from slmkit.compress import PRUNE_METHODS, needs_calibration
     from slmkit.models.checkpoint import check_destination
     from slmkit.pipeline.stages import calibration_record, prune_stage
 
@@ -58,8 +58,7 @@ def prune_command(
     config = config_class(sparsity=sparsity, pattern=pattern)
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = (None if config_class.method == "magnitude"
-                   else calibration_for(lm, calib, calib_samples, calib_seq_len, seed))
+    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed) if needs_calibration(config) else None
     with progress_bar(f"{method} pruning, block") as progress:
         result = prune_stage(lm, out, config, calibration, parent=model, seed=seed, force=force, progress=progress,
                              calib=calibration_record(calib, calib_samples, calib_seq_len))

@@ -51,6 +51,7 @@ def quantize_command(
       slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out out/gptq-q4_0  # then slm export
     """
+    from slmkit.compress import needs_calibration
     from slmkit.compress.formats import check_compressed_tensors
     from slmkit.models.checkpoint import check_destination
     from slmkit.pipeline.stages import calibration_record, quant_config, quantize_stage
@@ -61,7 +62,7 @@ def quantize_command(
         check_compressed_tensors(config)
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = None if method == "rtn" else calibration_for(lm, calib, calib_samples, calib_seq_len, seed)
+    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed) if needs_calibration(config) else None
     with progress_bar(f"{method} w{config.bits} quantization, block") as progress:
         result = quantize_stage(lm, out, config, calibration, parent=model, seed=seed, fake_quant=fake_quant,
                                 target=target, force=force, progress=progress,

@@ -170,7 +170,7 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
         atomic_directory(out, lambda tmp: write_json_atomic(tmp / "results.json", results))
         return results, out.name
     from slmkit import load
-    from slmkit.compress import calibration_ids
+    from slmkit.compress import calibration_ids, needs_calibration
     from slmkit.pipeline import stages
 
     source = models[-1]
@@ -186,10 +186,8 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
         atomic_directory(out, write)
         result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
         return result, f"{out.name}/{path.name}"
-    needs_data = not (stage.stage == "prune" and stage.method == "magnitude") and not (
-        stage.stage == "quantize" and stage.method == "rtn")
     calibration = (calibration_ids(lm, data, samples=stage.calib_samples, seq_len=stage.calib_seq_len,
-                                   seed=stage.seed) if needs_data else None)
+                                   seed=stage.seed) if needs_calibration(config) else None)
     calib = stages.calibration_record(data, stage.calib_samples, stage.calib_seq_len)
     common = {"parent": source.spec, "calib": calib, "seed": stage.seed}
     with progress(f"{stage.stage}, block") as update:
