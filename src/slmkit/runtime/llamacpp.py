@@ -50,18 +50,16 @@ def _machine_key(version: str) -> str:
     return f"{version}-{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:16]}"
 
 
-def _matrix_types(gguf_path: Path) -> str:
-    import gguf
-
-    reader = gguf.GGUFReader(gguf_path)
+def _matrix_types(reader) -> str:
     return ",".join(sorted({tensor.tensor_type.name for tensor in reader.tensors if len(tensor.shape) > 1}))
 
 
-def extra_buffer_types_work(gguf_path: str | Path) -> bool:
+def extra_buffer_types_work(gguf_path: str | Path, reader=None) -> bool:
     """Whether llama.cpp's extra CPU buffer types run here (SLM_LLAMACPP_EXTRA_BUFTS=0/1 overrides).
 
     Which kernels run depends on the weight types, so a success is remembered per set of
     types; one failure turns them off on this machine for good (they are only a speed-up).
+    `reader`: the file's GGUFReader when the caller has one (parsing a GGUF takes seconds).
     """
     override = os.environ.get("SLM_LLAMACPP_EXTRA_BUFTS")
     if override in ("0", "1"):
@@ -71,7 +69,11 @@ def extra_buffer_types_work(gguf_path: str | Path) -> bool:
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if known.get(machine) is False:
         return False
-    key = f"{machine}|{_matrix_types(Path(gguf_path))}"
+    if reader is None:
+        from slmkit.models.loading import check_gguf
+
+        reader = check_gguf(Path(gguf_path))
+    key = f"{machine}|{_matrix_types(reader)}"
     if key not in known:
         probe = subprocess.run([sys.executable, "-c", PROBE, str(gguf_path)], capture_output=True)
         known[key] = probe.returncode != -signal.SIGILL
@@ -103,14 +105,15 @@ def _without_extra_buffer_types(llama_cpp):
 
 
 def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, logits_all: bool = False,
-              n_batch: int = 512):
+              n_batch: int = 512, reader=None):
     """A llama_cpp.Llama for the file, with the extra buffer types only where they work."""
     llama_cpp = llama_cpp_module()
     path = Path(path)
     if not path.is_file():
         raise SlmError(f"no such GGUF file: {path}")
     threads = n_threads or len(os.sched_getaffinity(0))
-    context = contextlib.nullcontext() if extra_buffer_types_work(path) else _without_extra_buffer_types(llama_cpp)
+    context = (contextlib.nullcontext() if extra_buffer_types_work(path, reader)
+               else _without_extra_buffer_types(llama_cpp))
     try:
         with context:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
@@ -148,7 +151,7 @@ class LlamaCppModel:
         context_field = fields.get(f"{architecture}.context_length")
         trained_context = int(context_field.contents()) if context_field else 2048
         self.llm = open_gguf(path, n_ctx=n_ctx or min(trained_context, 4096), n_threads=n_threads,
-                             logits_all=logits_all)
+                             logits_all=logits_all, reader=reader)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except (ValueError, KeyError, RuntimeError) as exc:
