@@ -98,7 +98,7 @@ def _group_size(config: QuantConfig, name: str, cols: int) -> int:
 
 
 def _metrics(original: torch.Tensor, quantized: torch.Tensor, scale: torch.Tensor) -> dict:
-    return {"weight_mse": float((original - quantized).pow(2).mean()), "groups": int(scale.shape[1]),
+    return {"weight_mse": float(torch.nn.functional.mse_loss(quantized, original)), "groups": int(scale.shape[1]),
             "shape": list(quantized.shape)}
 
 
