@@ -91,3 +91,10 @@ def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):
     pytest.importorskip("llama_cpp")
     result = run_slm("bench", str(gguf), "--weights", "int8")
     assert result.returncode != 0 and "--weights int8 applies to the torch backend" in result.stderr
+
+
+def test_unknown_weights_is_refused_before_the_model_loads(tmp_path):
+    from conftest import run_slm
+
+    result = run_slm("bench", str(tmp_path / "no-such-model"), "--weights", "int4")
+    assert result.returncode != 0 and "unknown --weights 'int4'" in result.stderr

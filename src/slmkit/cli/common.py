@@ -79,7 +79,9 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     `weights` as --weights takes it: torch only)."""
     from slmkit.errors import SlmError
     from slmkit.models import load
+    from slmkit.runtime.weights import check_weights, convert_weights
 
+    check_weights(weights)  # before the slow load
     quiet_libraries()
     if choose_backend(spec, backend) == "llamacpp":
         from slmkit.errors import ModelLoadError
@@ -96,8 +98,6 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     with stderr.status(f"loading {spec} (a packaged GGUF is converted once, then cached)"):
         lm = load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if weights != "float32":
-        from slmkit.runtime.weights import convert_weights
-
         convert_weights(lm, weights)
     return lm
 

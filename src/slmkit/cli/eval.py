@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, WeightsOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, load_model,
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt, load_model,
                                print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 

@@ -20,10 +20,14 @@ from slmkit.errors import SlmError
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 
 
-def convert_weights(lm, weights: str):
-    """Convert a loaded torch model's weights in place; returns the LoadedModel."""
+def check_weights(weights: str) -> None:
     if weights not in WEIGHT_FORMATS:
         raise SlmError(f"unknown --weights {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+
+
+def convert_weights(lm, weights: str):
+    """Convert a loaded torch model's weights in place; returns the LoadedModel."""
+    check_weights(weights)
     if weights == "bfloat16":
         lm.model.to(torch.bfloat16)
     elif weights == "int8":
