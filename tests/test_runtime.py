@@ -1,4 +1,6 @@
 import pytest
+import torch
+from conftest import VOCAB, tiny_model
 
 import slmkit
 from slmkit.runtime import ChatSession, SamplingConfig, generate
@@ -98,3 +100,22 @@ def test_unknown_weights_is_refused_before_the_model_loads(tmp_path):
 
     result = run_slm("bench", str(tmp_path / "no-such-model"), "--weights", "int4")
     assert result.returncode != 0 and "unknown --weights 'int4'" in result.stderr
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3", "phi", "gpt2", "gpt_neo", "gptj"])
+def test_decoding_on_the_runtime_kv_cache_matches_a_full_forward_pass(model_type):
+    from slmkit.evaluate.bench import _cache_argument
+    from slmkit.runtime.weights import new_kv_cache
+
+    model = tiny_model(model_type)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    cache_argument = _cache_argument(model)
+    with torch.inference_mode():
+        output = model(input_ids=ids[:, :8], use_cache=True, **{cache_argument: new_kv_cache(model, 12)})
+        stepped = [output.logits[:, -1]]
+        for position in range(8, 11):
+            output = model(input_ids=ids[:, position:position + 1], use_cache=True,
+                           **{cache_argument: getattr(output, cache_argument)})
+            stepped.append(output.logits[:, -1])
+        full = model(input_ids=ids[:, :11]).logits[:, 7:11]
+    torch.testing.assert_close(torch.stack(stepped, dim=1), full, atol=1e-5, rtol=1e-4)

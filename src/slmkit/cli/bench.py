@@ -24,7 +24,8 @@ def bench_command(
 ) -> None:
     """Measure speed and memory the way llama-bench does (pp512 / tg128).
 
-    Examples: slm bench; slm bench ./pruned --prompt-tokens 128 --gen-tokens 32 --json; slm bench model.q4_0.gguf
+    Examples: slm bench; slm bench ./pruned --prompt-tokens 128 --gen-tokens 32 --json; slm bench model.q4_0.gguf;
+    slm bench ./minilm-onnx --prompt-tokens 128   # an encoder: one forward pass, on onnxruntime
     """
     from slmkit.evaluate.bench import bench
 
@@ -38,5 +39,5 @@ def bench_command(
     shown = dict(result)
     shown["bytes_on_disk"] = human_bytes(result["bytes_on_disk"])
     shown["peak_rss_bytes"] = human_bytes(result["peak_rss_bytes"])
-    shown["parameters"] = f"{result['parameters']:,}"
+    shown["parameters"] = f"{result['parameters']:,}" if result["parameters"] is not None else None  # ONNX: unknown
     print_table(f"{model} — bench", shown)

@@ -28,9 +28,11 @@ CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration sequences.")]
 CalibSeqLenOpt = Annotated[int, typer.Option(help="Tokens per calibration sequence.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for choosing or sampling calibration text.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
-BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp. auto runs a .gguf file with llama.cpp when "
-                                              "llama-cpp-python is installed, everything else with torch.")]
-BACKENDS = ("auto", "torch", "llamacpp")
+BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp | onnx. auto runs a .gguf file with llama.cpp "
+                                              "when llama-cpp-python is installed, an ONNX export (a directory with "
+                                              "model.onnx, or the .onnx file) with onnxruntime, everything else "
+                                              "with torch.")]
+BACKENDS = ("auto", "torch", "llamacpp", "onnx")
 WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights with "
                                               "dynamic activation quantization: faster decoding on a CPU).")]
 
@@ -44,6 +46,7 @@ def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: in
 
 def quiet_libraries() -> None:
     """Library progress bars and warnings would bury our one-line output."""
+    import logging
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,19 +58,27 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="You passed `quantization_config`")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # The ONNX exporter warns about every optional operator library it does not find (torchvision).
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
 def choose_backend(spec: str, backend: str) -> str:
     import importlib.util
 
     from slmkit.errors import SlmError
+    from slmkit.runtime.onnx import is_onnx
 
     if backend not in BACKENDS:
         raise SlmError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     is_gguf = spec.endswith(".gguf")
     if backend == "llamacpp" and not is_gguf:
         raise SlmError(f"--backend llamacpp runs .gguf files and {spec} is not one; make one with `slm export`")
+    if backend == "onnx" and not is_onnx(spec):
+        raise SlmError(f"--backend onnx runs a directory holding model.onnx (or the .onnx file) and {spec} is "
+                       "neither; make one with `slm export --format onnx`")
     if backend == "auto":
+        if is_onnx(spec):  # torch cannot read an ONNX graph, so there is nothing to fall back to
+            return "onnx"
         return "llamacpp" if is_gguf and importlib.util.find_spec("llama_cpp") else "torch"
     return backend
 
@@ -83,7 +94,16 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
 
     check_weights(weights)  # before the slow load
     quiet_libraries()
-    if choose_backend(spec, backend) == "llamacpp":
+    chosen = choose_backend(spec, backend)
+    if chosen == "onnx":
+        from slmkit.runtime.onnx import OnnxModel
+
+        if weights != "float32":
+            raise SlmError(f"--weights {weights} applies to the torch backend; an ONNX export runs the float32 "
+                           "weights it was exported with")
+        with stderr.status(f"loading {spec} with onnxruntime"):
+            return OnnxModel(spec, kind=kind)
+    if chosen == "llamacpp":
         from slmkit.errors import ModelLoadError
         from slmkit.runtime.llamacpp import LlamaCppModel
 

@@ -34,6 +34,7 @@ def eval_command(
       slm eval smollm2-135m-instruct --data arc_easy_test.jsonl --json
       slm eval ./my-classifier --data dev.tsv --task classification
       slm eval model.q4_0.gguf --data wiki.test.txt --max-length 2048   # scored by llama.cpp
+      slm eval ./my-classifier-onnx --data dev.tsv   # run by onnxruntime (slm export --format onnx)
     """
     from slmkit import data as data_module
     from slmkit.evaluate import evaluate

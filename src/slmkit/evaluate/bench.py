@@ -21,6 +21,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.evaluate.loglikelihood import context_length
 from slmkit.models.info import bytes_on_disk, count_parameters
+from slmkit.runtime.weights import new_kv_cache
 
 
 def _peak_rss_bytes() -> int:
@@ -49,13 +50,14 @@ def _head_only_last(model) -> dict:
 
 @torch.inference_mode()
 def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tuple[float, float | None]:
+    cache_argument = _cache_argument(model)
+    cache = {cache_argument: new_kv_cache(model, prompt.shape[1] + gen_tokens)} if decode else {}
     start = time.perf_counter()
-    output = model(input_ids=prompt, use_cache=decode, **_head_only_last(model))
+    output = model(input_ids=prompt, use_cache=decode, **cache, **_head_only_last(model))
     next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
     time_to_first = time.perf_counter() - start
     if not decode:
         return time_to_first, None
-    cache_argument = _cache_argument(model)
     cache = getattr(output, cache_argument)
     start = time.perf_counter()
     for _ in range(gen_tokens):
@@ -63,6 +65,14 @@ def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tupl
         cache = getattr(output, cache_argument)
         next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
     return time_to_first, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def _one_forward_run(model, prompt: torch.Tensor) -> tuple[float, None]:
+    """An encoder's whole job: one forward pass (torch or onnxruntime), nothing to decode."""
+    start = time.perf_counter()
+    model(input_ids=prompt)
+    return time.perf_counter() - start, None
 
 
 def _one_llamacpp_run(llm, prompt: list[int], gen_tokens: int) -> tuple[float, float | None]:
@@ -112,6 +122,9 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     if on_llamacpp:
         def one_run(gen: int):
             return _one_llamacpp_run(lm.llm, prompt[0].tolist(), gen if decode else 0)
+    elif lm.kind != "causal-lm":
+        def one_run(gen: int):
+            return _one_forward_run(lm.model, prompt)
     else:
         def one_run(gen: int):
             return _one_run(lm.model, prompt, gen, decode)
@@ -127,12 +140,14 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     time_to_first = statistics.median(first_token_times)
     if on_llamacpp:
         parameters, threads, dtype = lm.parameters, lm.llm.n_threads, lm.file_type
+    elif lm.backend == "onnx":
+        parameters, threads, dtype = lm.parameters, lm.threads, "float32"
     else:
         parameters, threads = count_parameters(lm.model)[0], torch.get_num_threads()
         dtype = lm.extra.get("weights") or str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     return {
         "model": lm.spec,
-        "backend": "llamacpp" if on_llamacpp else "torch",
+        "backend": lm.backend,
         "threads": threads,
         "dtype": dtype,
         "parameters": parameters,

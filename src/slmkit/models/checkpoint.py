@@ -46,6 +46,21 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
         raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def new_manifest(stage: str, parent: str | None = None, config: dict[str, Any] | None = None,
+                 seed: int | None = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `slmkit.json` holds for a directory written by `stage`."""
+    return {
+        "slmkit_manifest_version": MANIFEST_VERSION,
+        "stage": stage,
+        "parent": parent,
+        "config": config or {},
+        "seed": seed,
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": metrics or {},
+    }
+
+
 def check_destination(out_dir: Path, force: bool) -> None:
     """Refuse to write over a user's files before any slow work starts."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -99,16 +114,7 @@ def save(
     Example: `slmkit.save(model, "out/pruned", tok, stage="prune", parent="smollm2-135m-instruct")`.
     Refuses a non-empty `out_dir` unless `force`.
     """
-    manifest = {
-        "slmkit_manifest_version": MANIFEST_VERSION,
-        "stage": stage,
-        "parent": parent,
-        "config": config or {},
-        "seed": seed,
-        "versions": library_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "metrics": metrics or {},
-    }
+    manifest = new_manifest(stage, parent, config, seed, metrics)
 
     def write(tmp_dir: Path) -> None:
         model.save_pretrained(tmp_dir, safe_serialization=True)

@@ -28,6 +28,8 @@ HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"
 KIND_NAMES = {"causal-lm": "a causal language model", "encoder": "an encoder", "seq2seq": "a sequence-to-sequence model",
               "classifier": "a sequence classifier"}
 KINDS = tuple(KIND_NAMES)
+ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
+             "the torch checkpoint it was exported from")
 
 
 @dataclass
@@ -97,6 +99,8 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> Path:
     if path.exists():
         if path.is_dir() or path.suffix == ".gguf":
             return path
+        if path.suffix == ".onnx":
+            raise ModelLoadError(ONNX_ONLY.format(path=spec))
         raise ModelLoadError(f"{spec}: not a model; expected a Hugging Face directory, a .gguf file or an alias "
                              "(see `slm models`)")
     if _looks_like_path(spec):
@@ -253,6 +257,8 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     has_safetensors = any(directory.glob("*.safetensors"))
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not has_safetensors:
+        if (directory / "model.onnx").is_file():
+            raise ModelLoadError(ONNX_ONLY.format(path=directory))
         if not pickles:
             raise ModelLoadError(f"{directory}: no weights found (*.safetensors)")
         if not allow_pickle:

@@ -2,8 +2,9 @@
 
 `slm prune/quantize/export` and `slm run` call these same functions: a stage
 takes a loaded model and its calibration batches, rewrites the model, and
-writes the result atomically (a checkpoint directory with its manifest, or a
-GGUF file with its Modelfile). Each returns what it measured as a flat dict.
+writes the result atomically (a checkpoint directory with its manifest, a GGUF
+file with its Modelfile, or an ONNX directory). Each returns what it measured as
+a flat dict.
 """
 
 from __future__ import annotations
@@ -123,3 +124,14 @@ def export_stage(lm, out: Path, quant: str, *, force: bool = False) -> dict:
             "bytes": written.bytes, "calibrated_exact_layers": len(written.exact_layers),
             "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
             "run_with": f"slm chat {written.path}"}
+
+
+def export_onnx_stage(lm, out: Path, *, force: bool = False) -> dict:
+    """An ONNX directory (slmkit.export.export_onnx): model.onnx, config and tokenizer."""
+    from slmkit.export import export_onnx
+
+    written = export_onnx(lm, out, force=force)
+    run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
+                else f"slm bench {written.path}")
+    return {"format": "onnx", "kind": written.kind, "inputs": ", ".join(written.inputs), "output": written.output,
+            "opset": written.opset, "bytes": written.bytes, "run_with": run_with}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from slmkit.errors import SlmError
+from slmkit.runtime.weights import static_cache_fits
 
 
 @dataclass
@@ -100,11 +101,14 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     failure: list[BaseException] = []
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
 
+    # The same KV cache `slm bench` measures (see runtime.weights.new_kv_cache).
+    cache = {"cache_implementation": "static"} if static_cache_fits(lm.model) else {}
+
     def run() -> None:
         try:
             with torch.inference_mode():
                 lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                  streamer=streamer, pad_token_id=pad_id, **sampling.generate_kwargs())
+                                  streamer=streamer, pad_token_id=pad_id, **cache, **sampling.generate_kwargs())
         except BaseException as exc:  # surfaced in the caller's thread below
             failure.append(exc)
             streamer.end()

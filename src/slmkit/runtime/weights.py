@@ -1,11 +1,12 @@
-"""Faster torch inference on a CPU: fewer bytes of weights per generated token.
+"""Faster torch inference on a CPU: fewer bytes of weights per generated token, no cache copies.
 
 Decoding reads every weight once per token, so on a CPU it waits on memory far
 more than on arithmetic. int8 uses torch's dynamic quantization (int8 weights,
 each token's activations quantized on the fly, fbgemm/oneDNN kernels): a
 quarter of float32's bytes. bfloat16 halves them where the CPU has bf16 math.
 These are runtime choices for generation speed; a saved, calibrated model comes
-from `slm quantize`, and a GGUF from `slm export`.
+from `slm quantize`, and a GGUF from `slm export`. `slm bench` and `slm generate`
+decode on the same KV cache (`new_kv_cache`), so bench measures what chat runs.
 """
 
 from __future__ import annotations
@@ -38,3 +39,22 @@ def convert_weights(lm, weights: str):
             quantize_dynamic(lm.model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     lm.extra["weights"] = weights
     return lm
+
+
+def static_cache_fits(model) -> bool:
+    # transformers marks the architectures whose attention runs on a preallocated (static) cache.
+    return bool(getattr(model, "_can_compile_fullgraph", False))
+
+
+def new_kv_cache(model, max_tokens: int):
+    """The KV cache for one generation of at most `max_tokens` tokens (prompt included).
+
+    A static cache is allocated once; the default DynamicCache appends each step's keys and values
+    with torch.cat, copying every layer's whole cache on every token.
+    """
+    from transformers import DynamicCache, StaticCache
+
+    config = model.config.get_text_config(decoder=True)
+    if static_cache_fits(model):
+        return StaticCache(config=config, max_cache_len=max_tokens)
+    return DynamicCache(config=config)
