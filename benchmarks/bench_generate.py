@@ -3,7 +3,8 @@
 Compares:
 
   a. `slm bench smollm2-135m-instruct --json`  (slmkit's own torch loop: one prefill
-     forward pass, then single-token steps on the KV cache; float32 weights);
+     forward pass, then single-token steps on a static KV cache, as `slm generate`
+     decodes; float32 weights);
   b. Hugging Face `model.generate` on the same float32 checkpoint directory
      (greedy, random-token prompt, min_new_tokens = max_new_tokens = G).
      Prefill time is a separate generate call with max_new_tokens=1; decode time
@@ -340,16 +341,17 @@ def main() -> None:
                   "rerunning with its extra buffer types (AMX, weight repacking) turned off", flush=True)
             stdout, wall = run_checked([*command, "--no-extra-buffer-types"], env=env)
         result = worker_result(stdout)
-        rows.append({"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": Path(path).name[-14:],
+        rows.append({"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": Path(path).name,
                      "wall_s": wall, **result})
     if "slm-llamacpp" in tools:
         slm_bench("slm bench llama.cpp", path)
-        rows[-1]["weights"] = Path(path).name[-14:]
+        rows[-1]["weights"] = Path(path).name
     total_wall = time.perf_counter() - started
 
     reference = next((row for row in rows if row["tool"] == "HF generate"), None)
     direct = next((row for row in rows if row["tool"].startswith("llama.cpp")), None)
-    header = f"{'tool':<22} {'weights':<14} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
+    width = max(len("weights"), *(len(row["weights"]) for row in rows))  # a GGUF's whole file name
+    header = f"{'tool':<22} {'weights':<{width}} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
              f"{'decode /HF':>10} {'prefill /HF':>11} {'decode /llama.cpp':>17}"
     print()
     print(header)
@@ -362,7 +364,7 @@ def main() -> None:
             prefill_ratio = row["prefill_tokens_per_s"] / reference["prefill_tokens_per_s"]
         llama_ratio = (row["decode_tokens_per_s"] / direct["decode_tokens_per_s"]
                        if direct and row["tool"] == "slm bench llama.cpp" else None)
-        print(f"{row['tool']:<22} {row['weights']:<14} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
+        print(f"{row['tool']:<22} {row['weights']:<{width}} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
               f"{fmt(row['prefill_tokens_per_s']):>13} {fmt(decode_ratio, '.2f'):>10} "
               f"{fmt(prefill_ratio, '.2f'):>11} {fmt(llama_ratio, '.2f'):>17}")
     if reference and direct:
