@@ -1,11 +1,12 @@
 import json
+import os
 
 import pytest
 import torch
 
 import slmkit
 from slmkit.errors import ModelLoadError, SlmError, UnsafeModelError
-from slmkit.models.checkpoint import MANIFEST_NAME, read_manifest
+from slmkit.models.checkpoint import MANIFEST_NAME, atomic_directory, read_manifest
 from slmkit.models.info import model_info
 
 from conftest import tiny_model
@@ -145,3 +146,13 @@ def test_catalog_aliases_resolve_or_explain():
     families = {entry.architecture for entry in CATALOG}
     assert {"llama", "qwen2", "gemma3_text", "phi", "gpt_neo", "gptj", "bert", "distilbert", "mobilebert",
             "t5"} <= families
+
+
+def test_atomic_directory_gets_the_mode_mkdir_would_give(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = atomic_directory(tmp_path / "out", lambda tmp: (tmp / "file.txt").write_text("x"))
+    finally:
+        os.umask(previous)
+    assert (out / "file.txt").read_text() == "x"
+    assert out.stat().st_mode & 0o777 == 0o755

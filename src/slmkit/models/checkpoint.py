@@ -80,6 +80,10 @@ def atomic_directory(out_dir: Path, write, force: bool = False) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        # mkdtemp makes it private (0700); the finished directory gets the mode mkdir would give it.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_dir.chmod(0o777 & ~umask)
         write(tmp_dir)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
