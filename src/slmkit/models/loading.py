@@ -257,7 +257,9 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     has_safetensors = any(directory.glob("*.safetensors"))
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not has_safetensors:
-        if (directory / "model.onnx").is_file():
+        from slmkit.runtime.onnx import MODEL_FILE  # here: runtime.onnx imports this module
+
+        if (directory / MODEL_FILE).is_file():
             raise ModelLoadError(ONNX_ONLY.format(path=directory))
         if not pickles:
             raise ModelLoadError(f"{directory}: no weights found (*.safetensors)")
