@@ -16,14 +16,16 @@ Compares:
      calls of one argmax-chosen token each (decode).
 
   d. `slm bench smollm2-135m-instruct --weights int8 --json`: slmkit's faster torch
-     path (int8 weights, activations quantized per token; torch dynamic quantization);
-  e. `slm bench FILE.gguf --json`: slmkit's llama.cpp backend on the same GGUF file as
+     path (int8 weights with one scale per output channel, torch's int8 weight-only kernel);
+  e. the same with `--compile`: the decode step compiled by torch.compile (Inductor), as
+     `slm generate/chat --compile` run it; its warm-up (compilation) time is printed;
+  f. `slm bench FILE.gguf --json`: slmkit's llama.cpp backend on the same GGUF file as
      (c) (--gguf picks the file, e.g. one `slm export` wrote).
 
 (a) and (b) run float32 weights (the slmkit checkpoint is the GGUF dequantized
-to float32); (c) and (e) run the GGUF's 4-bit weights, so they also move about
+to float32); (c) and (f) run the GGUF's 4-bit weights, so they also move about
 1/6 of the bytes per token. The "/HF" columns divide each figure by HF
-generate's; "/llama.cpp" divides (e) by (c).
+generate's; "/llama.cpp" divides (f) by (c).
 
 Every measurement runs in its own subprocess, one after another, never two at
 once: (a) and (b) in slmkit's venv, (c) in the peer venv at
@@ -63,7 +65,7 @@ PEER_VENV = BENCH_DIR / ".venv-peers"
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULT_MARKER = "BENCH_GENERATE_RESULT "
-TOOLS = ("slm", "hf", "llama.cpp", "slm-int8", "slm-llamacpp")
+TOOLS = ("slm", "hf", "llama.cpp", "slm-int8", "slm-int8-compile", "slm-llamacpp")
 
 
 # ---------------------------------------------------------------- workers
@@ -316,6 +318,8 @@ def main() -> None:
         slm_bench("slm bench", MODEL_ALIAS)
     if "slm-int8" in tools:
         slm_bench("slm bench int8", MODEL_ALIAS, "--weights", "int8")
+    if "slm-int8-compile" in tools:
+        slm_bench("slm bench int8 compiled", MODEL_ALIAS, "--weights", "int8", "--compile")
     if "hf" in tools:
         print("running HF generate ...", flush=True)
         model_dir = float_checkpoint_dir()
@@ -351,7 +355,7 @@ def main() -> None:
     reference = next((row for row in rows if row["tool"] == "HF generate"), None)
     direct = next((row for row in rows if row["tool"].startswith("llama.cpp")), None)
     width = max(len("weights"), *(len(row["weights"]) for row in rows))  # a GGUF's whole file name
-    header = f"{'tool':<22} {'weights':<{width}} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
+    header = f"{'tool':<24} {'weights':<{width}} {'threads':>7} {'decode tok/s':>12} {'prefill tok/s':>13} " \
              f"{'decode /HF':>10} {'prefill /HF':>11} {'decode /llama.cpp':>17}"
     print()
     print(header)
@@ -364,7 +368,7 @@ def main() -> None:
             prefill_ratio = row["prefill_tokens_per_s"] / reference["prefill_tokens_per_s"]
         llama_ratio = (row["decode_tokens_per_s"] / direct["decode_tokens_per_s"]
                        if direct and row["tool"] == "slm bench llama.cpp" else None)
-        print(f"{row['tool']:<22} {row['weights']:<{width}} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
+        print(f"{row['tool']:<24} {row['weights']:<{width}} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
               f"{fmt(row['prefill_tokens_per_s']):>13} {fmt(decode_ratio, '.2f'):>10} "
               f"{fmt(prefill_ratio, '.2f'):>11} {fmt(llama_ratio, '.2f'):>17}")
     if reference and direct:
@@ -376,9 +380,13 @@ def main() -> None:
     if direct and not direct["extra_buffer_types"]:
         print("llama.cpp ran with use_extra_bufts=False (no AMX / weight repacking) because AMX raised SIGILL here.")
     print()
+    compiled = next((row for row in rows if row.get("compiled")), None)
+    if compiled:
+        print(f"\n{compiled['tool']}: warm-up incl. torch.compile {compiled['warmup_s']:.1f} s (once per process; "
+              "Inductor's on-disk cache makes later processes' compilation shorter)")
     print("float32: slm bench and HF generate (the slmkit checkpoint is the GGUF dequantized to float32); "
-          "int8: slm bench --weights int8; the GGUF rows: llama.cpp direct and slm bench's llama.cpp backend "
-          "on the same file.")
+          "int8: slm bench --weights int8 [--compile]; the GGUF rows: llama.cpp direct and slm bench's "
+          "llama.cpp backend on the same file.")
     print(f"P={args.prompt_tokens}, G={args.gen_tokens}, repeats={args.repeats}; "
           f"total wall time {total_wall:.1f} s. Other processes on this machine make these numbers noisy.")
     if args.json:

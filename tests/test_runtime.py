@@ -62,19 +62,18 @@ def test_sampling_config_validation(kwargs):
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
 def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
-    import torch
-
     from slmkit.cli.common import load_model
+    from slmkit.runtime.weights import Int8Linear
 
     reference = load_model(str(tiny_llama_dir))
     fast = load_model(str(tiny_llama_dir), weights=weights)
     if weights == "int8":
         from torch import nn
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
         modules = list(fast.model.modules())
         assert not any(type(module) is nn.Linear for module in modules)  # every Linear, the LM head too
-        assert isinstance(fast.model.lm_head, DynamicInt8Linear)
+        assert isinstance(fast.model.lm_head, Int8Linear)
+        assert fast.extra["parameters"] == sum(p.numel() for p in reference.model.parameters())
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = reference.model(input_ids=ids).logits.flatten()
@@ -85,6 +84,113 @@ def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
     assert isinstance(text, str)
 
 
+def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them():
+    from slmkit.runtime.weights import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    layer = Int8Linear(linear.weight, linear.bias)
+    q, scale = layer.weight, layer.weight_scale
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    assert torch.equal(q.abs().amax(dim=1), torch.full((40,), 127, dtype=torch.int8))  # each row spans the grid
+    dequantized = q.float() * scale[:, None]
+    rounding_error = (dequantized - linear.weight.detach()).abs()
+    assert bool((rounding_error <= scale[:, None] / 2 + 1e-7).all())  # round to nearest, row by row
+    with torch.inference_mode():
+        for rows in (1, 3, 64, 65, 200):  # the decode kernel (bfloat16 activations) and the prompt GEMM
+            x = torch.randn(rows, 96)
+            exact = torch.nn.functional.linear(x, dequantized, linear.bias)
+            tolerance = 2e-2 if rows <= Int8Linear.decode_rows else 1e-5
+            torch.testing.assert_close(layer(x), exact, rtol=tolerance, atol=tolerance)
+        assert layer(torch.randn(2, 5, 96)).shape == (2, 5, 40)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3", "phi", "gpt2", "gpt_neo", "gptj", "bert",
+                                        "distilbert", "mobilebert", "t5"])
+def test_int8_converts_every_linear_layer_of_each_family(model_type):
+    from conftest import tiny_model
+
+    from slmkit.compress.layers import is_linear
+    from slmkit.runtime.weights import Int8Linear, quantize_int8
+
+    reference, model = tiny_model(model_type), tiny_model(model_type)
+    linears = sum(is_linear(module) for module in reference.modules())
+    assert quantize_int8(model) == linears > 0
+    assert not any(is_linear(module) for module in model.modules())  # GPT-2's Conv1D layers too
+    assert sum(isinstance(module, Int8Linear) for module in model.modules()) == linears
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "decoder_input_ids": ids[:, :5]} if model_type == "t5" else {"input_ids": ids}
+    with torch.inference_mode():
+        expected, got = reference(**inputs)[0].flatten(), model(**inputs)[0].flatten()
+        token = {key: value[:, :1] for key, value in inputs.items()}  # one row: the weight-only kernel
+        one_row = torch.stack([reference(**token)[0].flatten(), model(**token)[0].flatten()])
+    assert float(torch.corrcoef(torch.stack([expected, got]))[0, 1]) > 0.999
+    assert float(torch.corrcoef(one_row)[0, 1]) > 0.999
+
+
+def test_compiled_decode_steps_give_the_eager_logits_without_recompiling(tiny_llama_dir):
+    from torch._dynamo.utils import counters
+
+    from slmkit.cli.common import load_model
+    from slmkit.evaluate.bench import _cache_argument, bench
+    from slmkit.runtime.weights import decode_step, new_kv_cache
+
+    lm = load_model(str(tiny_llama_dir), weights="int8", compile_decode=True)
+    model, step = lm.model, decode_step(lm)
+    assert step is not model and decode_step(lm) is step  # compiled once, shared by bench and generate
+    cache_argument = _cache_argument(model)
+    ids = torch.randint(0, VOCAB, (1, 14), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.inference_mode():
+        caches = [new_kv_cache(model, 16), new_kv_cache(model, 16)]
+        for cache in caches:
+            model(input_ids=ids[:, :8], use_cache=True, **{cache_argument: cache})
+        for position in range(8, 14):
+            token = ids[:, position:position + 1]
+            eager = model(input_ids=token, use_cache=True, **{cache_argument: caches[0]}).logits
+            compiled = step(input_ids=token, use_cache=True, **{cache_argument: caches[1]}).logits
+            torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1
+    result = bench(lm, prompt_tokens=8, gen_tokens=4, repeats=2)
+    assert result["compiled"] and result["decode_tokens_per_s"] > 0
+    assert counters["stats"]["unique_graphs"] == 2  # bench's cache size: one graph for warm-up and timed runs
+    eager_lm = load_model(str(tiny_llama_dir), weights="int8")
+    sampling = SamplingConfig(temperature=0, max_new_tokens=6)
+    assert "".join(generate(lm, "small models", sampling)) == "".join(generate(eager_lm, "small models", sampling))
+    session = ChatSession(lm, sampling)
+    for turn in range(3):
+        "".join(session.reply(f"turn {turn} about small language models"))
+        if turn == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs  # later, longer turns fit the first turn's cache size
+
+
+def test_compiled_chat_rounds_the_cache_up_to_few_sizes(tiny_llama_dir):
+    from slmkit.cli.common import load_model
+    from slmkit.runtime.weights import chat_cache_tokens
+
+    lm = load_model(str(tiny_llama_dir))
+    assert chat_cache_tokens(lm, 50) == 50  # eager: the exact size
+    lm.extra["compile"] = True
+    lm.config.max_position_embeddings = 8192
+    assert [chat_cache_tokens(lm, n) for n in (1, 50, 256, 257, 640, 5000, 9000)] == \
+        [256, 256, 256, 512, 1024, 8192, 9000]
+
+
+def test_compile_is_refused_where_it_cannot_apply(tmp_path, tiny_tokenizer):
+    from conftest import tiny_model
+
+    from slmkit import save
+    from slmkit.cli.common import load_model
+
+    for model_type, message in [("gpt_neo", "needs a static KV cache"), ("bert", "needs a causal language model")]:
+        directory = tmp_path / model_type
+        save(tiny_model(model_type), directory, tiny_tokenizer, stage="test")
+        with pytest.raises(slmkit.SlmError, match=message):
+            load_model(str(directory), compile_decode=True)
+
+
 def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):
     from conftest import run_slm
 
@@ -93,6 +199,8 @@ def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):
     pytest.importorskip("llama_cpp")
     result = run_slm("bench", str(gguf), "--weights", "int8")
     assert result.returncode != 0 and "--weights int8 applies to the torch backend" in result.stderr
+    result = run_slm("generate", "hi", "-m", str(gguf), "--compile")
+    assert result.returncode != 0 and "--compile applies to the torch backend" in result.stderr
 
 
 def test_unknown_weights_is_refused_before_the_model_loads(tmp_path):

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt, human_bytes,
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt,
+                               CompileOpt, human_bytes,
                                load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -18,6 +19,7 @@ def bench_command(
     repeats: Annotated[int, typer.Option(help="Runs; each figure is their median.")] = 3,
     backend: BackendOpt = "auto",
     weights: WeightsOpt = "float32",
+    compile_decode: CompileOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -25,12 +27,13 @@ def bench_command(
     """Measure speed and memory the way llama-bench does (pp512 / tg128).
 
     Examples: slm bench; slm bench ./pruned --prompt-tokens 128 --gen-tokens 32 --json; slm bench model.q4_0.gguf;
+    slm bench --weights int8 --compile   # the fastest torch decoding on a CPU;
     slm bench ./minilm-onnx --prompt-tokens 128   # an encoder: one forward pass, on onnxruntime
     """
     from slmkit.evaluate.bench import bench
 
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
-                    n_ctx=prompt_tokens + gen_tokens + 16, weights=weights)
+                    n_ctx=prompt_tokens + gen_tokens + 16, weights=weights, compile_decode=compile_decode)
     with progress_bar("bench") as progress:
         result = bench(lm, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats, progress=progress)
     if json_output:

@@ -33,8 +33,11 @@ BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp | onnx. a
                                               "model.onnx, or the .onnx file) with onnxruntime, everything else "
                                               "with torch.")]
 BACKENDS = ("auto", "torch", "llamacpp", "onnx")
-WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights with "
-                                              "dynamic activation quantization: faster decoding on a CPU).")]
+WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights, one scale "
+                                              "per output channel: faster decoding on a CPU).")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch backend: compile the decode step with "
+                                          "torch.compile (much faster tokens; the first answer waits for the "
+                                          "compilation, ~10-50 s on a CPU).")]
 
 
 def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: int):
@@ -85,12 +88,12 @@ def choose_backend(spec: str, backend: str) -> str:
 
 def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None,
                backend: str = "torch", n_ctx: int | None = None, logits_all: bool = False,
-               weights: str = "float32"):
+               weights: str = "float32", compile_decode: bool = False):
     """The model for a command; `backend` as --backend takes it (n_ctx and logits_all: llama.cpp only;
-    `weights` as --weights takes it: torch only)."""
+    `weights` as --weights and `compile_decode` as --compile take them: torch only)."""
     from slmkit.errors import SlmError
     from slmkit.models import load
-    from slmkit.runtime.weights import check_weights, convert_weights
+    from slmkit.runtime.weights import check_weights, convert_weights, enable_compile
 
     check_weights(weights)  # before the slow load
     quiet_libraries()
@@ -98,18 +101,18 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     if chosen == "onnx":
         from slmkit.runtime.onnx import OnnxModel
 
-        if weights != "float32":
-            raise SlmError(f"--weights {weights} applies to the torch backend; an ONNX export runs the float32 "
-                           "weights it was exported with")
+        if weights != "float32" or compile_decode:
+            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; an ONNX "
+                           "export runs on onnxruntime with the float32 weights it was exported with")
         with stderr.status(f"loading {spec} with onnxruntime"):
             return OnnxModel(spec, kind=kind)
     if chosen == "llamacpp":
         from slmkit.errors import ModelLoadError
         from slmkit.runtime.llamacpp import LlamaCppModel
 
-        if weights != "float32":
-            raise SlmError(f"--weights {weights} applies to the torch backend; a GGUF's weight types are chosen "
-                           "when it is exported (slm export --quant)")
+        if weights != "float32" or compile_decode:
+            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; a GGUF's "
+                           "weight types are chosen when it is exported (slm export --quant), or add --backend torch")
         path = Path(spec).expanduser()
         if kind not in (None, "causal-lm"):
             raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
@@ -119,7 +122,13 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
         lm = load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if weights != "float32":
         convert_weights(lm, weights)
+    if compile_decode:
+        enable_compile(lm)
     return lm
+
+
+def _torch_only_flag(weights: str, compile_decode: bool) -> str:
+    return f"--weights {weights}" if weights != "float32" else "--compile"
 
 
 @contextmanager

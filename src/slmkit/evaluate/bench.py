@@ -3,8 +3,9 @@
 Prefill: one forward pass over `prompt_tokens` random tokens, projecting only
 the last position onto the vocabulary. Time to first token: that pass plus
 picking the token. Decode: `gen_tokens` single-token
-steps on the KV cache, greedy. Each figure is the median of `repeats` runs
-after one warm-up run at the full prompt size.
+steps on the KV cache, greedy (compiled with `--compile`). Each figure is the
+median of `repeats` runs after one warm-up run at the full prompt size; the
+warm-up's time, which holds the compilation, is reported as `warmup_s`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.evaluate.loglikelihood import context_length
 from slmkit.models.info import bytes_on_disk, count_parameters
-from slmkit.runtime.weights import new_kv_cache
+from slmkit.runtime.weights import decode_step, new_kv_cache
 
 
 def _peak_rss_bytes() -> int:
@@ -49,9 +50,12 @@ def _head_only_last(model) -> dict:
 
 
 @torch.inference_mode()
-def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tuple[float, float | None]:
+def _one_run(model, step, prompt: torch.Tensor, gen_tokens: int, decode: bool,
+             cache_tokens: int) -> tuple[float, float | None]:
+    """Prefill on `model`, then `gen_tokens` decode steps on `step` (the model or its compiled call), on a
+    cache sized `cache_tokens`: the same size in the warm-up and the timed runs, so nothing recompiles."""
     cache_argument = _cache_argument(model)
-    cache = {cache_argument: new_kv_cache(model, prompt.shape[1] + gen_tokens)} if decode else {}
+    cache = {cache_argument: new_kv_cache(model, cache_tokens)} if decode else {}
     start = time.perf_counter()
     output = model(input_ids=prompt, use_cache=decode, **cache, **_head_only_last(model))
     next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -60,8 +64,8 @@ def _one_run(model, prompt: torch.Tensor, gen_tokens: int, decode: bool) -> tupl
         return time_to_first, None
     cache = getattr(output, cache_argument)
     start = time.perf_counter()
-    for _ in range(gen_tokens):
-        output = model(input_ids=next_token, use_cache=True, **{cache_argument: cache})
+    for _ in range(gen_tokens):  # positions come from the cache (a tensor in a static one: nothing recompiles)
+        output = step(input_ids=next_token, use_cache=True, **{cache_argument: cache})
         cache = getattr(output, cache_argument)
         next_token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
     return time_to_first, time.perf_counter() - start
@@ -126,9 +130,13 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
         def one_run(gen: int):
             return _one_forward_run(lm.model, prompt)
     else:
+        step = decode_step(lm)
+
         def one_run(gen: int):
-            return _one_run(lm.model, prompt, gen, decode)
-    one_run(min(4, gen_tokens))  # warm-up at full prompt size
+            return _one_run(lm.model, step, prompt, gen, decode, prompt_tokens + gen_tokens)
+    start = time.perf_counter()
+    one_run(min(4, gen_tokens))  # warm-up at full prompt size (and, with --compile, compilation)
+    warmup = time.perf_counter() - start
     first_token_times, decode_times = [], []
     for run in range(repeats):
         time_to_first, decode_time = one_run(gen_tokens)
@@ -143,7 +151,8 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     elif lm.backend == "onnx":
         parameters, threads, dtype = lm.parameters, lm.threads, "float32"
     else:
-        parameters, threads = count_parameters(lm.model)[0], torch.get_num_threads()
+        parameters = lm.extra.get("parameters") or count_parameters(lm.model)[0]
+        threads = torch.get_num_threads()
         dtype = lm.extra.get("weights") or str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     return {
         "model": lm.spec,
@@ -159,4 +168,6 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
         "time_to_first_token_s": time_to_first,
         "decode_tokens_per_s": gen_tokens / statistics.median(decode_times) if decode_times else None,
         "peak_rss_bytes": _peak_rss_bytes(),
+        "compiled": bool(getattr(lm, "extra", {}).get("compile")),
+        "warmup_s": warmup,
     }

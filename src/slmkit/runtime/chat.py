@@ -7,6 +7,7 @@ from typing import TextIO
 
 from slmkit.evaluate.loglikelihood import context_length
 from slmkit.runtime.generate import SamplingConfig, prompt_ids, render_prompt, stream
+from slmkit.runtime.weights import chat_cache_tokens
 
 HELP = "Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits."
 
@@ -39,7 +40,10 @@ class ChatSession:
         """Stream the answer to `message`, then remember both."""
         self.history.append({"role": "user", "content": message})
         pieces = []
-        for piece in stream(self.lm, self._fitted_prompt(), self.sampling):
+        prompt = self._fitted_prompt()
+        cache_tokens = (chat_cache_tokens(self.lm, prompt.shape[1] + self.sampling.max_new_tokens)
+                        if self.lm.backend == "torch" else None)
+        for piece in stream(self.lm, prompt, self.sampling, cache_tokens):
             pieces.append(piece)
             yield piece
         self.history.append({"role": "assistant", "content": "".join(pieces).strip()})

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.runtime.weights import static_cache_fits
+from slmkit.runtime.weights import decode_compile_config, static_cache_fits
 
 
 @dataclass
@@ -87,8 +87,9 @@ def prompt_ids(tokenizer, text: str, templated: bool) -> torch.Tensor:
     return tokenizer(text, add_special_tokens=not templated, return_tensors="pt").input_ids
 
 
-def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[str]:
-    """Yield text pieces as the model produces them."""
+def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig, cache_tokens: int | None = None) -> Iterator[str]:
+    """Yield text pieces as the model produces them; `cache_tokens` sizes a static KV cache (torch backend)
+    for more than this prompt and answer (see runtime.weights.chat_cache_tokens)."""
     from transformers import TextIteratorStreamer, set_seed
 
     lm.require("causal-lm", "generation")
@@ -101,8 +102,13 @@ def stream(lm, input_ids: torch.Tensor, sampling: SamplingConfig) -> Iterator[st
     failure: list[BaseException] = []
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
 
-    # The same KV cache `slm bench` measures (see runtime.weights.new_kv_cache).
+    # The same KV cache and decode step `slm bench` measures (runtime.weights.new_kv_cache, decode_step).
     cache = {"cache_implementation": "static"} if static_cache_fits(lm.model) else {}
+    if lm.extra.get("compile"):
+        cache["compile_config"] = decode_compile_config()
+    if cache_tokens is not None and "cache_implementation" in cache:
+        # generate keeps a static cache at least as long as the last one: a size seen before recompiles nothing.
+        cache["max_cache_len"] = cache_tokens
 
     def run() -> None:
         try:
