@@ -31,16 +31,19 @@ Every measurement runs in its own subprocess, one after another, never two at
 once: (a) and (b) in slmkit's venv, (c) in the peer venv at
 benchmarks/.venv-peers (llama-cpp-python is installed there if it is missing;
 that compiles llama.cpp and takes several minutes). Each figure is the median
-of --repeats runs after one short warm-up. All three use the same thread count
+of --repeats runs after one short warm-up. All tools use the same thread count
 (--threads, default os.cpu_count()). On a machine other jobs are also using,
 threads that wait on each other's descheduled peers can slow decode by 10x or
 more and make repeats differ several-fold; there `--threads 1` (or a quiet
-machine) gives steadier figures.
+machine) gives steadier figures. On a VM whose speed drifts (seen here: llama.cpp
+85-135 tok/s on the same file within minutes), `--rounds N` runs every tool N
+times, alternating the order, and reports medians over the rounds.
 
 Usage (from the repository root):
 
     .venv/bin/python benchmarks/bench_generate.py                      # P=512, G=128, 3 repeats
     .venv/bin/python benchmarks/bench_generate.py --prompt-tokens 64 --gen-tokens 16 --repeats 1
+    .venv/bin/python benchmarks/bench_generate.py --rounds 5 --gguf model.q4_0.gguf   # steadier ratios
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ PEER_VENV = BENCH_DIR / ".venv-peers"
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULT_MARKER = "BENCH_GENERATE_RESULT "
-TOOLS = ("slm", "hf", "llama.cpp", "slm-int8", "slm-int8-compile", "slm-llamacpp")
+TOOLS = ("slm", "slm-int8", "slm-int8-compile", "hf", "llama.cpp", "slm-llamacpp")
 
 
 # ---------------------------------------------------------------- workers
@@ -258,6 +261,58 @@ def _imports(python: Path, module: str) -> bool:
     return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
+def run_tool(tool: str, args, size: list[str], env: dict, path: str) -> dict:
+    """One measurement of one tool, each in its own subprocess."""
+    def slm_bench(label: str, *arguments: str) -> dict:
+        print(f"running {label} ...", flush=True)
+        stdout, wall = run_checked([str(SLM), "bench", *arguments, *size, "--json"], env=env)
+        report = json.loads(stdout[stdout.index("{"):])
+        return {"tool": label, "weights": report.get("dtype", "float32"), "wall_s": wall, **report}
+
+    if tool == "slm":
+        return slm_bench("slm bench", MODEL_ALIAS)
+    if tool == "slm-int8":
+        return slm_bench("slm bench int8", MODEL_ALIAS, "--weights", "int8")
+    if tool == "slm-int8-compile":
+        return slm_bench("slm bench int8 compiled", MODEL_ALIAS, "--weights", "int8", "--compile")
+    if tool == "slm-llamacpp":
+        return {**slm_bench("slm bench llama.cpp", path), "weights": Path(path).name}
+    if tool == "hf":
+        print("running HF generate ...", flush=True)
+        stdout, wall = run_checked([str(SLMKIT_PYTHON), __file__, "--worker", "hf", "--model-path",
+                                    float_checkpoint_dir(), *size, "--threads", str(args.threads),
+                                    "--seed", str(args.seed)], env=env)
+        result = worker_result(stdout)
+        return {"tool": "HF generate", "weights": result["dtype"], "wall_s": wall, **result}
+    python = peer_python_with_llama_cpp()
+    print("running llama.cpp (llama-cpp-python) ...", flush=True)
+    command = [str(python), __file__, "--worker", "llama", "--model-path", path, *size,
+               "--threads", str(args.threads), "--seed", str(args.seed)]
+    try:
+        stdout, wall = run_checked(command, env=env)
+    except CommandFailed as failure:
+        if failure.returncode != -signal.SIGILL:
+            raise
+        # Seen in VMs whose CPUID advertises AMX but whose kernel does not let processes use the
+        # AMX tile registers: ggml's AMX buffer type then dies on `tilezero`.
+        print("note: llama.cpp died of SIGILL (an instruction this VM does not allow, typically AMX); "
+              "rerunning with its extra buffer types (AMX, weight repacking) turned off", flush=True)
+        stdout, wall = run_checked([*command, "--no-extra-buffer-types"], env=env)
+    result = worker_result(stdout)
+    return {"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": Path(path).name, "wall_s": wall,
+            **result}
+
+
+def median_row(measurements: list[dict]) -> dict:
+    """One tool's row: the first round's details with the median speeds over the rounds, and every round's."""
+    row = dict(measurements[0])
+    for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+        values = [m[key] for m in measurements if m[key] is not None]
+        row[key] = statistics.median(values) if values else None
+        row[f"{key}_rounds"] = [m[key] for m in measurements]
+    return row
+
+
 def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -273,6 +328,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="threads for every tool (default os.cpu_count())")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every tool this many times, alternating the order; figures are medians over "
+                             "the rounds and each round's ratios are printed (default 1)")
     parser.add_argument("--tools", default=",".join(TOOLS),
                         help=f"comma-separated subset of {','.join(TOOLS)} (default: all)")
     parser.add_argument("--gguf", help="the GGUF for llama.cpp and slm-llamacpp (default: the package's Q4_1)")
@@ -282,8 +340,8 @@ def main() -> None:
     parser.add_argument("--no-extra-buffer-types", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.prompt_tokens < 1 or args.gen_tokens < 2 or args.repeats < 1 or args.threads < 1:
-        parser.error("--prompt-tokens, --repeats and --threads must be >= 1 and --gen-tokens >= 2")
+    if min(args.prompt_tokens, args.repeats, args.threads, args.rounds) < 1 or args.gen_tokens < 2:
+        parser.error("--prompt-tokens, --repeats, --threads and --rounds must be >= 1 and --gen-tokens >= 2")
 
     if args.worker:
         sizes = (args.model_path, args.prompt_tokens, args.gen_tokens, args.repeats, args.threads, args.seed)
@@ -306,51 +364,19 @@ def main() -> None:
     print(f"settings: prompt P={args.prompt_tokens} random tokens, decode G={args.gen_tokens} tokens, "
           f"median of {args.repeats} repeat(s) after a warm-up; tools run one at a time", flush=True)
 
-    started = time.perf_counter()
-    rows: list[dict] = []
-    def slm_bench(label: str, *arguments: str) -> None:
-        print(f"running {label} ...", flush=True)
-        stdout, wall = run_checked([str(SLM), "bench", *arguments, *size, "--json"], env=env)
-        report = json.loads(stdout[stdout.index("{"):])
-        rows.append({"tool": label, "weights": report.get("dtype", "float32"), "wall_s": wall, **report})
-
-    if "slm" in tools:
-        slm_bench("slm bench", MODEL_ALIAS)
-    if "slm-int8" in tools:
-        slm_bench("slm bench int8", MODEL_ALIAS, "--weights", "int8")
-    if "slm-int8-compile" in tools:
-        slm_bench("slm bench int8 compiled", MODEL_ALIAS, "--weights", "int8", "--compile")
-    if "hf" in tools:
-        print("running HF generate ...", flush=True)
-        model_dir = float_checkpoint_dir()
-        stdout, wall = run_checked([str(SLMKIT_PYTHON), __file__, "--worker", "hf", "--model-path", model_dir,
-                                    *size, "--threads", str(args.threads),
-                                    "--seed", str(args.seed)], env=env)
-        result = worker_result(stdout)
-        rows.append({"tool": "HF generate", "weights": result["dtype"], "wall_s": wall, **result})
     path = args.gguf or gguf_path()
-    if "llama.cpp" in tools:
-        python = peer_python_with_llama_cpp()
-        print("running llama.cpp (llama-cpp-python) ...", flush=True)
-        command = [str(python), __file__, "--worker", "llama", "--model-path", path, *size,
-                   "--threads", str(args.threads), "--seed", str(args.seed)]
-        try:
-            stdout, wall = run_checked(command, env=env)
-        except CommandFailed as failure:
-            if failure.returncode != -signal.SIGILL:
-                raise
-            # Seen in VMs whose CPUID advertises AMX but whose kernel does not let processes use the
-            # AMX tile registers: ggml's AMX buffer type then dies on `tilezero`.
-            print("note: llama.cpp died of SIGILL (an instruction this VM does not allow, typically AMX); "
-                  "rerunning with its extra buffer types (AMX, weight repacking) turned off", flush=True)
-            stdout, wall = run_checked([*command, "--no-extra-buffer-types"], env=env)
-        result = worker_result(stdout)
-        rows.append({"tool": f"llama.cpp {result['llama_cpp_python']}", "weights": Path(path).name,
-                     "wall_s": wall, **result})
-    if "slm-llamacpp" in tools:
-        slm_bench("slm bench llama.cpp", path)
-        rows[-1]["weights"] = Path(path).name
+    order = [tool for tool in TOOLS if tool in tools]
+    started = time.perf_counter()
+    rounds: list[dict[str, dict]] = []
+    for round_index in range(args.rounds):
+        # Every other round runs the tools backwards, so a machine that slows down (or speeds up) during
+        # the run does not always favour the same tool.
+        round_order = order if round_index % 2 == 0 else order[::-1]
+        if args.rounds > 1:
+            print(f"round {round_index + 1}/{args.rounds}", flush=True)
+        rounds.append({tool: run_tool(tool, args, size, env, path) for tool in round_order})
     total_wall = time.perf_counter() - started
+    rows = [median_row([results[tool] for results in rounds]) for tool in order]
 
     reference = next((row for row in rows if row["tool"] == "HF generate"), None)
     direct = next((row for row in rows if row["tool"].startswith("llama.cpp")), None)
@@ -371,6 +397,15 @@ def main() -> None:
         print(f"{row['tool']:<24} {row['weights']:<{width}} {row['threads']:>7} {fmt(row['decode_tokens_per_s']):>12} "
               f"{fmt(row['prefill_tokens_per_s']):>13} {fmt(decode_ratio, '.2f'):>10} "
               f"{fmt(prefill_ratio, '.2f'):>11} {fmt(llama_ratio, '.2f'):>17}")
+    if args.rounds > 1:
+        print("\ndecode ratios round by round (the table shows medians over the rounds):")
+        pairs = [(tool, "hf") for tool in order if tool != "hf"] + [("slm-llamacpp", "llama.cpp")]
+        for tool, baseline in pairs:
+            if tool in order and baseline in order:
+                ratios = [results[tool]["decode_tokens_per_s"] / results[baseline]["decode_tokens_per_s"]
+                          for results in rounds]
+                print(f"  {rounds[0][tool]['tool']} / {rounds[0][baseline]['tool']}: "
+                      f"{' '.join(f'{ratio:.2f}' for ratio in ratios)} (median {statistics.median(ratios):.2f})")
     if reference and direct:
         hf_tokens, gguf_tokens = reference["first_generated_tokens"], direct["first_generated_tokens"]
         same = sum(a == b for a, b in zip(hf_tokens, gguf_tokens))
@@ -387,11 +422,12 @@ def main() -> None:
     print("float32: slm bench and HF generate (the slmkit checkpoint is the GGUF dequantized to float32); "
           "int8: slm bench --weights int8 [--compile]; the GGUF rows: llama.cpp direct and slm bench's "
           "llama.cpp backend on the same file.")
-    print(f"P={args.prompt_tokens}, G={args.gen_tokens}, repeats={args.repeats}; "
+    print(f"P={args.prompt_tokens}, G={args.gen_tokens}, repeats={args.repeats}, rounds={args.rounds}; "
           f"total wall time {total_wall:.1f} s. Other processes on this machine make these numbers noisy.")
     if args.json:
         print(json.dumps({"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-                          "repeats": args.repeats, "threads": args.threads, "results": rows}, indent=2))
+                          "repeats": args.repeats, "rounds": args.rounds, "threads": args.threads,
+                          "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
