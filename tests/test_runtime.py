@@ -157,7 +157,9 @@ def test_compiled_decode_steps_give_the_eager_logits_without_recompiling(tiny_ll
     assert counters["stats"]["unique_graphs"] == 2  # bench's cache size: one graph for warm-up and timed runs
     eager_lm = load_model(str(tiny_llama_dir), weights="int8")
     sampling = SamplingConfig(temperature=0, max_new_tokens=6)
+    before = counters["stats"]["unique_graphs"]
     assert "".join(generate(lm, "small models", sampling)) == "".join(generate(eager_lm, "small models", sampling))
+    assert counters["stats"]["unique_graphs"] > before  # transformers' generate really ran the compiled step
     session = ChatSession(lm, sampling)
     for turn in range(3):
         "".join(session.reply(f"turn {turn} about small language models"))
