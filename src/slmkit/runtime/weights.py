@@ -134,7 +134,8 @@ def decode_compile_config():
     skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
     # dynamic=False: shapes that change (a longer cache) compile a new static graph. A dynamic-shape graph
     # served every cache size but took 73 s to compile instead of 47 and decoded no faster.
-    config = CompileConfig(dynamic=False, mode=None, options={"guard_filter_fn": skip_module_guards} if skip_module_guards else None)
+    options = {"guard_filter_fn": skip_module_guards} if skip_module_guards else None
+    config = CompileConfig(dynamic=False, mode=None, options=options)
     config._compile_all_devices = True  # transformers compiles generate's decode steps on a CPU only when told
     return config
 
