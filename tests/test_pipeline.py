@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import shutil
@@ -68,6 +69,11 @@ def sample_text(tmp_path) -> Path:
     ("name: x\nstages:\n  - stage: eval\n    name: a\n  - stage: bench\n    name: a\n", "name 'a' is used twice"),
     ("name: x\nstages:\n  - stage: eval\n    models: [original, q]\n  - stage: quantize\n    name: q\n",
      "r.yaml: stages[0].models: 'q' is not the original or a model made before this stage"),
+    ("name: x\nstages:\n  - stage: export\n    format: onnx\n    quant: q8_0\n",
+     "r.yaml: stages[0] (export): quant applies to format gguf"),
+    ("name: x\nstages:\n  - stage: export\n    format: onnx\n  - stage: prune\n    sparsity: 0.5\n",
+     "r.yaml: stages[1] (prune): comes after an ONNX export"),
+    ("name: x\nstages:\n  - stage: bench\n    weights: int4\n", "r.yaml: stages[0].weights: "),
 ])
 def test_recipe_validation_errors_name_file_and_key(text, message):
     with pytest.raises(SlmError) as error:
@@ -222,3 +228,74 @@ def test_bench_stage_reports_each_models_own_peak_memory(tiny_llama_dir):
     result = _bench(BenchStage(stage="bench", prompt_tokens=8, gen_tokens=2, repeats=1),
                     RunModel("original", str(tiny_llama_dir), "original"))
     assert result["peak_rss_bytes"] < 1_200_000_000
+
+
+def test_measuring_stages_run_torch_models_with_their_weights_and_a_gguf_as_written(tiny_llama_dir, sample_text,
+                                                                                   tmp_path):
+    from slmkit.pipeline.report import collect_rows
+
+    recipe = parse_recipe(f"""
+name: int8
+prompts: []
+stages:
+  - stage: quantize
+    name: gptq-w8
+    method: gptq
+    bits: 8
+    group_size: 0
+    calib_samples: 4
+    calib_seq_len: 32
+  - stage: export
+    name: gguf
+    quant: q8_0
+  - stage: eval
+    data: {sample_text}
+    max_length: 64
+    weights: int8
+  - stage: bench
+    prompt_tokens: 16
+    gen_tokens: 4
+    repeats: 1
+    weights: int8
+""", "int8.yaml")
+    run_dir = run_recipe(recipe, recipe_path="int8.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
+    state = json.loads((run_dir / "run.json").read_text())
+    benched, evaluated = state["stages"]["04-bench"]["result"], state["stages"]["03-eval"]["result"]
+    gguf_backend = "llamacpp" if importlib.util.find_spec("llama_cpp") else "torch"
+    for label in ("original", "gptq-w8"):
+        assert benched[label]["dtype"] == "int8" and evaluated[label]["weights"] == "int8"
+    # The GPTQ checkpoint's int8 codes are what runs: every quantized layer (the LM head is not one).
+    assert benched["gptq-w8"]["int8_checkpoint_layers"] == 14 and benched["original"]["int8_checkpoint_layers"] == 0
+    if gguf_backend == "llamacpp":
+        assert benched["gguf"]["dtype"] == "q8_0" and benched["gguf"]["backend"] == "llamacpp"
+    backends = {row.label: row.backend for row in collect_rows(run_dir, state, "int8")}
+    assert backends == {"original": "torch int8", "gptq-w8": "torch int8",
+                        "gguf": gguf_backend if gguf_backend == "llamacpp" else "torch int8"}
+
+
+def test_onnx_export_stage_writes_a_directory_that_bench_runs(tiny_tokenizer, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from conftest import tiny_model
+
+    from slmkit import save
+
+    encoder = save(tiny_model("bert"), tmp_path / "bert", tiny_tokenizer, stage="test")
+    recipe = parse_recipe("""
+name: onnx
+stages:
+  - stage: export
+    name: onnx
+    format: onnx
+  - stage: bench
+    prompt_tokens: 16
+    repeats: 1
+""", "onnx.yaml")
+    run_dir = run_recipe(recipe, recipe_path="onnx.yaml", model=str(encoder), out=tmp_path / "run")
+    state = json.loads((run_dir / "run.json").read_text())
+    exported = state["stages"]["onnx"]
+    assert exported["output"] == "onnx" and (run_dir / "onnx" / "model.onnx").is_file()
+    assert exported["result"]["kind"] == "encoder"
+    benched = state["stages"]["02-bench"]["result"]
+    assert benched["onnx"]["backend"] == "onnx" and benched["original"]["backend"] == "torch"
+    assert benched["onnx"]["prefill_tokens_per_s"] > 0

@@ -1,3 +1,8 @@
+import mmap
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import VOCAB, tiny_model
@@ -105,6 +110,81 @@ def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them():
         assert layer(torch.randn(2, 5, 96)).shape == (2, 5, 40)
 
 
+@pytest.mark.parametrize("bits, group_size, kept", [(8, 0, True), (4, 0, True), (4, 16, False)])
+def test_int8_keeps_a_calibrated_checkpoints_values_when_they_fit_its_grid(tiny_llama_dir, tmp_path, bits,
+                                                                           group_size, kept):
+    from slmkit.cli.common import load_model
+    from slmkit.pipeline.stages import quant_config, quantize_stage
+    from slmkit.runtime.weights import Int8Linear
+
+    lm = slmkit.load(str(tiny_llama_dir))
+    calibration = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
+    config = quant_config("gptq", bits=bits, group_size=group_size)
+    out = tmp_path / "gptq"
+    quantize_stage(lm, out, config, calibration, parent="tiny", calib={}, seed=0)
+    reference, fast = load_model(str(out)), load_model(str(out), weights="int8")
+    quantized = [name for name, _ in reference.model.named_modules() if name.startswith("model.layers.")
+                 and name.endswith("_proj")]
+    assert fast.extra["int8_checkpoint_layers"] == (len(quantized) if kept else 0)
+    modules = dict(fast.model.named_modules())
+    for name, float_layer in reference.model.named_modules():
+        if name in quantized:
+            layer = modules[name]
+            assert isinstance(layer, Int8Linear)
+            on_int8_grid = layer.weight.float() * layer.weight_scale[:, None]
+            # Per channel: the calibrated values themselves; group-wise: rounded onto one scale per row.
+            assert torch.equal(on_int8_grid, float_layer.weight) == kept
+            if kept:
+                assert int(layer.weight.abs().max()) <= 2 ** (bits - 1)  # the checkpoint's codes, not rescaled
+
+
+def _resident_kib(path: Path) -> int:
+    """This process's resident memory in the mappings of `path` (from /proc/self/smaps)."""
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields[0].split("-")) == 2 and ":" not in fields[0]:
+            current = fields[5] if len(fields) >= 6 else None
+        elif fields[0] == "Rss:" and current == str(path):
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only: reads /proc/self/smaps")
+def test_memory_return_drops_a_checkpoints_pages_and_keeps_the_values(tiny_llama_dir, tmp_path):
+    from slmkit.runtime.weights import MemoryReturn
+
+    # A copy of its own: the kernel pages out only pages no other mapping (an earlier test's model) shares,
+    # and only clean ones (synced).
+    checkpoint = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    mapping = (checkpoint / "model.safetensors").resolve()
+    with open(mapping, "rb") as file:
+        os.fsync(file.fileno())
+    lm = slmkit.load(str(checkpoint))
+    memory = MemoryReturn()
+    weights = [p for p in lm.model.parameters() if p.numel() * p.element_size() >= 4 * mmap.PAGESIZE]
+    assert weights and all(memory.is_mapped(p) for p in weights)
+    values = [p.detach().clone() for p in weights]  # reading them makes their pages resident
+    before = _resident_kib(mapping)
+    for weight in weights:
+        memory.release(weight)
+    assert _resident_kib(mapping) < before
+    assert all(torch.equal(weight, value) for weight, value in zip(weights, values))  # read back from the file
+    assert not memory.is_mapped(values[0])  # a copy in memory of its own is never dropped
+
+
+def test_bfloat16_a_tensor_at_a_time_is_the_whole_model_cast(tiny_llama_dir):
+    from slmkit.runtime.weights import convert_weights
+
+    reference = slmkit.load(str(tiny_llama_dir)).model.to(torch.bfloat16)
+    converted = convert_weights(slmkit.load(str(tiny_llama_dir)), "bfloat16").model
+    for (name, expected), got in zip(reference.state_dict().items(), converted.state_dict().values()):
+        assert got.dtype == expected.dtype and torch.equal(got, expected), name
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(reference(input_ids=ids).logits, converted(input_ids=ids).logits)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3", "phi", "gpt2", "gpt_neo", "gptj", "bert",
                                         "distilbert", "mobilebert", "t5"])
 def test_int8_converts_every_linear_layer_of_each_family(model_type):
@@ -115,7 +195,8 @@ def test_int8_converts_every_linear_layer_of_each_family(model_type):
 
     reference, model = tiny_model(model_type), tiny_model(model_type)
     linears = sum(is_linear(module) for module in reference.modules())
-    assert quantize_int8(model) == linears > 0
+    assert quantize_int8(model) == (linears, 0)  # (replaced, kept on a checkpoint's grid: none given)
+    assert linears > 0
     assert not any(is_linear(module) for module in model.modules())  # GPT-2's Conv1D layers too
     assert sum(isinstance(module, Int8Linear) for module in model.modules()) == linears
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))

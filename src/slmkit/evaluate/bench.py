@@ -169,5 +169,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
         "decode_tokens_per_s": gen_tokens / statistics.median(decode_times) if decode_times else None,
         "peak_rss_bytes": _peak_rss_bytes(),
         "compiled": bool(getattr(lm, "extra", {}).get("compile")),
+        # --weights int8 on a calibrated checkpoint: the layers that kept its own codes and scales.
+        "int8_checkpoint_layers": getattr(lm, "extra", {}).get("int8_checkpoint_layers"),
         "warmup_s": warmup,
     }

@@ -100,11 +100,18 @@ class QuantizeStage(CalibratedStage):
 
 class ExportStage(Stage):
     stage: Literal["export"]
-    format: Literal["gguf"] = "gguf"
-    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] = "f16"
+    format: Literal["gguf", "onnx"] = "gguf"
+    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] | None = Field(
+        None, description="GGUF weight type; default f16.")
 
     def config(self):
+        if self.format == "onnx" and self.quant is not None:
+            raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
         return None
+
+    @property
+    def gguf_quant(self) -> str:
+        return self.quant or "f16"
 
 
 class MeasureStage(Stage):
@@ -116,7 +123,12 @@ class MeasureStage(Stage):
         return None
 
 
-class EvalStage(MeasureStage):
+class TorchMeasureStage(MeasureStage):
+    weights: Literal["float32", "bfloat16", "int8"] = Field(
+        "float32", description="As --weights, for the models the torch backend runs (a GGUF keeps its own).")
+
+
+class EvalStage(TorchMeasureStage):
     stage: Literal["eval"]
     data: str | None = Field(None, description="Evaluation file; default: the run's --data, else a built-in text.")
     task: str | None = None
@@ -124,11 +136,12 @@ class EvalStage(MeasureStage):
     limit: int | None = None
 
 
-class BenchStage(MeasureStage):
+class BenchStage(TorchMeasureStage):
     stage: Literal["bench"]
     prompt_tokens: int = 512
     gen_tokens: int = 128
     repeats: int = 3
+    compile: bool = Field(False, description="As --compile (causal LMs the torch backend runs).")
 
 
 AnyStage = Annotated[PruneStage | StructuredStage | QuantizeStage | ExportStage | EvalStage | BenchStage,
@@ -152,11 +165,15 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _stage_configs_are_valid(self):
         names, made = set(), set()  # every stage's directory; the models made so far
+        made_onnx = False
         for index, stage in enumerate(self.stages):
             try:
                 stage.config()
             except SlmError as exc:
                 raise ValueError(f"stages[{index}] ({stage.stage}): {exc}") from None
+            if stage.makes_model and made_onnx:
+                raise ValueError(f"stages[{index}] ({stage.stage}): comes after an ONNX export, which only "
+                                 "onnxruntime runs; put model-making stages before it")
             if not stage.makes_model and isinstance(stage.models, list):
                 unknown = [label for label in stage.models if label not in made | {"original"}]
                 if unknown:
@@ -168,6 +185,7 @@ class Recipe(BaseModel):
             names.add(name)
             if stage.makes_model:
                 made.add(name)
+                made_onnx = made_onnx or (stage.stage == "export" and stage.format == "onnx")
         return self
 
     def stage_dir(self, index: int) -> str:
@@ -175,8 +193,12 @@ class Recipe(BaseModel):
         return stage.name or f"{index + 1:02d}-{stage.stage}"
 
     def fingerprint(self) -> str:
-        """Identifies what a run directory was made by, so a resume never mixes two recipes."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """Identifies what a run directory was made by, so a resume never mixes two recipes.
+
+        Of what the recipe sets, defaults left out: a field a later slmkit adds does not orphan earlier runs.
+        """
+        written = self.model_dump(mode="json", exclude_defaults=True)
+        return hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _location(loc: tuple) -> str:

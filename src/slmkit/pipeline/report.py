@@ -76,7 +76,7 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
                 row = rows.get(label)
                 if row is None:
                     continue
-                row.backend = result.get("backend", row.backend)
+                row.backend = _backend_label(result) or row.backend
                 if record["stage"] == "bench":
                     row.values.update({key: result.get(key) for key in
                                        ("parameters", "bytes_on_disk", "peak_rss_bytes", "prefill_tokens_per_s",
@@ -92,6 +92,16 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
     if original.values.get("bytes_on_disk") is None and Path(original.path).exists():
         original.values["bytes_on_disk"] = _bytes_on_disk(Path(original.path))
     return list(rows.values())
+
+
+def _backend_label(result: dict) -> str | None:
+    """"torch", or with the torch options a measurement ran with ("torch int8 compiled")."""
+    backend = result.get("backend")
+    if backend != "torch":
+        return backend
+    weights = result.get("weights") or result.get("dtype")  # eval records weights, bench the dtype it ran
+    options = [weights] if weights and weights != "float32" else []
+    return " ".join([backend, *options, *(["compiled"] if result.get("compiled") else [])])
 
 
 def _format(key: str, value) -> str:

@@ -176,12 +176,14 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
     source = models[-1]
     lm = load(source.spec)
     config = stage.config()
+    if stage.stage == "export" and stage.format == "onnx":
+        return stages.export_onnx_stage(lm, out), out.name
     if stage.stage == "export":
-        path = out / f"model.{stage.quant}.gguf"
+        path = out / f"model.{stage.gguf_quant}.gguf"
         result = {}
 
         def write(tmp: Path) -> None:
-            result.update(stages.export_stage(lm, tmp / path.name, stage.quant))
+            result.update(stages.export_stage(lm, tmp / path.name, stage.gguf_quant))
 
         atomic_directory(out, write)
         result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
@@ -216,9 +218,10 @@ def _evaluate(stage, model: RunModel, data: str | None, update) -> dict:
 
     path = stage.data or data or str(SAMPLE_TEXT)
     # "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
-    lm = load_model(model.spec, backend="auto", n_ctx=stage.max_length or 2048, logits_all=True)
+    lm = load_model(model.spec, backend="auto", n_ctx=stage.max_length or 2048, logits_all=True,
+                    weights=stage.weights if _on_torch(model) else "float32")
     result = evaluate(lm, path, task=stage.task, max_length=stage.max_length, limit=stage.limit, progress=update)
-    return {**result, "backend": lm.backend}
+    return {**result, "backend": lm.backend, "weights": getattr(lm, "extra", {}).get("weights", "float32")}
 
 
 def _bench(stage, model: RunModel) -> dict:
@@ -226,11 +229,21 @@ def _bench(stage, model: RunModel) -> dict:
     command = [sys.executable, "-m", "slmkit.cli.main", "bench", model.spec, "--json",
                "--prompt-tokens", str(stage.prompt_tokens), "--gen-tokens", str(stage.gen_tokens),
                "--repeats", str(stage.repeats)]
+    if _on_torch(model):
+        command += ["--weights", stage.weights] + (["--compile"] if stage.compile else [])
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise SlmError(f"bench of {model.label} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
     return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def _on_torch(model: RunModel) -> bool:
+    """Whether the torch backend runs this model, so a stage's weights/compile apply (a GGUF or ONNX file
+    runs on its own runtime with the weights it was written with)."""
+    from slmkit.cli.common import choose_backend
+
+    return choose_backend(model.spec, "auto") == "torch"
 
 
 def _answer_prompts(recipe: Recipe, original: RunModel, final: RunModel) -> list[dict]:

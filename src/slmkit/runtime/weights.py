@@ -15,6 +15,9 @@ decode on the same KV cache (`new_kv_cache`) and the same compiled step
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+
 import torch
 from torch import nn
 
@@ -48,14 +51,21 @@ class Int8Linear(nn.Module):
 
     decode_rows = 64  # up to this many rows the weight-only kernel; above, float32 GEMM (crossover: 64-512 rows)
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, codes: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None):
+        """From float `weight`, rounded onto this module's grid; or, given `codes` and `scale` ([out_features]),
+        those exactly (a calibrated checkpoint's; see `checkpoint_grid`)."""
         super().__init__()
         weight = weight.detach().float().contiguous()  # [out_features, in_features], rows contiguous for the kernel
-        scale = (weight.abs().amax(dim=1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+        if codes is None:
+            absmax = torch.linalg.vector_norm(weight, float("inf"), dim=1)  # no |weight| copy, unlike abs().amax
+            scale = (absmax / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+            codes = _round_onto(weight, scale)
+        scale = scale.detach().reshape(-1).float().clone()
         self.out_features, self.in_features = weight.shape
         # `weight`, as in a Linear: code that reads `layer.weight.dtype` (T5 does) sees int8. Parameters
         # without gradients, so parameter counts and `.to(device)` see them like a Linear's.
-        self.weight = nn.Parameter(torch.round(weight / scale[:, None]).to(torch.int8), requires_grad=False)
+        self.weight = nn.Parameter(codes.contiguous(), requires_grad=False)
         self.weight_scale = nn.Parameter(scale, requires_grad=False)
         # The weight-only kernel takes bfloat16 scales; converted once here, not in every (compiled) step.
         self.register_buffer("weight_scale_bf16", scale.to(torch.bfloat16), persistent=False)
@@ -75,42 +85,204 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def quantize_int8(model: nn.Module) -> int:
-    """Replace every Linear (GPT-2's Conv1D too, the LM head included) with an Int8Linear; returns how many."""
+ROUNDING_CHUNK_ELEMENTS = 1 << 21  # float temporaries per chunk of rows: 8 MB, not an LM head's 100+ MB each
+
+
+def _row_chunks(weight: torch.Tensor):
+    """Row ranges of `weight` small enough that rounding one costs little memory: converting a loaded model
+    must not need much more than the float model itself (peak RAM is what `slm bench` reports)."""
+    rows = max(1, ROUNDING_CHUNK_ELEMENTS // weight.shape[1])
+    return [(start, min(start + rows, weight.shape[0])) for start in range(0, weight.shape[0], rows)]
+
+
+def _round_onto(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int8 codes round(weight / scale), one scale per row."""
+    codes = torch.empty(weight.shape, dtype=torch.int8)
+    for start, end in _row_chunks(weight):
+        codes[start:end] = torch.div(weight[start:end], scale[start:end, None]).round_()
+    return codes
+
+
+class MemoryReturn:
+    """Hands memory back to the kernel while a loaded model's float weights are replaced, so converting it
+    needs little more than the float model itself (peak RAM is what `slm bench` reports).
+
+    transformers maps a safetensors file, and every page read while converting stays counted in this
+    process's memory until the whole mapping goes, after the last tensor is converted (SmolLM2-135M to int8:
+    peak RAM 1.33 GB, more than float32's 0.96). MADV_PAGEOUT drops clean file pages; read again, they come
+    back from the file, so a tensor's values never change. Weights that are not mapped (a compressed-tensors
+    checkpoint's, decompressed on loading) are freed into glibc's heap, which keeps them until malloc_trim.
+    No library does either; the standard library's mmap.madvise works only on mappings Python made.
+    Linux (glibc) only; elsewhere nothing is handed back early.
+    """
+
+    PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux >= 5.4; older kernels refuse it (EINVAL), harmlessly
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] | None = []  # the file mappings' address ranges; None: unknown
+        self.pending = 0  # bytes freed since the last trim
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[5].endswith(".safetensors"):
+                        start, end = (int(address, 16) for address in fields[0].split("-"))
+                        self.ranges.append((start, end))
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            self.madvise, self.malloc_trim = libc.madvise, libc.malloc_trim
+        except (OSError, AttributeError):  # not Linux, or not glibc
+            self.ranges, self.malloc_trim = None, None
+
+    TRIM_BYTES = 64 << 20  # malloc_trim walks the whole heap (~2 ms here): once per this much freed
+
+    def freed(self, nbytes: int | None = None) -> None:
+        """After tensors of `nbytes` were dropped (None: at the end): return the heap's free pages."""
+        self.pending += nbytes or 0
+        if self.malloc_trim is not None and (nbytes is None or self.pending >= self.TRIM_BYTES):
+            self.malloc_trim(0)
+            self.pending = 0
+
+    def is_mapped(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor`'s bytes are (or, where this cannot be told, may be) a checkpoint file's pages."""
+        if self.ranges is None:
+            return True
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        return any(low <= start and end <= high for low, high in self.ranges)
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Drop the pages wholly inside `tensor`'s bytes, if they are a checkpoint file's."""
+        if self.ranges is None or not self.is_mapped(tensor):
+            return  # anonymous memory: dropping it would lose the values
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page
+        if last > first:
+            self.madvise(first, last - first, self.PAGEOUT)
+
+
+def quantize_int8(model: nn.Module, scales: dict[str, torch.Tensor] | None = None) -> tuple[int, int]:
+    """Replace every Linear (GPT-2's Conv1D too, the LM head included) with an Int8Linear.
+
+    `scales` (module name -> per-output-channel scale, from `checkpoint_scales`) keeps a layer's weights on
+    its checkpoint's grid when they lie on it. Returns (layers replaced, layers kept on the checkpoint grid).
+    """
     from slmkit.compress.layers import is_linear, weight_matrix
 
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if is_linear(child) and not isinstance(child, Int8Linear):
-                setattr(parent, name, Int8Linear(weight_matrix(child), child.bias))
-                replaced += 1
-    return replaced
+    scales, memory = scales or {}, MemoryReturn()
+    # Names, not modules: a list of the modules would keep every replaced float layer alive to the end.
+    layers = [name for name, module in model.named_modules()
+              if is_linear(module) and not isinstance(module, Int8Linear)]
+    kept = 0
+    for full_name in layers:
+        parent_name, _, name = full_name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        child, scale = getattr(parent, name), scales.get(full_name)
+        weight = weight_matrix(child)
+        codes = checkpoint_grid(weight, scale)
+        kept += codes is not None
+        setattr(parent, name, Int8Linear(weight, child.bias, codes, scale if codes is not None else None))
+        memory.release(child.weight)
+        nbytes = child.weight.numel() * child.weight.element_size()
+        del child, weight, codes  # the float weight goes, unless tied to a layer still in use
+        memory.freed(nbytes)
+    memory.freed()
+    return len(layers), kept
+
+
+def checkpoint_grid(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor | None:
+    """The int8 codes of `weight` on a per-output-channel `scale`, or None when its values are not on that grid.
+
+    A calibrated checkpoint (GPTQ/AWQ, per-channel, symmetric, 8 bits or fewer) loads as float weights that are
+    exactly codes x scale; re-rounding them onto Int8Linear's own absmax grid would add a second rounding
+    error on top of the calibrated one.
+    """
+    if scale is None or scale.numel() != weight.shape[0] or not bool((scale != 0).all()):
+        return None
+    scale = scale.reshape(-1).float()
+    codes = torch.empty(weight.shape, dtype=torch.int8)
+    for start, end in _row_chunks(weight):
+        rows, row_scale = weight[start:end].float(), scale[start:end, None]
+        rounded = torch.div(rows, row_scale).round_()
+        if not bool(((rounded >= -128) & (rounded <= 127)).all()):
+            return None
+        off_grid = rounded.mul_(row_scale).sub_(rows).abs_() > 1e-3 * row_scale.abs()  # float error << a step
+        if bool(off_grid.any()):
+            return None
+        codes[start:end] = torch.div(rows, row_scale).round_()
+    return codes
+
+
+def checkpoint_scales(directory) -> dict[str, torch.Tensor]:
+    """Module name -> per-output-channel weight scale, for a compressed-tensors checkpoint's quantized layers
+    (read from its safetensors files; other checkpoints have none)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    directory = Path(directory) if directory else None
+    if directory is None or not directory.is_dir():
+        return {}
+    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
+    if (config.get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
+        return {}
+    scales = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(path, "pt") as tensors:
+            keys = set(tensors.keys())
+            for key in keys:
+                module, _, field = key.rpartition(".")
+                if field != "weight_scale" or tensors.get_slice(key).get_shape()[-1] != 1:
+                    continue  # group-wise scales have a column per group: not one Int8Linear scale per row
+                zero_point = f"{module}.weight_zero_point"
+                if zero_point in keys and bool(tensors.get_tensor(zero_point).any()):
+                    continue  # asymmetric: codes - zero point, which Int8Linear's symmetric grid cannot hold
+                scales[module] = tensors.get_tensor(key).flatten()
+    return scales
 
 
 def _own_remaining_tensors(model: nn.Module) -> None:
-    """Copy the tensors int8 left alone (embeddings, norms) out of the checkpoint file's memory map.
-
-    transformers maps the safetensors file; the replaced float32 weights keep the whole mapping, and all
-    the pages read while quantizing, resident until no tensor refers to it (SmolLM2-135M: 1.2 GB RSS
-    instead of 0.79 GB).
+    """Copy the tensors int8 left alone (embeddings, norms) out of the checkpoint file's memory map, so the
+    mapping goes: it stays as long as any tensor refers to it. Tensors already in memory of their own (a
+    decompressed checkpoint's) stay where they are: a copy would only double them for a while.
     """
+    memory = MemoryReturn()
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.dtype != torch.int8:
-                tensor.data = tensor.data.clone()
+            if tensor.dtype != torch.int8 and memory.is_mapped(tensor):
+                mapped, tensor.data = tensor.data, tensor.data.clone()
+                memory.release(mapped)
+    memory.freed()
+
+
+def _to_bfloat16(model: nn.Module) -> None:
+    """`model.to(torch.bfloat16)` a tensor at a time, each float32 tensor's memory handed back as it goes
+    (SmolLM2-135M: peak RAM 1.19 GB at once, more than float32's)."""
+    memory = MemoryReturn()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point() and tensor.dtype != torch.bfloat16:
+                old, tensor.data = tensor.data, tensor.data.to(torch.bfloat16)
+                memory.release(old)
+                nbytes = old.numel() * old.element_size()
+                del old
+                memory.freed(nbytes)
+    memory.freed()
 
 
 def convert_weights(lm, weights: str):
     """Convert a loaded torch model's weights in place; returns the LoadedModel."""
     check_weights(weights)
     if weights == "bfloat16":
-        lm.model.to(torch.bfloat16)
+        _to_bfloat16(lm.model)
     elif weights == "int8":
         from slmkit.models.info import count_parameters
 
         lm.extra["parameters"] = count_parameters(lm.model)[0]  # the model's, before a tied head gets its own copy
-        quantize_int8(lm.model)
+        _, lm.extra["int8_checkpoint_layers"] = quantize_int8(lm.model, checkpoint_scales(lm.path))
         _own_remaining_tensors(lm.model)
     lm.extra["weights"] = weights
     return lm
