@@ -403,7 +403,10 @@ def main() -> None:
         for tool, baseline in pairs:
             if tool in order and baseline in order:
                 ratios = [results[tool]["decode_tokens_per_s"] / results[baseline]["decode_tokens_per_s"]
-                          for results in rounds]
+                          for results in rounds
+                          if results[tool]["decode_tokens_per_s"] and results[baseline]["decode_tokens_per_s"]]
+                if not ratios:
+                    continue
                 print(f"  {rounds[0][tool]['tool']} / {rounds[0][baseline]['tool']}: "
                       f"{' '.join(f'{ratio:.2f}' for ratio in ratios)} (median {statistics.median(ratios):.2f})")
     if reference and direct:

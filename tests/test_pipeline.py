@@ -196,6 +196,59 @@ def test_run_refuses_a_directory_of_another_recipe(tiny_llama_dir, sample_text, 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_run_resumes_under_a_newer_slmkit_and_still_refuses_a_changed_value(tiny_llama_dir, sample_text,
+                                                                                tmp_path):
+    text = f"name: t\nprompts: []\nstages:\n  - stage: eval\n    data: {sample_text}\n    max_length: 32\n"
+    recipe = parse_recipe(text, "t.yaml")
+    run_dir = run_recipe(recipe, recipe_path="t.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
+    state_path = run_dir / "run.json"
+    state = json.loads(state_path.read_text())
+    finished = state["stages"]["01-eval"]["finished"]
+    # As an older slmkit wrote it: without the fields added since, and so with another fingerprint.
+    del state["recipe"]["stages"][0]["weights"]
+    state["fingerprint"] = "0123456789abcdef"
+    state_path.write_text(json.dumps(state))
+    run_recipe(recipe, recipe_path="t.yaml", model=str(tiny_llama_dir), out=run_dir)
+    resumed = json.loads(state_path.read_text())
+    assert resumed["stages"]["01-eval"]["finished"] == finished  # kept, not measured again
+    assert resumed["fingerprint"] == recipe.fingerprint()
+    # A value the run wrote out that the recipe no longer has (e.g. a default that changed) is another recipe.
+    resumed["recipe"]["stages"][0]["limit"] = 5
+    state_path.write_text(json.dumps(resumed))
+    with pytest.raises(SlmError, match="holds a run of another recipe"):
+        run_recipe(recipe, recipe_path="t.yaml", model=str(tiny_llama_dir), out=run_dir)
+
+
+def test_a_model_measured_on_other_weights_gets_a_row_of_its_own(tmp_path):
+    from slmkit.pipeline.report import collect_rows, headline
+
+    def bench(speed, dtype, compiled=False):
+        return {"backend": "torch", "dtype": dtype, "compiled": compiled, "decode_tokens_per_s": speed,
+                "bytes_on_disk": 100}
+
+    done = {"status": "done", "seconds": 1.0}
+    state = {"model": "m", "stages": {
+        "q": {**done, "stage": "quantize", "output": "q", "result": {}},
+        "eval": {**done, "stage": "eval", "result": {
+            "original": {"backend": "torch", "weights": "float32", "token_perplexity": 10.0},
+            "q": {"backend": "torch", "weights": "float32", "token_perplexity": 11.0}}},
+        "bench": {**done, "stage": "bench", "result": {"original": bench(20.0, "float32"), "q": bench(19.0, "float32")}},
+        "eval-int8": {**done, "stage": "eval", "result": {
+            "q": {"backend": "torch", "weights": "int8", "token_perplexity": 11.1}}},
+        "bench-int8": {**done, "stage": "bench", "result": {"q": bench(45.0, "int8", compiled=True)}},
+    }}
+    rows = collect_rows(tmp_path, state, "")
+    # Compiling changes only the speed: the int8 eval and the compiled int8 bench share a row.
+    assert [(row.label, row.backend) for row in rows] == [
+        ("original", "torch"), ("q", "torch"), ("q (torch int8)", "torch int8 compiled")]
+    by_label = {row.label: row.values for row in rows}
+    assert by_label["q"]["decode_tokens_per_s"] == 19.0 and by_label["q"]["token_perplexity"] == 11.0
+    assert by_label["q (torch int8)"]["token_perplexity"] == 11.1
+    assert by_label["q (torch int8)"]["decode_tokens_per_s"] == 45.0
+    assert by_label["q (torch int8)"]["bytes_on_disk"] == 100
+    assert headline(rows)["final"] == "q (torch int8)"
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -89,12 +89,15 @@ def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
     assert isinstance(text, str)
 
 
-def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them():
+# 100 and 24: widths that are not a multiple of the kernel's 16-column blocks (structured pruning makes them)
+@pytest.mark.parametrize("in_features", [96, 100, 24])
+def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them(in_features):
     from slmkit.runtime.weights import Int8Linear
 
     torch.manual_seed(0)
-    linear = torch.nn.Linear(96, 40)
+    linear = torch.nn.Linear(in_features, 40)
     layer = Int8Linear(linear.weight, linear.bias)
+    assert layer.weight.shape == (40, in_features)
     q, scale = layer.weight, layer.weight_scale
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127
     assert torch.equal(q.abs().amax(dim=1), torch.full((40,), 127, dtype=torch.int8))  # each row spans the grid
@@ -103,11 +106,11 @@ def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them():
     assert bool((rounding_error <= scale[:, None] / 2 + 1e-7).all())  # round to nearest, row by row
     with torch.inference_mode():
         for rows in (1, 3, 64, 65, 200):  # the decode kernel (bfloat16 activations) and the prompt GEMM
-            x = torch.randn(rows, 96)
+            x = torch.randn(rows, in_features)
             exact = torch.nn.functional.linear(x, dequantized, linear.bias)
             tolerance = 2e-2 if rows <= Int8Linear.decode_rows else 1e-5
             torch.testing.assert_close(layer(x), exact, rtol=tolerance, atol=tolerance)
-        assert layer(torch.randn(2, 5, 96)).shape == (2, 5, 40)
+        assert layer(torch.randn(2, 5, in_features)).shape == (2, 5, 40)
 
 
 @pytest.mark.parametrize("bits, group_size, kept", [(8, 0, True), (4, 0, True), (4, 16, False)])
@@ -310,3 +313,13 @@ def test_decoding_on_the_runtime_kv_cache_matches_a_full_forward_pass(model_type
             stepped.append(output.logits[:, -1])
         full = model(input_ids=ids[:, :11]).logits[:, 7:11]
     torch.testing.assert_close(torch.stack(stepped, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_without_a_cxx_compiler_is_a_one_line_error(tiny_llama_dir, monkeypatch):
+    from test_cli import assert_one_line_error
+
+    from conftest import run_slm
+
+    monkeypatch.setenv("CXX", "/nonexistent/g++")  # Inductor's compiler, as on an image without one
+    result = run_slm("bench", str(tiny_llama_dir), "--compile", "--prompt-tokens", "8", "--gen-tokens", "2")
+    assert_one_line_error(result, "--compile needs a C++ compiler", "/nonexistent/g++")

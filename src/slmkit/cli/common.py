@@ -93,9 +93,11 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     `weights` as --weights and `compile_decode` as --compile take them: torch only)."""
     from slmkit.errors import SlmError
     from slmkit.models import load
-    from slmkit.runtime.weights import check_weights, convert_weights, enable_compile
+    from slmkit.runtime.weights import check_compile_toolchain, check_weights, convert_weights, enable_compile
 
     check_weights(weights)  # before the slow load
+    if compile_decode and choose_backend(spec, backend) == "torch":
+        check_compile_toolchain()
     quiet_libraries()
     chosen = choose_backend(spec, backend)
     if chosen == "onnx":
@@ -111,8 +113,10 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
         from slmkit.runtime.llamacpp import LlamaCppModel
 
         if weights != "float32" or compile_decode:
-            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; a GGUF's "
-                           "weight types are chosen when it is exported (slm export --quant), or add --backend torch")
+            reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
+                      if weights != "float32" else "llama.cpp runs a GGUF on its own compiled kernels")
+            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; {reason}, "
+                           "or add --backend torch")
         path = Path(spec).expanduser()
         if kind not in (None, "causal-lm"):
             raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")

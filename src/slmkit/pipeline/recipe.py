@@ -101,17 +101,13 @@ class QuantizeStage(CalibratedStage):
 class ExportStage(Stage):
     stage: Literal["export"]
     format: Literal["gguf", "onnx"] = "gguf"
-    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] | None = Field(
-        None, description="GGUF weight type; default f16.")
+    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] = Field("f16", description="GGUF only.")
 
     def config(self):
-        if self.format == "onnx" and self.quant is not None:
+        # Against the default, not model_fields_set: the recipe stored in a run directory writes every field.
+        if self.format == "onnx" and self.quant != "f16":
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
         return None
-
-    @property
-    def gguf_quant(self) -> str:
-        return self.quant or "f16"
 
 
 class MeasureStage(Stage):
@@ -193,12 +189,8 @@ class Recipe(BaseModel):
         return stage.name or f"{index + 1:02d}-{stage.stage}"
 
     def fingerprint(self) -> str:
-        """Identifies what a run directory was made by, so a resume never mixes two recipes.
-
-        Of what the recipe sets, defaults left out: a field a later slmkit adds does not orphan earlier runs.
-        """
-        written = self.model_dump(mode="json", exclude_defaults=True)
-        return hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()[:16]
+        """Identifies what a run directory was made by, so a resume never mixes two recipes."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _location(loc: tuple) -> str:

@@ -41,12 +41,18 @@ class ModelRow:
     label: str
     stage: str
     path: str
-    backend: str | None = None
+    runtime: str | None = None  # what ran it: "llamacpp", "torch", "torch int8" (see _runtime)
     values: dict = field(default_factory=dict)
+    variant_of: str | None = None  # the label of the model this row measured again, run another way
+    compiled: bool = False  # its decode step was compiled when benched
 
     @property
     def name(self) -> str:
         return self.label if not self.run else f"{self.run}/{self.label}"
+
+    @property
+    def backend(self) -> str | None:
+        return f"{self.runtime} compiled" if self.compiled and self.runtime else self.runtime
 
 
 def read_run(directory: Path) -> dict:
@@ -66,7 +72,8 @@ def _bytes_on_disk(path: Path) -> int | None:
 
 
 def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]:
-    """One row per model of the run, filled from every measuring stage (later ones win)."""
+    """One row per model of the run and way it ran (backend and torch weights), filled from every measuring
+    stage (later ones win): a model benched in float32 and again on int8 gets a row for each."""
     rows = {"original": ModelRow(run_label, "original", "original", state["model"])}
     for name, record in state["stages"].items():
         if record.get("status") != "done":
@@ -76,8 +83,12 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
                 row = rows.get(label)
                 if row is None:
                     continue
-                row.backend = _backend_label(result) or row.backend
+                runtime = _runtime(result)
+                if row.runtime is not None and runtime is not None and runtime != row.runtime:
+                    row = _variant_row(rows, row, runtime)
+                row.runtime = runtime or row.runtime
                 if record["stage"] == "bench":
+                    row.compiled = bool(result.get("compiled"))
                     row.values.update({key: result.get(key) for key in
                                        ("parameters", "bytes_on_disk", "peak_rss_bytes", "prefill_tokens_per_s",
                                         "decode_tokens_per_s", "time_to_first_token_s")})
@@ -91,17 +102,34 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
     original = rows["original"]
     if original.values.get("bytes_on_disk") is None and Path(original.path).exists():
         original.values["bytes_on_disk"] = _bytes_on_disk(Path(original.path))
-    return list(rows.values())
+    ordered = []  # each model, then its variants
+    for row in rows.values():
+        if row.variant_of is None:
+            ordered.append(row)
+            for variant in (v for v in rows.values() if v.variant_of == row.label):
+                if variant.values.get("bytes_on_disk") is None:  # measured by eval only
+                    variant.values["bytes_on_disk"] = row.values.get("bytes_on_disk")
+                ordered.append(variant)
+    return ordered
 
 
-def _backend_label(result: dict) -> str | None:
-    """"torch", or with the torch options a measurement ran with ("torch int8 compiled")."""
+def _variant_row(rows: dict[str, ModelRow], base: ModelRow, runtime: str) -> ModelRow:
+    """The row of `base`'s model measured on `runtime` ("gptq-w8 (torch int8)"), made on first use."""
+    label = f"{base.label} ({runtime})"
+    if label not in rows:
+        rows[label] = ModelRow(base.run, label, base.stage, base.path, runtime, variant_of=base.label)
+    return rows[label]
+
+
+def _runtime(result: dict) -> str | None:
+    """The backend a measurement ran on, with the torch weights it ran ("torch int8"): what changes the
+    numbers a model gives, so a model measured both ways gets a row for each. (Compiling the decode step
+    changes its speed only: the row says "compiled".)"""
     backend = result.get("backend")
     if backend != "torch":
         return backend
     weights = result.get("weights") or result.get("dtype")  # eval records weights, bench the dtype it ran
-    options = [weights] if weights and weights != "float32" else []
-    return " ".join([backend, *options, *(["compiled"] if result.get("compiled") else [])])
+    return f"torch {weights}" if weights and weights != "float32" else "torch"
 
 
 def _format(key: str, value) -> str:
@@ -245,7 +273,7 @@ def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
     """Per-layer sparsity (prune) or weight MSE (quantize) from each checkpoint's manifest."""
     series = {}
     for row in rows:
-        if row.stage not in ("prune", "quantize") or not Path(row.path).is_dir():
+        if row.stage not in ("prune", "quantize") or not Path(row.path).is_dir() or row.variant_of:
             continue
         layers = (read_manifest(row.path) or {}).get("metrics", {}).get("layers", {})
         metric = "sparsity" if row.stage == "prune" else "weight_mse"
@@ -259,7 +287,7 @@ def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
     """(model, where it is, the command that chats with it)."""
     found = []
     for row in rows:
-        if row.label == "original" or row.stage in ("eval", "bench"):
+        if row.label == "original" or row.stage in ("eval", "bench") or row.variant_of:
             continue
         found.append((row.name, row.path, f"slm chat {row.path}"))
         if row.path.endswith(".gguf"):

@@ -80,12 +80,11 @@ class Run:
                 state = json.loads(state_path.read_text())
             except json.JSONDecodeError:
                 raise SlmError(f"{state_path} is not valid JSON; choose another --out") from None
-            same = (state.get("fingerprint"), state.get("model"), state.get("data")) == (
-                fresh["fingerprint"], model, data)
+            same = (_made_by(state), state.get("model"), state.get("data")) == (fresh["fingerprint"], model, data)
             if not same:
                 raise SlmError(f"{directory} holds a run of another recipe, model or data "
                                f"({state.get('recipe_name')}, {state.get('model')}); choose another --out")
-            self.state = state
+            self.state = {**state, "recipe": fresh["recipe"], "fingerprint": fresh["fingerprint"]}
         elif directory.exists() and any(directory.iterdir()):
             raise SlmError(f"{directory} is not empty and holds no {RUN_FILE}; choose another --out")
         else:
@@ -179,11 +178,11 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
     if stage.stage == "export" and stage.format == "onnx":
         return stages.export_onnx_stage(lm, out), out.name
     if stage.stage == "export":
-        path = out / f"model.{stage.gguf_quant}.gguf"
+        path = out / f"model.{stage.quant}.gguf"
         result = {}
 
         def write(tmp: Path) -> None:
-            result.update(stages.export_stage(lm, tmp / path.name, stage.gguf_quant))
+            result.update(stages.export_stage(lm, tmp / path.name, stage.quant))
 
         atomic_directory(out, write)
         result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
@@ -201,6 +200,18 @@ def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
             result = stages.quantize_stage(lm, out, config, calibration, fake_quant=stage.fake_quant,
                                            target=stage.target, progress=update, **common)
     return result, out.name
+
+
+def _made_by(state: dict) -> str | None:
+    """The fingerprint of the recipe a run directory holds, read with this slmkit's fields: a field added
+    since then takes its default, so the run resumes; a value written out that a default no longer matches
+    still tells the recipes apart."""
+    from pydantic import ValidationError
+
+    try:
+        return Recipe.model_validate(state.get("recipe")).fingerprint()
+    except ValidationError:  # a recipe this slmkit cannot read (or none stored): only the stored print
+        return state.get("fingerprint")
 
 
 def _chosen_models(stage, models: list[RunModel]) -> list[RunModel]:

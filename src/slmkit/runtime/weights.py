@@ -25,6 +25,7 @@ from slmkit.errors import SlmError
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 INT8_MAX = 127  # symmetric: -127..127, zero is exact and both signs get the same grid
+KERNEL_COLUMNS = 16  # rows of torch._weight_int8pack_mm's weights are read in blocks of this many columns
 
 
 def check_weights(weights: str) -> None:
@@ -54,18 +55,27 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, codes: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None):
         """From float `weight`, rounded onto this module's grid; or, given `codes` and `scale` ([out_features]),
-        those exactly (a calibrated checkpoint's; see `checkpoint_grid`)."""
+        those (a calibrated checkpoint's; see `checkpoint_grid`). The prompt GEMM multiplies by the exact
+        scales; the decode kernel, like every one of its products, by the scales rounded to bfloat16."""
         super().__init__()
-        weight = weight.detach().float().contiguous()  # [out_features, in_features], rows contiguous for the kernel
+        self.out_features, self.in_features = weight.shape  # [out_features, in_features]
         if codes is None:
+            weight = weight.detach().float()
             absmax = torch.linalg.vector_norm(weight, float("inf"), dim=1)  # no |weight| copy, unlike abs().amax
             scale = (absmax / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
             codes = _round_onto(weight, scale)
         scale = scale.detach().reshape(-1).float().clone()
-        self.out_features, self.in_features = weight.shape
+        # The kernel's AVX-512 path reads each row 16 columns at a time, past the end of a shorter last block
+        # (wrong values, NaN or a crash: structured pruning leaves widths like 887). It gets zero-padded rows.
+        self.pad_columns = -self.in_features % KERNEL_COLUMNS
+        if self.pad_columns:
+            padded = torch.zeros(self.out_features, self.in_features + self.pad_columns, dtype=torch.int8)
+            padded[:, :self.in_features] = codes
+            self.register_buffer("kernel_weight", padded, persistent=False)
+            codes = padded[:, :self.in_features]  # the same bytes: `weight` is a view of the padded rows
         # `weight`, as in a Linear: code that reads `layer.weight.dtype` (T5 does) sees int8. Parameters
         # without gradients, so parameter counts and `.to(device)` see them like a Linear's.
-        self.weight = nn.Parameter(codes.contiguous(), requires_grad=False)
+        self.weight = nn.Parameter(codes if self.pad_columns else codes.contiguous(), requires_grad=False)
         self.weight_scale = nn.Parameter(scale, requires_grad=False)
         # The weight-only kernel takes bfloat16 scales; converted once here, not in every (compiled) step.
         self.register_buffer("weight_scale_bf16", scale.to(torch.bfloat16), persistent=False)
@@ -74,7 +84,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= self.decode_rows:
-            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight, self.weight_scale_bf16).float()
+            kernel_rows, kernel_weight = rows.to(torch.bfloat16), self.weight
+            if self.pad_columns:
+                kernel_rows = torch.nn.functional.pad(kernel_rows, (0, self.pad_columns))
+                kernel_weight = self.kernel_weight
+            out = torch._weight_int8pack_mm(kernel_rows, kernel_weight, self.weight_scale_bf16).float()
         else:
             out = torch.nn.functional.linear(rows.float(), self.weight.float() * self.weight_scale[:, None])
         if self.bias is not None:
@@ -124,8 +138,10 @@ class MemoryReturn:
         try:
             with open("/proc/self/maps") as maps:
                 for line in maps:
-                    fields = line.split()
-                    if len(fields) >= 6 and fields[5].endswith(".safetensors"):
+                    # address perms offset dev inode path: inode 0 is anonymous memory. Any file will do
+                    # (a hub cache's checkpoint is a blob without a suffix): clean file pages come back.
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and fields[4] != "0":
                         start, end = (int(address, 16) for address in fields[0].split("-"))
                         self.ranges.append((start, end))
             libc = ctypes.CDLL(None, use_errno=True)
@@ -144,7 +160,7 @@ class MemoryReturn:
             self.pending = 0
 
     def is_mapped(self, tensor: torch.Tensor) -> bool:
-        """Whether `tensor`'s bytes are (or, where this cannot be told, may be) a checkpoint file's pages."""
+        """Whether `tensor`'s bytes are (or, where this cannot be told, may be) a mapped file's pages."""
         if self.ranges is None:
             return True
         start = tensor.data_ptr()
@@ -152,7 +168,7 @@ class MemoryReturn:
         return any(low <= start and end <= high for low, high in self.ranges)
 
     def release(self, tensor: torch.Tensor) -> None:
-        """Drop the pages wholly inside `tensor`'s bytes, if they are a checkpoint file's."""
+        """Drop the pages wholly inside `tensor`'s bytes, if they are a mapped file's."""
         if self.ranges is None or not self.is_mapped(tensor):
             return  # anonymous memory: dropping it would lose the values
         start = tensor.data_ptr()
@@ -208,10 +224,10 @@ def checkpoint_grid(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.T
         rounded = torch.div(rows, row_scale).round_()
         if not bool(((rounded >= -128) & (rounded <= 127)).all()):
             return None
+        codes[start:end] = rounded
         off_grid = rounded.mul_(row_scale).sub_(rows).abs_() > 1e-3 * row_scale.abs()  # float error << a step
         if bool(off_grid.any()):
             return None
-        codes[start:end] = torch.div(rows, row_scale).round_()
     return codes
 
 
@@ -310,6 +326,18 @@ def decode_compile_config():
     config = CompileConfig(dynamic=False, mode=None, options=options)
     config._compile_all_devices = True  # transformers compiles generate's decode steps on a CPU only when told
     return config
+
+
+def check_compile_toolchain() -> None:
+    """Before a slow load: Inductor writes C++ for the CPU and needs a compiler to build it."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # InvalidCxxCompiler, or whatever probing the compiler raised
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SlmError(f"--compile needs a C++ compiler for torch.compile's CPU code ({message}); install "
+                       "g++ (or set CXX) or run without --compile") from None
 
 
 def enable_compile(lm):
