@@ -49,6 +49,44 @@ def test_f32_export_gives_transformers_logits_in_llama_cpp(model_type, tmp_path,
     np.testing.assert_allclose(llama_cpp_logits(written.path, ids), expected, atol=1e-3, rtol=1e-2)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "phi", "gemma3"])
+def test_a_structured_pruned_model_exports_its_smaller_shape(model_type, tmp_path, tiny_tokenizer):
+    from slmkit.compress.structured import StructuredConfig, prune_structured
+
+    model = tiny_model(model_type)
+    if model_type == "gemma3":
+        model.config.query_pre_attn_scalar = model.config.head_dim
+    # llama.cpp's qwen2 and phi2 take no other head width: there, heads stay (and a pruned one is refused).
+    pruned_heads = model_type in ("llama", "gemma3")
+    heads = 2 if pruned_heads else model.config.num_attention_heads
+    report = prune_structured(model, StructuredConfig(depth=1, ffn=40, heads=2 if pruned_heads else None),
+                              torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0)))
+    assert report["ffn"] == 40 and model.config.num_attention_heads == heads  # 40: not 32-wide GGUF blocks
+    directory = save(model, tmp_path / "pruned", tiny_tokenizer, stage="structured")
+    lm = load(str(directory))
+    written = export_gguf(lm, tmp_path / "pruned.gguf", "f32")
+    fields = gguf.GGUFReader(written.path).fields
+    arch = fields["general.architecture"].contents()
+    assert fields[f"{arch}.block_count"].contents() == 1
+    assert fields[f"{arch}.feed_forward_length"].contents() == 40
+    assert fields[f"{arch}.attention.head_count"].contents() == heads
+    ids = tiny_tokenizer(SAMPLE_TEXT)["input_ids"][:40]
+    with torch.no_grad():
+        expected = lm.model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(llama_cpp_logits(written.path, ids), expected, atol=1e-3, rtol=1e-2)
+
+
+def test_gguf_export_refuses_pruned_heads_where_llama_cpp_cannot_run_them(tmp_path, tiny_tokenizer):
+    from slmkit.compress.structured import StructuredConfig, prune_structured
+
+    model = tiny_model("qwen2")
+    prune_structured(model, StructuredConfig(heads=2), torch.randint(0, 300, (4, 16)))
+    lm = load(str(save(model, tmp_path / "pruned", tiny_tokenizer, stage="structured")))
+    with pytest.raises(SlmError, match=r"llama.cpp runs qwen2 only with attention heads x head_dim = hidden size"):
+        export_gguf(lm, tmp_path / "pruned.gguf", "f32")
+    assert not (tmp_path / "pruned.gguf").exists()
+
+
 @pytest.mark.parametrize("quant, tolerance", [("q8_0", 0.02), ("q4_0", 0.3), ("f16", 0.005)])
 def test_quantized_exports_load_and_generate(quant, tolerance, tmp_path, tiny_tokenizer):
     lm = load(str(saved_tiny("llama", tmp_path, tiny_tokenizer)))

@@ -7,7 +7,7 @@ import torch
 import slmkit
 from slmkit.compress.structured import StructuredConfig, prune_structured
 
-from conftest import SAMPLE_TEXT, run_slm, tiny_model
+from conftest import SAMPLE_TEXT, run_slm, tiny_config, tiny_model
 
 
 def masked_reference(model, report, head_dim=8):
@@ -67,6 +67,20 @@ def test_target_params_is_met():
     model = tiny_model("llama")
     report = prune_structured(model, StructuredConfig(target_params=30000), torch.randint(0, 300, (2, 16)))
     assert report["parameters"] <= 30000 and report["parameters"] > 24000
+
+
+def test_target_params_keeps_whole_32_column_blocks_of_the_ffn():
+    from transformers import LlamaForCausalLM
+
+    config = tiny_config("llama")
+    config.intermediate_size = 256
+    model = LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    per_channel = 3 * config.hidden_size * config.num_hidden_layers  # gate, up and down rows/columns
+    target = total - 50 * per_channel  # 206 channels would meet it exactly
+    report = prune_structured(model, StructuredConfig(target_params=target), torch.randint(0, 300, (2, 16)))
+    # GGUF's q4_0/q8_0 blocks and GPTQ groups of 32 need whole blocks: rounded down, still under the target.
+    assert report["ffn"] == 192 and report["parameters"] <= target
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -164,6 +164,11 @@ def _ffn_params_per_channel(block, adapter) -> int:
     return per_channel + sum(1 for name in adapter["ffn_in"] if _module(block, name).bias is not None)
 
 
+# --target-params rounds the FFN width down to a multiple of this: GGUF's 4/5/8-bit blocks and GPTQ groups of
+# 32 need whole blocks of 32 columns (an FFN of 887 could not become q4_0), and CPU kernels prefer them.
+WIDTH_ALIGNMENT = 32
+
+
 def _plan_target(model, blocks, adapter, target: int) -> tuple[int | None, int]:
     """(FFN width, blocks to drop) that bring the total to about `target` parameters."""
     total = sum(p.numel() for p in model.parameters())
@@ -176,6 +181,9 @@ def _plan_target(model, blocks, adapter, target: int) -> tuple[int | None, int]:
     per_channel = _ffn_params_per_channel(blocks[0], adapter) * len(blocks)
     floor = max(1, intermediate // 4)
     width = max(floor, intermediate - -(-(total - target) // per_channel))
+    aligned = width // WIDTH_ALIGNMENT * WIDTH_ALIGNMENT
+    if intermediate % WIDTH_ALIGNMENT == 0 and aligned >= floor:
+        width = aligned
     remaining = total - (intermediate - width) * per_channel
     depth = 0
     if remaining > target:

@@ -26,6 +26,8 @@ class GGUFArchitecture:
             the rows of q/k are reordered so both compute the same thing.
         norm_plus_one: Gemma's RMSNorm scales by (1 + w), llama.cpp's by w.
         transposed: weights stored [in, out] (GPT-2's Conv1D), written transposed.
+        square_query: llama.cpp sizes the query projection hidden x hidden, so heads x head_dim must
+            equal the hidden size (llama and Gemma 3 read key_length instead).
     """
 
     arch: gguf.MODEL_ARCH
@@ -33,6 +35,7 @@ class GGUFArchitecture:
     permute_qk: bool = False
     norm_plus_one: bool = False
     transposed: bool = False
+    square_query: bool = False
 
 
 def rope_theta(config, layer_type: str = "full_attention") -> float:
@@ -53,10 +56,13 @@ def head_dim(config) -> int:
 
 
 def _attention(config) -> dict:
+    # key/value_length always: without them llama.cpp takes hidden_size / heads, which a model with heads
+    # removed by structured pruning (or a config with its own head_dim) no longer has.
     return {"context_length": config.max_position_embeddings, "embedding_length": config.hidden_size,
             "block_count": config.num_hidden_layers, "feed_forward_length": config.intermediate_size,
             "head_count": config.num_attention_heads,
-            "head_count_kv": getattr(config, "num_key_value_heads", None) or config.num_attention_heads}
+            "head_count_kv": getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            "key_length": head_dim(config), "value_length": head_dim(config)}
 
 
 def _llama(config) -> dict:
@@ -72,8 +78,7 @@ def _gemma3(config) -> dict:
     sliding = [kind == "sliding_attention" for kind in config.layer_types]
     return {**_attention(config), "rope_freq_base": rope_theta(config, "full_attention"),
             "rope_freq_base_swa": rope_theta(config, "sliding_attention"),
-            "layer_norm_rms_eps": config.rms_norm_eps, "key_length": config.head_dim,
-            "value_length": config.head_dim, "sliding_window": config.sliding_window,
+            "layer_norm_rms_eps": config.rms_norm_eps, "sliding_window": config.sliding_window,
             "sliding_window_pattern": sliding}
 
 
@@ -94,10 +99,10 @@ def _gpt2(config) -> dict:
 ARCHITECTURES: dict[str, GGUFArchitecture] = {
     "llama": GGUFArchitecture(gguf.MODEL_ARCH.LLAMA, _llama, permute_qk=True),
     "mistral": GGUFArchitecture(gguf.MODEL_ARCH.LLAMA, _llama, permute_qk=True),
-    "qwen2": GGUFArchitecture(gguf.MODEL_ARCH.QWEN2, _llama),
+    "qwen2": GGUFArchitecture(gguf.MODEL_ARCH.QWEN2, _llama, square_query=True),
     "gemma3_text": GGUFArchitecture(gguf.MODEL_ARCH.GEMMA3, _gemma3, norm_plus_one=True),
-    "phi": GGUFArchitecture(gguf.MODEL_ARCH.PHI2, _phi2),
-    "gpt2": GGUFArchitecture(gguf.MODEL_ARCH.GPT2, _gpt2, transposed=True),
+    "phi": GGUFArchitecture(gguf.MODEL_ARCH.PHI2, _phi2, square_query=True),
+    "gpt2": GGUFArchitecture(gguf.MODEL_ARCH.GPT2, _gpt2, transposed=True, square_query=True),
 }
 
 
@@ -106,4 +111,10 @@ def architecture_for(config) -> GGUFArchitecture:
     if model_type not in ARCHITECTURES:
         raise SlmError(f"GGUF export does not support {model_type!r} models; supported: "
                        f"{', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[model_type]
+    architecture = ARCHITECTURES[model_type]
+    heads = config.num_attention_heads
+    if architecture.square_query and heads * head_dim(config) != config.hidden_size:
+        raise SlmError(f"llama.cpp runs {model_type} only with attention heads x head_dim = hidden size, and this "
+                       f"model has {heads} x {head_dim(config)} for {config.hidden_size} (heads removed by "
+                       "structured pruning?); prune its depth and FFN width only to export it to GGUF")
+    return architecture
