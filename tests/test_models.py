@@ -156,3 +156,21 @@ def test_atomic_directory_gets_the_mode_mkdir_would_give(tmp_path):
         os.umask(previous)
     assert (out / "file.txt").read_text() == "x"
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_local_path_finds_files_without_fetching_or_converting(tiny_llama_dir, tmp_path, monkeypatch):
+    from slmkit.models import catalog
+    from slmkit.models.loading import local_path
+
+    assert local_path(str(tiny_llama_dir)) == tiny_llama_dir
+    assert local_path(str(tmp_path / "missing")) is None
+    assert local_path("someone/not-downloaded") is None  # a hub id: resolving it would download
+    packaged_gguf = tmp_path / "model.gguf"
+    packaged_gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(catalog, "packaged_path", lambda entry: packaged_gguf)
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
+    assert local_path("smollm2-135m-instruct") is None  # packaged as GGUF, not converted yet
+    converted = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    assert local_path("smollm2-135m-instruct") == converted

@@ -108,6 +108,20 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> Path:
     return _hub_snapshot(spec, allow_pickle)
 
 
+def local_path(spec: str) -> Path | None:
+    """What `resolve` gives when that needs no download or conversion (a path, a packaged or cached
+    alias); otherwise None. For reading sizes without loading anything."""
+    entry = catalog.lookup(spec)
+    if entry is None:
+        path = Path(spec).expanduser()
+        return path if path.exists() else None
+    packaged = catalog.packaged_path(entry)
+    if packaged is not None and packaged.suffix == ".gguf":
+        converted = cache_dir() / "models" / entry.alias
+        return converted if (converted / "config.json").is_file() else None
+    return packaged
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1 or os.sep + os.sep in spec
 

@@ -100,8 +100,11 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
             rows[name] = ModelRow(run_label, name, record["stage"], str(path))
             rows[name].values.setdefault("bytes_on_disk", _bytes_on_disk(path))
     original = rows["original"]
-    if original.values.get("bytes_on_disk") is None and Path(original.path).exists():
-        original.values["bytes_on_disk"] = _bytes_on_disk(Path(original.path))
+    if original.values.get("bytes_on_disk") is None:  # not benched: an alias's files, if they are here
+        from slmkit.models.loading import local_path
+
+        found = local_path(original.path)
+        original.values["bytes_on_disk"] = _bytes_on_disk(found) if found else None
     ordered = []  # each model, then its variants
     for row in rows.values():
         if row.variant_of is None:
