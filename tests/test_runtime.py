@@ -264,17 +264,24 @@ def test_compiled_chat_rounds_the_cache_up_to_few_sizes(tiny_llama_dir):
         [256, 256, 256, 512, 1024, 8192, 9000]
 
 
-def test_compile_is_refused_where_it_cannot_apply(tmp_path, tiny_tokenizer):
+def test_compile_is_refused_where_it_cannot_apply(tmp_path, tiny_tokenizer, monkeypatch):
     from conftest import tiny_model
 
+    import slmkit.models
     from slmkit import save
     from slmkit.cli.common import load_model
+    from slmkit.runtime.weights import enable_compile
 
     for model_type, message in [("gpt_neo", "needs a static KV cache"), ("bert", "needs a causal language model")]:
         directory = tmp_path / model_type
         save(tiny_model(model_type), directory, tiny_tokenizer, stage="test")
+        loaded = slmkit.load(str(directory))
         with pytest.raises(slmkit.SlmError, match=message):
-            load_model(str(directory), compile_decode=True)
+            enable_compile(loaded)  # what a model from elsewhere (a hub id) meets once loaded
+        with monkeypatch.context() as patch:
+            patch.setattr(slmkit.models, "load", lambda *a, **k: pytest.fail("loaded before refusing"))
+            with pytest.raises(slmkit.SlmError, match=message):
+                load_model(str(directory), compile_decode=True)
 
 
 def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):

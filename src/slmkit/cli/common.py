@@ -93,11 +93,11 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     `weights` as --weights and `compile_decode` as --compile take them: torch only)."""
     from slmkit.errors import SlmError
     from slmkit.models import load
-    from slmkit.runtime.weights import check_compile_toolchain, check_weights, convert_weights, enable_compile
+    from slmkit.runtime.weights import check_compile_before_loading, check_weights, convert_weights, enable_compile
 
     check_weights(weights)  # before the slow load
     if compile_decode and choose_backend(spec, backend) == "torch":
-        check_compile_toolchain()
+        check_compile_before_loading(spec)
     quiet_libraries()
     chosen = choose_backend(spec, backend)
     if chosen == "onnx":

@@ -50,9 +50,12 @@ class LoadedModel:
 
     def require(self, kind: str, task: str) -> None:
         """One-line refusal when a task gets the wrong kind of model."""
-        if self.kind != kind:
-            raise ModelLoadError(f"{self.spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[self.kind]} "
-                                 f"({self.config.model_type})")
+        require_kind(self.spec, kind, self.kind, self.config.model_type, task)
+
+
+def require_kind(spec: str, kind: str, found: str, model_type: str, task: str) -> None:
+    if found != kind:
+        raise ModelLoadError(f"{spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[found]} ({model_type})")
 
 
 def cache_dir() -> Path:

@@ -305,7 +305,8 @@ def convert_weights(lm, weights: str):
 
 
 def static_cache_fits(model) -> bool:
-    # transformers marks the architectures whose attention runs on a preallocated (static) cache.
+    # transformers marks the architectures (model classes and so their instances) whose attention runs on a
+    # preallocated (static) cache.
     return bool(getattr(model, "_can_compile_fullgraph", False))
 
 
@@ -340,12 +341,38 @@ def check_compile_toolchain() -> None:
                        "g++ (or set CXX) or run without --compile") from None
 
 
+def check_compile_before_loading(spec: str) -> None:
+    """What refuses `--compile` and can be told before a slow load: the compiler, and what a local
+    checkpoint's config.json says (`enable_compile` checks the loaded model for the rest, e.g. a hub id)."""
+    import json
+
+    import transformers
+
+    from slmkit.models.loading import infer_kind, local_path, require_kind
+
+    check_compile_toolchain()
+    path = local_path(spec)
+    if path is None or not (path / "config.json").is_file():
+        return
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError:
+        return  # loading says what is wrong with it
+    require_kind(spec, "causal-lm", infer_kind(config), config.get("model_type"), "--compile")
+    classes = [getattr(transformers, name, None) for name in config.get("architectures") or []]
+    if classes and classes[0] is not None and not static_cache_fits(classes[0]):
+        raise SlmError(_no_static_cache(config.get("model_type")))
+
+
+def _no_static_cache(model_type: str) -> str:
+    return f"--compile needs a static KV cache, and transformers has none for {model_type}; run without --compile"
+
+
 def enable_compile(lm):
     """Decode through torch.compile from now on (`slm bench/generate/chat --compile`); returns the LoadedModel."""
     lm.require("causal-lm", "--compile")
     if not static_cache_fits(lm.model):
-        raise SlmError(f"--compile needs a static KV cache, and transformers has none for "
-                       f"{lm.config.model_type}; run without --compile")
+        raise SlmError(_no_static_cache(lm.config.model_type))
     lm.extra["compile"] = True
     return lm
 
