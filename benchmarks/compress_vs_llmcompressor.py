@@ -159,8 +159,9 @@ def decode_speed(model_dir: Path, log) -> float | None:
 
 def run_slmkit(method: str, model_dir: Path, out_dir: Path, args, log) -> dict:
     target = str(round(STRUCTURED_FRACTION * parameter_count(model_dir)))
-    cmd = [SLM, *(a.format(target=target) for a in METHODS[method]), model_dir, "--calib", args.calib, "--calib-samples", str(args.calib_samples),
-           "--calib-seq-len", str(args.calib_seq_len), "--seed", str(args.seed), "--out", out_dir, "--force", "--json"]
+    cmd = [SLM, *(a.format(target=target) for a in METHODS[method]), model_dir, "--calib", args.calib,
+           "--calib-samples", str(args.calib_samples), "--calib-seq-len", str(args.calib_seq_len),
+           "--seed", str(args.seed), "--out", out_dir, "--force", "--json"]
     proc, seconds = run_timed(cmd, log)
     row = {"method": method, "tool": "slmkit", "wall_s": seconds, "process_s": seconds}
     if proc.returncode != 0:

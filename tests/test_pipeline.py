@@ -232,7 +232,8 @@ def test_a_model_measured_on_other_weights_gets_a_row_of_its_own(tmp_path):
         "eval": {**done, "stage": "eval", "result": {
             "original": {"backend": "torch", "weights": "float32", "token_perplexity": 10.0},
             "q": {"backend": "torch", "weights": "float32", "token_perplexity": 11.0}}},
-        "bench": {**done, "stage": "bench", "result": {"original": bench(20.0, "float32"), "q": bench(19.0, "float32")}},
+        "bench": {**done, "stage": "bench",
+                  "result": {"original": bench(20.0, "float32"), "q": bench(19.0, "float32")}},
         "eval-int8": {**done, "stage": "eval", "result": {
             "q": {"backend": "torch", "weights": "int8", "token_perplexity": 11.1}}},
         "bench-int8": {**done, "stage": "bench", "result": {"q": bench(45.0, "int8", compiled=True)}},

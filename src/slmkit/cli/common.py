@@ -17,8 +17,10 @@ stderr = Console(stderr=True)
 
 ModelArg = Annotated[str, typer.Argument(help="Alias (see `slm models`), local HF directory, .gguf file or hub id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickle (.bin/.pt) weights; they can run code.")]
-TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run Python code shipped with the model.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle",
+                                               help="Load pickle (.bin/.pt) weights; they can run code.")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code",
+                                                   help="Run Python code shipped with the model.")]
 
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new checkpoint.")]

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt, load_model,
-                               print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt,
+                               load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
@@ -17,8 +17,10 @@ def eval_command(
     data: Annotated[Path, typer.Option("--data", help=".txt, .jsonl (text/ARC/HellaSwag/LAMBADA) or .tsv/.csv")] = ...,
     task: Annotated[str | None, typer.Option(help="perplexity | choice | lambada | classification "
                                              "(default: inferred from the file)")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Perplexity window in tokens (default: min(context, 2048)).")] = None,
-    stride: Annotated[int | None, typer.Option(help="Slide windows by this many tokens instead of not overlapping.")] = None,
+    max_length: Annotated[int | None, typer.Option(
+        help="Perplexity window in tokens (default: min(context, 2048)).")] = None,
+    stride: Annotated[int | None, typer.Option(
+        help="Slide windows by this many tokens instead of not overlapping.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N windows (perplexity) or examples.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per forward pass.")] = None,
     backend: BackendOpt = "auto",

@@ -22,7 +22,8 @@ def prune_command(
     structured: Annotated[bool, typer.Option("--structured", help="Remove whole blocks, channels and heads: "
                                              "a smaller dense model.")] = False,
     depth: Annotated[int, typer.Option(help="--structured: blocks to remove.")] = 0,
-    width: Annotated[str | None, typer.Option(help="--structured: what to keep per block, e.g. ffn=1024,heads=6.")] = None,
+    width: Annotated[str | None, typer.Option(
+        help="--structured: what to keep per block, e.g. ffn=1024,heads=6.")] = None,
     target_params: Annotated[str | None, typer.Option(help="--structured: total size wanted, e.g. 90M.")] = None,
     calib: CalibOpt = None,
     calib_samples: CalibSamplesOpt = 128,

@@ -67,7 +67,8 @@ def _self_generated(lm, samples: int, seq_len: int, generator: torch.Generator) 
     vocab = lm.config.get_text_config().vocab_size
     # A random first token per sample diversifies the text (as LLM-QAT samples its first token).
     first = torch.randint(0, vocab, (samples, 1), generator=generator)
-    prefix = (first if start is None else torch.cat([torch.full((samples, 1), start), first], dim=1)).to(lm.model.device)
+    prefix = first if start is None else torch.cat([torch.full((samples, 1), start), first], dim=1)
+    prefix = prefix.to(lm.model.device)
     new_tokens = seq_len - prefix.shape[1]
     # Plain sampling at temperature 1 whatever the model's own generation defaults say.
     settings = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,

@@ -187,7 +187,8 @@ def _plan_target(model, blocks, adapter, target: int) -> tuple[int | None, int]:
     remaining = total - (intermediate - width) * per_channel
     depth = 0
     if remaining > target:
-        per_block = sum(p.numel() for p in blocks[0].parameters()) - (intermediate - width) * (per_channel // len(blocks))
+        removed_per_block = (intermediate - width) * (per_channel // len(blocks))
+        per_block = sum(p.numel() for p in blocks[0].parameters()) - removed_per_block
         depth = min(len(blocks) - 1, -(-(remaining - target) // per_block))
     return width, depth
 

@@ -25,8 +25,8 @@ ENCODER_TYPES = {"bert", "distilbert", "mobilebert", "roberta", "albert", "elect
                  "xlm-roberta"}
 # Files a model directory needs besides weights; what we fetch from the hub.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-KIND_NAMES = {"causal-lm": "a causal language model", "encoder": "an encoder", "seq2seq": "a sequence-to-sequence model",
-              "classifier": "a sequence classifier"}
+KIND_NAMES = {"causal-lm": "a causal language model", "encoder": "an encoder",
+              "seq2seq": "a sequence-to-sequence model", "classifier": "a sequence classifier"}
 KINDS = tuple(KIND_NAMES)
 ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
              "the torch checkpoint it was exported from")
@@ -201,7 +201,8 @@ def check_gguf(path: Path):
     try:
         return GGUFReader(path)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({reason})") from None
 
 
 def _load_gguf(path: Path, kind: str | None, dtype: str):

@@ -388,7 +388,8 @@ def _html(title, states, numbers, header, cells, plots, samples, commands, stage
                      f"<code>{esc(state['data'] or 'none (data-free)')}</code>, evaluated on "
                      f"<code>{esc(_evaluated_on(state))}</code></li>")
     parts.append(f"</ul><p class='headline' id='headline'>{esc(_headline_text(numbers))}</p>")
-    parts.append("<table id='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
+    parts.append("<table id='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+                 + "</tr></thead><tbody>")
     for row in cells:
         parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
     parts.append("</tbody></table><div class='plots'>")

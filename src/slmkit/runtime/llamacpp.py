@@ -160,8 +160,8 @@ class LlamaCppModel:
         self.config = SimpleNamespace(max_position_embeddings=trained_context, vocab_size=self.llm.n_vocab(),
                                       model_type=architecture)
         file_type = fields.get("general.file_type")
-        self.file_type = (gguf.LlamaFileType(int(file_type.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
-                          if file_type else "unknown")
+        type_name = gguf.LlamaFileType(int(file_type.contents())).name if file_type else "unknown"
+        self.file_type = type_name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
 
     def require(self, kind: str, task: str) -> None:
         if kind != "causal-lm":
