@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt,
-                               CompileOpt, human_bytes,
-                               load_model, print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, BackendOpt, CompileOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt,
+                               WeightsOpt, human_bytes, load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
 

@@ -98,15 +98,15 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     from slmkit.runtime.weights import check_compile_before_loading, check_weights, convert_weights, enable_compile
 
     check_weights(weights)  # before the slow load
-    if compile_decode and choose_backend(spec, backend) == "torch":
+    chosen = choose_backend(spec, backend)
+    if compile_decode and chosen == "torch":
         check_compile_before_loading(spec)
     quiet_libraries()
-    chosen = choose_backend(spec, backend)
     if chosen == "onnx":
         from slmkit.runtime.onnx import OnnxModel
 
         if weights != "float32" or compile_decode:
-            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; an ONNX "
+            raise SlmError(f"{_torch_only_flag(weights)} applies to the torch backend; an ONNX "
                            "export runs on onnxruntime with the float32 weights it was exported with")
         with stderr.status(f"loading {spec} with onnxruntime"):
             return OnnxModel(spec, kind=kind)
@@ -117,7 +117,7 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
         if weights != "float32" or compile_decode:
             reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
                       if weights != "float32" else "llama.cpp runs a GGUF on its own compiled kernels")
-            raise SlmError(f"{_torch_only_flag(weights, compile_decode)} applies to the torch backend; {reason}, "
+            raise SlmError(f"{_torch_only_flag(weights)} applies to the torch backend; {reason}, "
                            "or add --backend torch")
         path = Path(spec).expanduser()
         if kind not in (None, "causal-lm"):
@@ -133,7 +133,8 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     return lm
 
 
-def _torch_only_flag(weights: str, compile_decode: bool) -> str:
+def _torch_only_flag(weights: str) -> str:
+    """The torch-only flag a refusal names: --weights when it was given, else --compile."""
     return f"--weights {weights}" if weights != "float32" else "--compile"
 
 

@@ -60,26 +60,22 @@ def grid_codes(checkpoint: Path | None, model) -> dict[str, tuple[np.ndarray, np
     """For each layer the checkpoint stores quantized (has a weight_scale): (integer codes [rows, cols],
     float16 scales [rows, cols/32]) when its weights sit exactly on a symmetric group-32 grid with
     float16 scales, else None (calibrated, but on a grid no GGUF block type holds)."""
-    if checkpoint is None or not checkpoint.is_dir():
-        return {}
-    from safetensors import safe_open
+    from slmkit.compress.formats import stored_weight_scales
 
     parameters = dict(model.named_parameters())
     found = {}
-    for file in sorted(checkpoint.glob("*.safetensors")):
-        with safe_open(file, "pt") as tensors:
-            for key in tensors.keys():
-                name = key.removesuffix("_scale")
-                if not key.endswith(".weight_scale") or name not in parameters:
-                    continue
-                weight, scale = parameters[name].detach().float(), tensors.get_tensor(key).float()
-                found[name] = None
-                if weight.shape[1] % GROUP or scale.shape != (weight.shape[0], weight.shape[1] // GROUP):
-                    continue
-                expanded = scale.repeat_interleave(GROUP, dim=1)
-                codes = torch.round(weight / torch.where(expanded == 0, 1, expanded))
-                if torch.equal(codes * expanded, weight) and torch.equal(scale.half().float(), scale):
-                    found[name] = (codes.to(torch.int16).numpy(), scale.half().numpy())
+    for module, (scale, _) in stored_weight_scales(checkpoint).items():
+        name = f"{module}.weight"
+        if name not in parameters:
+            continue
+        weight, scale = parameters[name].detach().float(), scale.float()
+        found[name] = None
+        if weight.shape[1] % GROUP or scale.shape != (weight.shape[0], weight.shape[1] // GROUP):
+            continue
+        expanded = scale.repeat_interleave(GROUP, dim=1)
+        codes = torch.round(weight / torch.where(expanded == 0, 1, expanded))
+        if torch.equal(codes * expanded, weight) and torch.equal(scale.half().float(), scale):
+            found[name] = (codes.to(torch.int16).numpy(), scale.half().numpy())
     return found
 
 

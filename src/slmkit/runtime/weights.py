@@ -163,20 +163,22 @@ class MemoryReturn:
         """Whether `tensor`'s bytes are (or, where this cannot be told, may be) a mapped file's pages."""
         if self.ranges is None:
             return True
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
+        start, end = _byte_span(tensor)
         return any(low <= start and end <= high for low, high in self.ranges)
 
     def release(self, tensor: torch.Tensor) -> None:
         """Drop the pages wholly inside `tensor`'s bytes, if they are a mapped file's."""
         if self.ranges is None or not self.is_mapped(tensor):
             return  # anonymous memory: dropping it would lose the values
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
+        start, end = _byte_span(tensor)
         page = mmap.PAGESIZE
         first, last = -(-start // page) * page, end // page * page
         if last > first:
             self.madvise(first, last - first, self.PAGEOUT)
+
+
+def _byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    return tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
 
 
 def quantize_int8(model: nn.Module, scales: dict[str, torch.Tensor] | None = None) -> tuple[int, int]:
@@ -233,31 +235,35 @@ def checkpoint_grid(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.T
 
 def checkpoint_scales(directory) -> dict[str, torch.Tensor]:
     """Module name -> per-output-channel weight scale, for a compressed-tensors checkpoint's quantized layers
-    (read from its safetensors files; other checkpoints have none)."""
-    import json
+    (other checkpoints have none)."""
     from pathlib import Path
 
-    from safetensors import safe_open
+    from slmkit.compress.formats import stored_weight_scales
+    from slmkit.models.loading import _read_config
 
-    directory = Path(directory) if directory else None
-    if directory is None or not directory.is_dir():
+    if directory is None or not (Path(directory) / "config.json").is_file():
         return {}
-    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
-    if (config.get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
+    if (_read_config(Path(directory)).get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
         return {}
-    scales = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(path, "pt") as tensors:
-            keys = set(tensors.keys())
-            for key in keys:
-                module, _, field = key.rpartition(".")
-                if field != "weight_scale" or tensors.get_slice(key).get_shape()[-1] != 1:
-                    continue  # group-wise scales have a column per group: not one Int8Linear scale per row
-                zero_point = f"{module}.weight_zero_point"
-                if zero_point in keys and bool(tensors.get_tensor(zero_point).any()):
-                    continue  # asymmetric: codes - zero point, which Int8Linear's symmetric grid cannot hold
-                scales[module] = tensors.get_tensor(key).flatten()
-    return scales
+    # Group-wise scales have a column per group, not one Int8Linear scale per row; an asymmetric grid (codes
+    # minus a zero point) is not Int8Linear's symmetric one.
+    return {module: scale.flatten() for module, (scale, zero_point) in stored_weight_scales(directory).items()
+            if scale.shape[-1] == 1 and (zero_point is None or not bool(zero_point.any()))}
+
+
+def _replace_each_tensor(model: nn.Module, chosen, convert) -> None:
+    """Every parameter and buffer `chosen(tensor, memory)` picks gets `convert(its data)`, one at a time, the
+    old data's memory handed back as it goes."""
+    memory = MemoryReturn()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if chosen(tensor, memory):
+                old, tensor.data = tensor.data, convert(tensor.data)
+                memory.release(old)
+                nbytes = old.numel() * old.element_size()
+                del old
+                memory.freed(nbytes)
+    memory.freed()
 
 
 def _own_remaining_tensors(model: nn.Module) -> None:
@@ -265,28 +271,15 @@ def _own_remaining_tensors(model: nn.Module) -> None:
     mapping goes: it stays as long as any tensor refers to it. Tensors already in memory of their own (a
     decompressed checkpoint's) stay where they are: a copy would only double them for a while.
     """
-    memory = MemoryReturn()
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.dtype != torch.int8 and memory.is_mapped(tensor):
-                mapped, tensor.data = tensor.data, tensor.data.clone()
-                memory.release(mapped)
-    memory.freed()
+    _replace_each_tensor(model, lambda tensor, memory: tensor.dtype != torch.int8 and memory.is_mapped(tensor),
+                         torch.Tensor.clone)
 
 
 def _to_bfloat16(model: nn.Module) -> None:
     """`model.to(torch.bfloat16)` a tensor at a time, each float32 tensor's memory handed back as it goes
     (SmolLM2-135M: peak RAM 1.19 GB at once, more than float32's)."""
-    memory = MemoryReturn()
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.is_floating_point() and tensor.dtype != torch.bfloat16:
-                old, tensor.data = tensor.data, tensor.data.to(torch.bfloat16)
-                memory.release(old)
-                nbytes = old.numel() * old.element_size()
-                del old
-                memory.freed(nbytes)
-    memory.freed()
+    _replace_each_tensor(model, lambda tensor, _: tensor.is_floating_point() and tensor.dtype != torch.bfloat16,
+                         lambda data: data.to(torch.bfloat16))
 
 
 def convert_weights(lm, weights: str):
@@ -344,19 +337,18 @@ def check_compile_toolchain() -> None:
 def check_compile_before_loading(spec: str) -> None:
     """What refuses `--compile` and can be told before a slow load: the compiler, and what a local
     checkpoint's config.json says (`enable_compile` checks the loaded model for the rest, e.g. a hub id)."""
-    import json
-
     import transformers
 
-    from slmkit.models.loading import infer_kind, local_path, require_kind
+    from slmkit.errors import ModelLoadError
+    from slmkit.models.loading import _read_config, infer_kind, local_path, require_kind
 
     check_compile_toolchain()
     path = local_path(spec)
-    if path is None or not (path / "config.json").is_file():
+    if path is None or not path.is_dir():
         return
     try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError:
+        config = _read_config(path)
+    except ModelLoadError:
         return  # loading says what is wrong with it
     require_kind(spec, "causal-lm", infer_kind(config), config.get("model_type"), "--compile")
     classes = [getattr(transformers, name, None) for name in config.get("architectures") or []]
