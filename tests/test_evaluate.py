@@ -132,7 +132,10 @@ def test_hellaswag_schema(sky_model, tmp_path):
     record = {"activity_label": "Weather", "ctx_a": "Question: What colour is the sky?",
               "ctx_b": "", "endings": ["green", "blue"], "label": "1"}
     result = evaluate(sky_model, write_jsonl(tmp_path / "hs.jsonl", [record]))
-    assert result["task"] == "choice" and result["examples"] == 1
+    assert result["task"] == "choice"
+    assert (result["acc"], result["acc_norm"], result["examples"]) == (1.0, 1.0, 1)  # the learned "blue"
+    wrong = write_jsonl(tmp_path / "hs-wrong.jsonl", [{**record, "label": "0"}])
+    assert evaluate(sky_model, wrong)["acc"] == 0.0  # the label picks the gold ending
 
 
 def test_lambada_last_word(sky_model, tmp_path):

@@ -174,7 +174,8 @@ def test_export_refuses_what_gguf_cannot_hold(tmp_path, tiny_tokenizer):
     save(tiny_model("bert"), encoder, tiny_tokenizer, stage="test")
     result = run_slm("export", str(encoder), "--out", str(tmp_path / "bert.gguf"))
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
-    assert "causal" in result.stderr or "llama" in result.stderr
+    assert result.stderr.strip() == (f"error: {encoder}: GGUF export needs a causal language model; "
+                                     "this is an encoder (bert)")
 
     from transformers import AutoModelForCausalLM
 

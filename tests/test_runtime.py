@@ -1,5 +1,6 @@
 import mmap
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -47,27 +48,59 @@ def test_chat_template_is_sandboxed(tiny_lm):
 
 
 def test_chat_history_is_trimmed_to_the_context(tiny_lm):
-    session = ChatSession(tiny_lm, SamplingConfig(temperature=0, max_new_tokens=8))
-    session.context = 60
-    for turn in range(6):
-        "".join(session.reply(f"turn {turn} about small language models"))
-    prompt = session._fitted_prompt()
-    assert prompt.shape[1] <= 60 - 8
-    assert session.history[0]["content"].startswith("turn") and len(session.history) < 12
+    """Each prompt is the newest whole exchanges that fit the context less the answer's tokens."""
+    sampling = SamplingConfig(temperature=0, max_new_tokens=8)
+    session = ChatSession(tiny_lm, sampling)
+    session.context = 120  # about one exchange and a new question
+    budget = session.context - sampling.max_new_tokens
+    tokenizer = tiny_lm.tokenizer
+    seen = []  # (input ids of each forward pass of the model, the history then)
+
+    def record(module, args, kwargs):
+        seen.append((kwargs.get("input_ids", args[0] if args else None), list(session.history)))
+
+    hook = tiny_lm.model.register_forward_pre_hook(record, with_kwargs=True)
+    transcript = []  # every message, none dropped
+    try:
+        for turn in range(6):
+            question = f"turn {turn} about small language models"
+            transcript.append({"role": "user", "content": question})
+            first = len(seen)
+            answer = "".join(session.reply(question)).strip()
+            transcript.append({"role": "assistant", "content": answer})
+            ids, kept = seen[first]  # the prompt's forward pass; then one per new token
+            assert kept == transcript[len(transcript) - 1 - len(kept):-1] and kept[0]["role"] == "user"
+            assert ids.shape[1] <= budget
+            rendered = tokenizer(render_prompt(tokenizer, kept), add_special_tokens=False, return_tensors="pt")
+            assert torch.equal(ids.cpu(), rendered.input_ids)  # whole messages, none cut
+            if len(kept) < len(transcript) - 1:  # the exchange dropped last would not have fitted
+                longer = transcript[len(transcript) - 3 - len(kept):-1]
+                assert len(tokenizer(render_prompt(tokenizer, longer), add_special_tokens=False).input_ids) > budget
+    finally:
+        hook.remove()
+    assert 4 <= len(session.history) < len(transcript)  # the oldest exchanges dropped, the latest kept
+    assert session.history == transcript[-len(session.history):]
+    assert session.history[0]["content"] != transcript[0]["content"]
     session.reset()
     assert session.history == []
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"min_p": 1.0},
-                                    {"max_new_tokens": 0}, {"repetition_penalty": 0}])
-def test_sampling_config_validation(kwargs):
-    with pytest.raises(slmkit.SlmError):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1}, "--temperature must be >= 0, got -1"),
+    ({"top_p": 0}, "--top-p must be in (0, 1], got 0"),
+    ({"top_k": -2}, "--top-k must be >= 0, got -2"),
+    ({"min_p": 1.0}, "--min-p must be in [0, 1), got 1.0"),
+    ({"max_new_tokens": 0}, "--max-new-tokens must be positive, got 0"),
+    ({"repetition_penalty": 0}, "--repetition-penalty must be > 0, got 0"),
+])
+def test_sampling_config_validation(kwargs, message):
+    with pytest.raises(slmkit.SlmError, match=f"^{re.escape(message)}$"):
         SamplingConfig(**kwargs)
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
 def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
-    from slmkit.cli.common import load_model
+    from slmkit.runtime import open_model as load_model
     from slmkit.runtime.weights import Int8Linear
 
     reference = load_model(str(tiny_llama_dir))
@@ -78,15 +111,27 @@ def test_faster_cpu_weights_keep_the_models_logits(tiny_llama_dir, weights):
         modules = list(fast.model.modules())
         assert not any(type(module) is nn.Linear for module in modules)  # every Linear, the LM head too
         assert isinstance(fast.model.lm_head, Int8Linear)
-        assert fast.extra["parameters"] == sum(p.numel() for p in reference.model.parameters())
+        assert fast.parameters == sum(p.numel() for p in reference.model.parameters())
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = reference.model(input_ids=ids).logits.flatten()
         got = fast.model(input_ids=ids).logits.float().flatten()
     assert float(torch.corrcoef(torch.stack([expected, got]))[0, 1]) > 0.99
     assert not torch.equal(expected, got)  # the weights really changed
-    text = "".join(generate(fast, "Hello", SamplingConfig(temperature=0, max_new_tokens=4)))
-    assert isinstance(text, str)
+    # generate decodes greedily with the converted model: the tokens transformers' greedy search on it picks,
+    # up to the first end-of-generation token (the generation config's or the tokenizer's)
+    text = "".join(generate(fast, "Hello", SamplingConfig(temperature=0, max_new_tokens=4), use_template=False))
+    configured = fast.model.generation_config.eos_token_id
+    stops = {fast.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    prompt = fast.tokenizer("Hello", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        greedy = fast.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                     max_new_tokens=4, eos_token_id=sorted(stops),
+                                     pad_token_id=fast.tokenizer.pad_token_id)
+    tokens = greedy[0, prompt.shape[1]:].tolist()
+    tokens = tokens[:next((i for i, token in enumerate(tokens) if token in stops), len(tokens))]
+    assert tokens  # a text to compare
+    assert text == fast.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 # 100 and 24: widths that are not a multiple of the kernel's 16-column blocks (structured pruning makes them)
@@ -116,19 +161,19 @@ def test_int8_linear_holds_the_rounded_weights_and_multiplies_with_them(in_featu
 @pytest.mark.parametrize("bits, group_size, kept", [(8, 0, True), (4, 0, True), (4, 16, False)])
 def test_int8_keeps_a_calibrated_checkpoints_values_when_they_fit_its_grid(tiny_llama_dir, tmp_path, bits,
                                                                            group_size, kept):
-    from slmkit.cli.common import load_model
-    from slmkit.pipeline.stages import quant_config, quantize_stage
+    from slmkit.compress.quantize import quant_config
+    from slmkit.runtime import open_model as load_model
     from slmkit.runtime.weights import Int8Linear
 
     lm = slmkit.load(str(tiny_llama_dir))
     calibration = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
     config = quant_config("gptq", bits=bits, group_size=group_size)
     out = tmp_path / "gptq"
-    quantize_stage(lm, out, config, calibration, parent="tiny", calib={}, seed=0)
+    slmkit.save(lm, out, result=slmkit.quantize(lm, config, calibration))
     reference, fast = load_model(str(out)), load_model(str(out), weights="int8")
     quantized = [name for name, _ in reference.model.named_modules() if name.startswith("model.layers.")
                  and name.endswith("_proj")]
-    assert fast.extra["int8_checkpoint_layers"] == (len(quantized) if kept else 0)
+    assert fast.int8_checkpoint_layers == (len(quantized) if kept else 0)
     modules = dict(fast.model.named_modules())
     for name, float_layer in reference.model.named_modules():
         if name in quantized:
@@ -224,35 +269,29 @@ def test_int8_converts_every_linear_layer_of_each_family(model_type):
 def test_compiled_decode_steps_give_the_eager_logits_without_recompiling(tiny_llama_dir):
     from torch._dynamo.utils import counters
 
-    from slmkit.cli.common import load_model
-    from slmkit.evaluate.bench import _cache_argument, bench
-    from slmkit.runtime.weights import decode_step, new_kv_cache
+    from slmkit.evaluate.bench import bench
+    from slmkit.runtime import open_model
 
-    lm = load_model(str(tiny_llama_dir), weights="int8", compile_decode=True)
-    model, step = lm.model, decode_step(lm)
-    assert step is not model and decode_step(lm) is step  # compiled once, shared by bench and generate
-    cache_argument = _cache_argument(model)
-    ids = torch.randint(0, VOCAB, (1, 14), generator=torch.Generator().manual_seed(0))
+    lm = open_model(str(tiny_llama_dir), weights="int8", compile_decode=True)
+    eager_lm = open_model(str(tiny_llama_dir), weights="int8")
+    assert lm._step is not lm.model and lm._step is lm._step  # compiled once, shared by bench and generate
+    ids = torch.randint(0, VOCAB, (14,), generator=torch.Generator().manual_seed(0)).tolist()
     torch._dynamo.reset()
     counters.clear()
-    with torch.inference_mode():
-        caches = [new_kv_cache(model, 16), new_kv_cache(model, 16)]
-        for cache in caches:
-            model(input_ids=ids[:, :8], use_cache=True, **{cache_argument: cache})
-        for position in range(8, 14):
-            token = ids[:, position:position + 1]
-            eager = model(input_ids=token, use_cache=True, **{cache_argument: caches[0]}).logits
-            compiled = step(input_ids=token, use_cache=True, **{cache_argument: caches[1]}).logits
-            torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    states = [model.prefill(ids[:8], 16) for model in (eager_lm, lm)]
+    for position in range(8, 14):
+        token = torch.tensor([[ids[position]]])
+        for model, state in zip((eager_lm, lm), states):
+            model.decode(state, token)
+        torch.testing.assert_close(states[1].logits, states[0].logits, atol=1e-4, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1
     result = bench(lm, prompt_tokens=8, gen_tokens=4, repeats=2)
     assert result["compiled"] and result["decode_tokens_per_s"] > 0
     assert counters["stats"]["unique_graphs"] == 2  # bench's cache size: one graph for warm-up and timed runs
-    eager_lm = load_model(str(tiny_llama_dir), weights="int8")
     sampling = SamplingConfig(temperature=0, max_new_tokens=6)
     before = counters["stats"]["unique_graphs"]
     assert "".join(generate(lm, "small models", sampling)) == "".join(generate(eager_lm, "small models", sampling))
-    assert counters["stats"]["unique_graphs"] > before  # transformers' generate really ran the compiled step
+    assert counters["stats"]["unique_graphs"] > before  # generate really ran the compiled step
     session = ChatSession(lm, sampling)
     for turn in range(3):
         "".join(session.reply(f"turn {turn} about small language models"))
@@ -262,35 +301,34 @@ def test_compiled_decode_steps_give_the_eager_logits_without_recompiling(tiny_ll
 
 
 def test_compiled_chat_rounds_the_cache_up_to_few_sizes(tiny_llama_dir):
-    from slmkit.cli.common import load_model
-    from slmkit.runtime.weights import chat_cache_tokens
+    from slmkit.runtime import open_model
 
-    lm = load_model(str(tiny_llama_dir))
-    assert chat_cache_tokens(lm, 50) == 50  # eager: the exact size
-    lm.extra["compile"] = True
+    lm = open_model(str(tiny_llama_dir))
+    assert lm.chat_cache_tokens(50) == 50  # eager: the exact size
+    lm.compiled = True
     lm.config.max_position_embeddings = 8192
-    assert [chat_cache_tokens(lm, n) for n in (1, 50, 256, 257, 640, 5000, 9000)] == \
+    assert [lm.chat_cache_tokens(n) for n in (1, 50, 256, 257, 640, 5000, 9000)] == \
         [256, 256, 256, 512, 1024, 8192, 9000]
 
 
 def test_compile_is_refused_where_it_cannot_apply(tmp_path, tiny_tokenizer, monkeypatch):
     from conftest import tiny_model
 
-    import slmkit.models
+    import slmkit.runtime.torch_backend
     from slmkit import save
-    from slmkit.cli.common import load_model
+    from slmkit.runtime import open_model
     from slmkit.runtime.weights import enable_compile
 
     for model_type, message in [("gpt_neo", "needs a static KV cache"), ("bert", "needs a causal language model")]:
         directory = tmp_path / model_type
         save(tiny_model(model_type), directory, tiny_tokenizer, stage="test")
-        loaded = slmkit.load(str(directory))
+        loaded = open_model(str(directory))
         with pytest.raises(slmkit.SlmError, match=message):
             enable_compile(loaded)  # what a model from elsewhere (a hub id) meets once loaded
         with monkeypatch.context() as patch:
-            patch.setattr(slmkit.models, "load", lambda *a, **k: pytest.fail("loaded before refusing"))
+            patch.setattr(slmkit.runtime.torch_backend, "load", lambda *a, **k: pytest.fail("loaded before refusing"))
             with pytest.raises(slmkit.SlmError, match=message):
-                load_model(str(directory), compile_decode=True)
+                open_model(str(directory), compile_decode=True)
 
 
 def test_weights_option_is_refused_for_gguf_on_llamacpp(tmp_path):
@@ -314,19 +352,18 @@ def test_unknown_weights_is_refused_before_the_model_loads(tmp_path):
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3", "phi", "gpt2", "gpt_neo", "gptj"])
 def test_decoding_on_the_runtime_kv_cache_matches_a_full_forward_pass(model_type):
-    from slmkit.evaluate.bench import _cache_argument
-    from slmkit.runtime.weights import new_kv_cache
+    from slmkit.models import LoadedModel
+    from slmkit.runtime.torch_backend import TorchModel
 
     model = tiny_model(model_type)
+    lm = TorchModel.wrap(LoadedModel(model=model, tokenizer=None, spec=model_type, kind="causal-lm", path=None))
     ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
-    cache_argument = _cache_argument(model)
+    state = lm.prefill(ids[0, :8].tolist(), 12)  # the steps bench times and generation runs
+    stepped = [state.logits]
+    for position in range(8, 11):
+        lm.decode(state, ids[:, position:position + 1])
+        stepped.append(state.logits)
     with torch.inference_mode():
-        output = model(input_ids=ids[:, :8], use_cache=True, **{cache_argument: new_kv_cache(model, 12)})
-        stepped = [output.logits[:, -1]]
-        for position in range(8, 11):
-            output = model(input_ids=ids[:, position:position + 1], use_cache=True,
-                           **{cache_argument: getattr(output, cache_argument)})
-            stepped.append(output.logits[:, -1])
         full = model(input_ids=ids[:, :11]).logits[:, 7:11]
     torch.testing.assert_close(torch.stack(stepped, dim=1), full, atol=1e-5, rtol=1e-4)
 

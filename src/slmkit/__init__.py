@@ -4,19 +4,41 @@ The Python API mirrors the `slm` CLI verb for verb. Its names are imported on
 first use, so `import slmkit` (and every `slm` command) starts without torch.
 """
 
+import sys
+import types
 from importlib import import_module
 
 from slmkit.errors import SlmError
 
 __version__ = "0.1.0"
 
-_LAZY = {"prune": "slmkit.compress", "quantize": "slmkit.compress", "evaluate": "slmkit.evaluate",
-         "LoadedModel": "slmkit.models", "load": "slmkit.models", "save": "slmkit.models"}
+_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate")
+_CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
+            "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
+            "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
+            "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",
+            "AWQConfig": "slmkit.compress", "StructuredConfig": "slmkit.compress.structured",
+            "LoadedModel": "slmkit.models"}
+_LAZY = {**{verb: "slmkit.api" for verb in _VERBS}, **_CONFIGS}
 
-__all__ = ["LoadedModel", "SlmError", "evaluate", "load", "prune", "quantize", "save", "__version__"]
+__all__ = ["SlmError", "__version__", *_VERBS, *_CONFIGS]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'slmkit' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`slmkit.export` and `slmkit.evaluate` are verbs and also the names of subpackages; importing a
+    subpackage would set its module as the package's attribute and hide the verb. The verb keeps the name
+    (the subpackages stay importable by their full names: `from slmkit.export import export_gguf`)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _VERBS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -21,3 +21,9 @@ class DataError(SlmError):
 
 class UnsafeModelError(ModelLoadError):
     """Loading would execute untrusted code (pickle weights, remote code)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for an error message: its first line of text, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

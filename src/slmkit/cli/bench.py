@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, CompileOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt,
+from slmkit.cli.common import (DeviceOpt, DtypeOpt, AllowPickleOpt, BackendOpt, CompileOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt,
                                WeightsOpt, human_bytes, load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -17,6 +17,8 @@ def bench_command(
     gen_tokens: Annotated[int, typer.Option(help="Tokens generated for the decode test (llama-bench tg).")] = 128,
     repeats: Annotated[int, typer.Option(help="Runs; each figure is their median.")] = 3,
     backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     weights: WeightsOpt = "float32",
     compile_decode: CompileOpt = False,
     json_output: JsonOpt = False,
@@ -32,7 +34,8 @@ def bench_command(
     from slmkit.evaluate.bench import bench
 
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
-                    n_ctx=prompt_tokens + gen_tokens + 16, weights=weights, compile_decode=compile_decode)
+                    n_ctx=prompt_tokens + gen_tokens + 16, weights=weights, compile_decode=compile_decode,
+                    device=device, dtype=dtype)
     with progress_bar("bench") as progress:
         result = bench(lm, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats, progress=progress)
     if json_output:

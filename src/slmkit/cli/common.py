@@ -34,108 +34,41 @@ BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp | onnx. a
                                               "when llama-cpp-python is installed, an ONNX export (a directory with "
                                               "model.onnx, or the .onnx file) with onnxruntime, everything else "
                                               "with torch.")]
-BACKENDS = ("auto", "torch", "llamacpp", "onnx")
 WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights, one scale "
                                               "per output channel: faster decoding on a CPU).")]
+DeviceOpt = Annotated[str, typer.Option(help="torch backend: auto | cpu | cuda | cuda:N | mps (auto: CUDA when "
+                                             "present, else the CPU).")]
+DtypeOpt = Annotated[str, typer.Option(help="torch backend: auto | float32 | bfloat16 | float16 (auto: float32 on "
+                                            "the CPU, bfloat16 on a GPU that has it).")]
+ComputeDeviceOpt = Annotated[str, typer.Option("--device", help="Where each block is computed: auto | cpu | cuda | "
+                                             "cuda:N | mps (the model waits on the CPU; auto: CUDA when present).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch backend: compile the decode step with "
                                           "torch.compile (much faster tokens; the first answer waits for the "
                                           "compilation, ~10-50 s on a CPU).")]
 
 
-def calibration_for(lm, calib: Path | None, samples: int, seq_len: int, seed: int):
-    from slmkit.compress import calibration_ids
+def calibration_for(lm, config, calibration):
+    """`calibration` with its token ids made under a status line when the method reads data."""
+    from slmkit.compress import needs_calibration
 
-    with stderr.status("preparing calibration data" + ("" if calib else " (sampling text from the model)")):
-        return calibration_ids(lm, calib, samples=samples, seq_len=seq_len, seed=seed)
-
-
-def quiet_libraries() -> None:
-    """Library progress bars and warnings would bury our one-line output."""
-    import logging
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    import transformers
-
-    # Loading a compressed-tensors checkpoint passes its own quantization config back in; harmless.
-    warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # The ONNX exporter warns about every optional operator library it does not find (torchvision).
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    if needs_calibration(config):
+        with stderr.status("preparing calibration data" + ("" if calibration.data else
+                                                           " (sampling text from the model)")):
+            calibration.ids(lm)
+    return calibration
 
 
-def choose_backend(spec: str, backend: str) -> str:
-    import importlib.util
+def load_model(spec: str, *, backend: str = "torch", **options):
+    """The model for a command, opened with a status line (`runtime.open_model`'s options)."""
+    from slmkit.logs import quiet_libraries
+    from slmkit.runtime import choose_backend, open_model
 
-    from slmkit.errors import SlmError
-    from slmkit.runtime.onnx import is_onnx
-
-    if backend not in BACKENDS:
-        raise SlmError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    is_gguf = spec.endswith(".gguf")
-    if backend == "llamacpp" and not is_gguf:
-        raise SlmError(f"--backend llamacpp runs .gguf files and {spec} is not one; make one with `slm export`")
-    if backend == "onnx" and not is_onnx(spec):
-        raise SlmError(f"--backend onnx runs a directory holding model.onnx (or the .onnx file) and {spec} is "
-                       "neither; make one with `slm export --format onnx`")
-    if backend == "auto":
-        if is_onnx(spec):  # torch cannot read an ONNX graph, so there is nothing to fall back to
-            return "onnx"
-        return "llamacpp" if is_gguf and importlib.util.find_spec("llama_cpp") else "torch"
-    return backend
-
-
-def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False, kind: str | None = None,
-               backend: str = "torch", n_ctx: int | None = None, logits_all: bool = False,
-               weights: str = "float32", compile_decode: bool = False):
-    """The model for a command; `backend` as --backend takes it (n_ctx and logits_all: llama.cpp only;
-    `weights` as --weights and `compile_decode` as --compile take them: torch only)."""
-    from slmkit.errors import SlmError
-    from slmkit.models import load
-    from slmkit.runtime.weights import check_compile_before_loading, check_weights, convert_weights, enable_compile
-
-    check_weights(weights)  # before the slow load
-    chosen = choose_backend(spec, backend)
-    if compile_decode and chosen == "torch":
-        check_compile_before_loading(spec)
     quiet_libraries()
-    if chosen == "onnx":
-        from slmkit.runtime.onnx import OnnxModel
-
-        if weights != "float32" or compile_decode:
-            raise SlmError(f"{_torch_only_flag(weights)} applies to the torch backend; an ONNX "
-                           "export runs on onnxruntime with the float32 weights it was exported with")
-        with stderr.status(f"loading {spec} with onnxruntime"):
-            return OnnxModel(spec, kind=kind)
-    if chosen == "llamacpp":
-        from slmkit.errors import ModelLoadError
-        from slmkit.runtime.llamacpp import LlamaCppModel
-
-        if weights != "float32" or compile_decode:
-            reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
-                      if weights != "float32" else "llama.cpp runs a GGUF on its own compiled kernels")
-            raise SlmError(f"{_torch_only_flag(weights)} applies to the torch backend; {reason}, "
-                           "or add --backend torch")
-        path = Path(spec).expanduser()
-        if kind not in (None, "causal-lm"):
-            raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
-        with stderr.status(f"loading {spec} with llama.cpp"):
-            return LlamaCppModel(path, n_ctx=n_ctx, logits_all=logits_all)
-    with stderr.status(f"loading {spec} (a packaged GGUF is converted once, then cached)"):
-        lm = load(spec, kind=kind, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    if weights != "float32":
-        convert_weights(lm, weights)
-    if compile_decode:
-        enable_compile(lm)
-    return lm
-
-
-def _torch_only_flag(weights: str) -> str:
-    """The torch-only flag a refusal names: --weights when it was given, else --compile."""
-    return f"--weights {weights}" if weights != "float32" else "--compile"
+    chosen = choose_backend(spec, backend)
+    how = {"llamacpp": " with llama.cpp", "onnx": " with onnxruntime"}.get(
+        chosen, " (a packaged GGUF is converted once, then cached)")
+    with stderr.status(f"loading {spec}{how}"):
+        return open_model(spec, backend=chosen, **options)
 
 
 @contextmanager

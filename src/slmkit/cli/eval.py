@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt,
+from slmkit.cli.common import (DeviceOpt, DtypeOpt, AllowPickleOpt, BackendOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, WeightsOpt,
                                load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -24,6 +24,8 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Only the first N windows (perplexity) or examples.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per forward pass.")] = None,
     backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     weights: WeightsOpt = "float32",
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -44,7 +46,8 @@ def eval_command(
     task = task or data_module.infer_task(data)  # check the file before the slow model load
     kind = "classifier" if task == "classification" else None
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, kind=kind,
-                    backend=backend, n_ctx=max_length or 2048, logits_all=True, weights=weights)
+                    backend=backend, n_ctx=max_length or 2048, logits_all=True, weights=weights, device=device,
+                    dtype=dtype)
     with progress_bar(f"{task} on {data.name}") as progress:
         result = evaluate(lm, data, task=task, max_length=max_length, stride=stride, limit=limit,
                           batch_size=batch_size, progress=progress)

@@ -40,7 +40,7 @@ def export_command(
       slm export ./my-classifier --format onnx --out my-classifier-onnx
       slm eval my-classifier-onnx --data dev.tsv   # run by onnxruntime
     """
-    from slmkit.pipeline.stages import export_onnx_stage, export_stage
+    import slmkit
 
     if format not in FORMATS:
         raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -56,8 +56,10 @@ def export_command(
 
         quant = quant or "f16"
         check_target(out, quant, force)
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    written = export_onnx_stage(lm, out, force=force) if format == "onnx" else export_stage(lm, out, quant, force=force)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
+                    dtype="float32")
+    config = slmkit.OnnxConfig() if format == "onnx" else slmkit.GGUFConfig(quant=quant)
+    written = slmkit.export(lm, out, config, force=force)
     result = {"model": model, "out": str(out), **written}
     if json_output:
         print_json(result)

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
-                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
-                               print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ComputeDeviceOpt, DtypeOpt,
+                               ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
+                               load_model, print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -29,6 +29,8 @@ def prune_command(
     calib_samples: CalibSamplesOpt = 128,
     calib_seq_len: CalibSeqLenOpt = 512,
     seed: SeedOpt = 0,
+    device: ComputeDeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -44,30 +46,34 @@ def prune_command(
       slm prune --structured --width ffn=1024,heads=6 --calib wiki.txt --out out/narrow
       slm prune --structured --target-params 100M --calib wiki.txt --out out/100m
     """
-    if structured:
-        return _structured(model, out, depth, width, target_params, calib, calib_samples, calib_seq_len, seed, force,
-                           json_output, allow_pickle, trust_remote_code)
-    if depth or width or target_params:
-        raise SlmError("--depth, --width and --target-params need --structured")
-    from slmkit.compress import PRUNE_METHODS, needs_calibration
+    import slmkit
     from slmkit.models.checkpoint import check_destination
-    from slmkit.pipeline.stages import calibration_record, prune_stage
+    from slmkit.models.devices import resolve_device
 
-    config_class = PRUNE_METHODS.get(method)
-    if config_class is None:
-        raise SlmError(f"unknown --method {method!r}; choose one of {', '.join(PRUNE_METHODS)}")
-    config = config_class(sparsity=sparsity, pattern=pattern)
+    if structured:
+        from slmkit.compress.structured import StructuredConfig, parse_count
+
+        config = StructuredConfig(depth=depth, target_params=parse_count(target_params), **parse_width(width))
+        title, bar = "structured pruning", "scoring blocks, channels and heads"
+    elif depth or width or target_params:
+        raise SlmError("--depth, --width and --target-params need --structured")
+    else:
+        from slmkit.compress.prune import prune_config
+
+        config = prune_config(method, sparsity=sparsity, pattern=pattern)
+        title, bar = "pruned", f"{method} pruning, block"
+    resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed) if needs_calibration(config) else None
-    with progress_bar(f"{method} pruning, block") as progress:
-        result = prune_stage(lm, out, config, calibration, parent=model, seed=seed, force=force, progress=progress,
-                             calib=calibration_record(calib, calib_samples, calib_seq_len))
-    result = {"model": model, "out": str(out), **result}
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
+    calibration = calibration_for(lm, config, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
+    with progress_bar(bar) as progress:
+        result = slmkit.prune(lm, config, calibration, device=device, progress=progress)
+    slmkit.save(lm, out, result=result, parent=model, force=force)
+    result = {"model": model, "out": str(out), **result.summary}
     if json_output:
         print_json(result)
     else:
-        print_table(f"{model} — pruned", result)
+        print_table(f"{model} — {title}", result)
 
 
 def parse_width(width: str | None) -> dict[str, int]:
@@ -80,34 +86,3 @@ def parse_width(width: str | None) -> dict[str, int]:
             raise SlmError(f"--width {width!r}: expected ffn=N and/or heads=N, e.g. ffn=1024,heads=6")
         parsed[key.strip()] = int(value)
     return parsed
-
-
-def parse_count(text: str | None) -> int | None:
-    if text is None:
-        return None
-    multipliers = {"K": 10**3, "M": 10**6, "B": 10**9}
-    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in multipliers else (text, "")
-    try:
-        return int(float(number) * multipliers.get(unit, 1))
-    except ValueError:
-        raise SlmError(f"--target-params {text!r}: expected a number like 90M or 1.2B") from None
-
-
-def _structured(model, out, depth, width, target_params, calib, calib_samples, calib_seq_len, seed, force,
-                json_output, allow_pickle, trust_remote_code) -> None:
-    from slmkit.compress.structured import StructuredConfig
-    from slmkit.models.checkpoint import check_destination
-    from slmkit.pipeline.stages import calibration_record, structured_stage
-
-    config = StructuredConfig(depth=depth, target_params=parse_count(target_params), **parse_width(width))
-    check_destination(out, force)
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed)
-    with progress_bar("scoring blocks, channels and heads") as progress:
-        result = structured_stage(lm, out, config, calibration, parent=model, seed=seed, force=force,
-                                  progress=progress, calib=calibration_record(calib, calib_samples, calib_seq_len))
-    result = {"model": model, "out": str(out), **result}
-    if json_output:
-        print_json(result)
-    else:
-        print_table(f"{model} — structured pruning", result)

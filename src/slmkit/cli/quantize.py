@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt,
-                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model,
-                               print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ComputeDeviceOpt, DtypeOpt,
+                               ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
+                               load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.pipeline.stages import GGUF_TARGETS
+
+GGUF_TARGETS = ("gguf-q4_0", "gguf-q8_0")  # compress.quantize.GGUF_TARGETS, named here without importing torch
 
 
 def quantize_command(
@@ -35,6 +36,8 @@ def quantize_command(
     calib_samples: CalibSamplesOpt = 128,
     calib_seq_len: CalibSeqLenOpt = 512,
     seed: SeedOpt = 0,
+    device: ComputeDeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -51,23 +54,25 @@ def quantize_command(
       slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out out/gptq-q4_0  # then slm export
     """
-    from slmkit.compress import needs_calibration
+    import slmkit
     from slmkit.compress.formats import check_compressed_tensors
+    from slmkit.compress.quantize import quant_config
     from slmkit.models.checkpoint import check_destination
-    from slmkit.pipeline.stages import calibration_record, quant_config, quantize_stage
+    from slmkit.models.devices import resolve_device
 
     config = quant_config(method, bits=bits, group_size=group_size, symmetric=sym, target=target,
                           act_order=act_order, observer=observer)
     if not fake_quant:
         check_compressed_tensors(config)
+    resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    calibration = calibration_for(lm, calib, calib_samples, calib_seq_len, seed) if needs_calibration(config) else None
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
+    calibration = calibration_for(lm, config, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
     with progress_bar(f"{method} w{config.bits} quantization, block") as progress:
-        result = quantize_stage(lm, out, config, calibration, parent=model, seed=seed, fake_quant=fake_quant,
-                                target=target, force=force, progress=progress,
-                                calib=calibration_record(calib, calib_samples, calib_seq_len))
-    result = {"model": model, "out": str(out), **result}
+        result = slmkit.quantize(lm, config, calibration, fake_quant=fake_quant, target=target, device=device,
+                                 progress=progress)
+    slmkit.save(lm, out, result=result, parent=model, force=force)
+    result = {"model": model, "out": str(out), **result.summary}
     if json_output:
         print_json(result)
     else:

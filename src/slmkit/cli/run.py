@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import JsonOpt, print_json, progress_bar, quiet_libraries, stderr
+from slmkit.cli.common import JsonOpt, print_json, progress_bar, stderr
+from slmkit.logs import quiet_libraries
 
 
 def run_command(

@@ -131,14 +131,14 @@ class AWQQuantizer(RTNQuantizer):
             return super().apply(name, module)
         weight = weight_matrix(module).float().clone()
         inputs = torch.cat(self.inputs.pop(name))
-        inputs = inputs[torch.linspace(0, len(inputs) - 1, min(len(inputs), CLIP_TOKENS)).long()]
+        inputs = inputs[torch.linspace(0, len(inputs) - 1, min(len(inputs), CLIP_TOKENS), device=inputs.device).long()]
         self.abs_sums.pop(name, None)
         rows, cols = weight.shape
         group = _group_size(self.config, name, cols)
         grouped = weight.reshape(rows, cols // group, group)
         x = inputs.reshape(len(inputs), cols // group, group)
         amax = grouped.abs().amax(dim=-1, keepdim=True)
-        best_error = torch.full((rows, cols // group, 1), float("inf"))
+        best_error = torch.full((rows, cols // group, 1), float("inf"), device=inputs.device)
         best_amax = amax.clone()
         for step in range(int(self.config.max_shrink * self.config.grid) + 1):
             limit = amax * (1 - step / self.config.grid)

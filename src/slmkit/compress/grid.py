@@ -34,7 +34,7 @@ def group_params(weight: torch.Tensor, bits: int, symmetric: bool, float16_scale
     if observer != "mse":
         raise ValueError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
     # All candidate ranges at once ([factors, rows, group]), a slice of rows at a time to bound memory.
-    factors = torch.tensor(SHRINK_FACTORS).view(-1, 1, 1)
+    factors = torch.tensor(SHRINK_FACTORS, device=weight.device).view(-1, 1, 1)
     rows_per_slice = max(1, MSE_SEARCH_ELEMENTS // (len(SHRINK_FACTORS) * weight.shape[1]))
     scales, zeros = [], []
     for rows in weight.split(rows_per_slice):

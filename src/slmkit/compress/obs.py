@@ -46,11 +46,11 @@ def inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, damp: fl
     dead = torch.diag(hessian) == 0
     hessian[dead, dead] = 1
     weight[:, dead] = 0
-    hessian += damp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian))
+    hessian += damp * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian), device=hessian.device)
     # If flip(H) = L L^T then H^-1 = U^T U with U = flip(L^-1): one Cholesky and one triangular
     # solve, instead of forming H^-1 and factoring it again (torch's cholesky_inverse is slow on CPU).
     lower = torch.linalg.cholesky(torch.flip(hessian, dims=(0, 1)))
-    inverse_lower = torch.linalg.solve_triangular(lower, torch.eye(len(hessian)), upper=False)
+    inverse_lower = torch.linalg.solve_triangular(lower, torch.eye(len(hessian), device=hessian.device), upper=False)
     return torch.flip(inverse_lower, dims=(0, 1))
 
 

@@ -214,7 +214,22 @@ PRUNERS = {MagnitudeConfig: MagnitudePruner, WandaConfig: WandaPruner, SparseGPT
 METHODS = {config.method: config for config in PRUNERS}
 
 
-def prune(model, config: PruneConfig, calibration: torch.Tensor | None = None, *, progress=None) -> dict:
+def prune_config(method: str, *, sparsity: float | None = None, pattern: str | None = None) -> PruneConfig:
+    """The pruning config `slm prune` and a recipe's prune stage ask for, checked."""
+    config_class = METHODS.get(method)
+    if config_class is None:
+        raise SlmError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    return config_class(sparsity=sparsity, pattern=pattern)
+
+
+def register(config_class: type[PruneConfig], pruner_class) -> None:
+    """Add a method: a config type and the pruner that implements it (observe/apply, as the runner calls)."""
+    PRUNERS[config_class] = pruner_class
+    METHODS[config_class.method] = config_class
+
+
+def prune(model, config: PruneConfig, calibration: torch.Tensor | None = None, *, progress=None,
+          device=None) -> dict:
     """Prune every Linear layer in the model's blocks in place; returns per-layer sparsity.
 
     Example: `slmkit.prune(lm.model, WandaConfig(sparsity=0.5), calibration_ids(lm, "wiki.txt"))`.
@@ -226,4 +241,4 @@ def prune(model, config: PruneConfig, calibration: torch.Tensor | None = None, *
     pruner = pruner_class(config)
     if pruner.needs_calibration and calibration is None:
         raise SlmError(f"{config.method} needs calibration data")
-    return run_sequential(model, pruner, calibration, progress=progress)
+    return run_sequential(model, pruner, calibration, progress=progress, device=device)

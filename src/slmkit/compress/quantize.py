@@ -121,7 +121,7 @@ class RTNQuantizer:
         quantized = fake_quantize(grouped, scale, zero, config.bits, config.symmetric).reshape(rows, cols)
         metrics = _metrics(weight, quantized, scale.reshape(rows, -1))  # before the weight is overwritten
         set_weight_matrix(module, quantized)
-        self.params[name] = (scale.reshape(rows, -1), zero.reshape(rows, -1))
+        self.params[name] = (scale.reshape(rows, -1).cpu(), zero.reshape(rows, -1).cpu())
         return metrics
 
 
@@ -141,7 +141,8 @@ class GPTQQuantizer(RTNQuantizer):
         rows, cols = original.shape
         group = _group_size(config, name, cols)
         weight, hessian = original.clone(), self.hessians.pop(name)
-        order = torch.argsort(torch.diag(hessian), descending=True) if config.act_order else torch.arange(cols)
+        order = (torch.argsort(torch.diag(hessian), descending=True) if config.act_order
+                 else torch.arange(cols, device=weight.device))
         if config.act_order:  # static groups: scales from the original weights, in original column order
             static = [group_params(weight[:, g:g + group], config.bits, config.symmetric, config.float16_scales,
                                    config.observer, torch.diag(hessian)[g:g + group])
@@ -150,8 +151,8 @@ class GPTQQuantizer(RTNQuantizer):
         # Pruned weights stay zero (0 is on every grid); the error compensation works around them.
         pruned = weight == 0
         hinv = inverse_hessian_factor(hessian, weight, config.damp)
-        scales = torch.zeros(rows, cols // group)
-        zeros = torch.zeros(rows, cols // group)
+        scales = torch.zeros(rows, cols // group, device=weight.device)
+        zeros = torch.zeros(rows, cols // group, device=weight.device)
         current: dict[str, torch.Tensor] = {}
 
         def start_block(block, block_hinv, start):
@@ -179,7 +180,7 @@ class GPTQQuantizer(RTNQuantizer):
         quantized = torch.empty_like(weight)
         quantized[:, order] = weight
         set_weight_matrix(module, quantized)
-        self.params[name] = (scales, zeros)
+        self.params[name] = (scales.cpu(), zeros.cpu())
         return _metrics(original, quantized, scales)
 
 
@@ -194,7 +195,7 @@ def register(config_class: type[QuantConfig], quantizer_class) -> None:
 
 
 def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None, *,
-             progress=None) -> tuple[dict, dict]:
+             progress=None, device=None) -> tuple[dict, dict]:
     """Quantize every Linear layer in the model's blocks in place (weights keep float values on the grid).
 
     Returns (per-layer metrics, per-layer (scale, zero point) as [rows, groups]), the latter for
@@ -213,5 +214,42 @@ def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None
         quantizer.bind(model)
     if quantizer.needs_calibration and calibration is None:
         raise SlmError(f"{config.method} needs calibration data")
-    metrics = run_sequential(model, quantizer, calibration, progress=progress)
+    metrics = run_sequential(model, quantizer, calibration, progress=progress, device=device)
     return metrics, quantizer.params
+
+
+# GGUF block types whose grid slmkit's symmetric quantizers produce exactly: 32 weights per block,
+# one float16 scale, codes -2^(b-1)..2^(b-1)-1.
+GGUF_TARGETS = {"gguf-q4_0": 4, "gguf-q8_0": 8}
+
+
+def resolve_grid(bits: int | None, group_size: int | None, sym: bool | None, target: str | None) -> dict:
+    """The grid options, from --target when given (refusing flags that contradict it)."""
+    if target is None:
+        return {"bits": 4 if bits is None else bits, "group_size": 64 if group_size is None else group_size,
+                "symmetric": True if sym is None else sym}
+    if target not in GGUF_TARGETS:
+        raise SlmError(f"unknown --target {target!r}; choose one of {', '.join(GGUF_TARGETS)}")
+    grid = {"bits": GGUF_TARGETS[target], "group_size": 32, "symmetric": True}
+    given = {"bits": bits, "group_size": group_size, "symmetric": sym}
+    for option, value in given.items():
+        if value is not None and value != grid[option]:
+            flag = {"bits": f"--bits {bits}", "group_size": f"--group-size {group_size}", "symmetric": "--asym"}
+            raise SlmError(f"--target {target} needs {option.replace('_', ' ')} {grid[option]}; "
+                           f"drop {flag[option]}")
+    return {**grid, "float16_scales": True}
+
+
+def quant_config(method: str, *, bits: int | None = None, group_size: int | None = None,
+                 symmetric: bool | None = None, target: str | None = None, act_order: bool = False,
+                 observer: str | None = None):
+    """The quantization config `slm quantize` and a recipe's quantize stage ask for, checked."""
+    config_class = METHODS.get(method)
+    if config_class is None:
+        raise SlmError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if act_order and method != "gptq":
+        raise SlmError("--act-order applies to --method gptq only")
+    extra = {"act_order": act_order} if method == "gptq" else {}
+    if observer is not None:
+        extra["observer"] = observer
+    return config_class(**resolve_grid(bits, group_size, symmetric, target), **extra)

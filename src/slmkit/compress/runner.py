@@ -14,6 +14,10 @@ module name; inputs as [tokens, in_features]) and `apply(name, module) -> dict`
 between the two;
 `needs_calibration = False` skips the forward passes (magnitude, RTN);
 `parallel_apply = True` lets the layers of a block be compressed in parallel threads.
+
+With a `device` (a GPU), the model stays on the CPU but for the block being
+compressed: that block, its cached activations and the method's statistics
+live on the device, so a model larger than the GPU's memory still compresses.
 """
 
 from __future__ import annotations
@@ -148,9 +152,50 @@ def _apply_all(method, layers: dict[str, nn.Module]) -> dict[str, dict]:
         return {name: future.result() for name, future in futures.items()}
 
 
+@contextmanager
+def _on_device(module: nn.Module, device: torch.device | None) -> Iterator[None]:
+    """`module` on `device` for the block's work, then back where it was."""
+    home = next(module.parameters()).device
+    if device is None or device == home:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
+
+
+@contextmanager
+def _rest_on_device(model: nn.Module, stacks, device: torch.device | None) -> Iterator[None]:
+    """Everything but the blocks (embeddings, rotary tables, final norm) on `device` while calibrating: the
+    captured calls then hold masks and position embeddings made there. A model with several stacks (T5)
+    runs them all in the capture and goes to the device whole."""
+    home = next(model.parameters()).device
+    if device is None or device == home:
+        yield
+        return
+    blocks = [] if len(stacks) > 1 else [block for _, stack in stacks for block in stack]
+    _move_except(model, device, blocks)
+    try:
+        yield
+    finally:
+        _move_except(model, home, blocks)
+
+
+def _move_except(model: nn.Module, device: torch.device, skipped: list[nn.Module]) -> None:
+    skipped_ids = {id(p) for block in skipped for p in [*block.parameters(), *block.buffers()]}
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if id(tensor) not in skipped_ids:
+                tensor.data = tensor.data.to(device)
+
+
 def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *, batch_size: int = 8,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
-    """Apply `method` to every Linear layer inside the model's blocks; returns metrics per layer."""
+                   progress: Callable[[int, int], None] | None = None,
+                   device: torch.device | None = None) -> dict[str, dict]:
+    """Apply `method` to every Linear layer inside the model's blocks; returns metrics per layer.
+    `device`: where each block is compressed (default: where the model is)."""
     stacks = block_lists(model)
     total_blocks = sum(len(blocks) for _, blocks in stacks)
     metrics: dict[str, dict] = {}
@@ -158,22 +203,32 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
         done = 0
         for stack_name, blocks in stacks:
             for index, block in enumerate(blocks):
-                for name, layer in linear_layers(block).items():
-                    full_name = f"{stack_name}.{index}.{name}"
-                    metrics[full_name] = method.apply(full_name, layer)
+                with _on_device(block, device):
+                    for name, layer in linear_layers(block).items():
+                        full_name = f"{stack_name}.{index}.{name}"
+                        metrics[full_name] = method.apply(full_name, layer)
                 done += 1
                 if progress:
                     progress(done, total_blocks)
         return metrics
     was_training = model.training
     model.eval()
-    batches = list(calibration.split(batch_size))
-    calls = _capture_calls(model, stacks, batches)
+    with _rest_on_device(model, stacks, device):
+        batches = [batch.to(device or next(model.parameters()).device) for batch in calibration.split(batch_size)]
+        with _on_device(stacks[0][1][0], device):  # the first block runs in the capture
+            calls = _capture_calls(model, stacks, batches)
+        _compress_blocks(method, stacks, calls, metrics, device, total_blocks, progress)
+    model.train(was_training)
+    return metrics
+
+
+@torch.no_grad()
+def _compress_blocks(method, stacks, calls, metrics: dict, device, total_blocks: int, progress) -> None:
     done = 0
-    with torch.no_grad():
-        for stack_name, blocks in stacks:
-            hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
-            for index, block in enumerate(blocks):
+    for stack_name, blocks in stacks:
+        hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
+        for index, block in enumerate(blocks):
+            with _on_device(block, device):
                 layers = {f"{stack_name}.{index}.{name}": layer for name, layer in linear_layers(block).items()}
                 shared: dict = {}
                 handles = [layer.register_forward_hook(_observer(method, name, shared))
@@ -191,8 +246,6 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
                 metrics.update(_apply_all(method, layers))
                 if index < len(blocks) - 1:  # the last block's outputs feed nothing
                     hidden = [_output_hidden(block(*args, **kwargs)) for args, kwargs in block_calls]
-                done += 1
-                if progress:
-                    progress(done, total_blocks)
-    model.train(was_training)
-    return metrics
+            done += 1
+            if progress:
+                progress(done, total_blocks)

@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 from slmkit.data import ChoiceItem
 from slmkit.evaluate.loglikelihood import loglikelihoods, require_causal
+from slmkit.runtime import as_runtime
 
 
 def choice_accuracy(lm, items: list[ChoiceItem], *, batch_size: int = 8,
                     progress: Callable[[int], None] | None = None) -> dict:
+    lm = as_runtime(lm)
     require_causal(lm, "multiple choice")
     pairs = [(item.context, continuation) for item in items for continuation in item.continuations]
     scores = iter(loglikelihoods(lm, pairs, batch_size=batch_size, progress=progress))

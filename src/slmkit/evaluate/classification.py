@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from slmkit.errors import SlmError
+from slmkit.runtime import as_runtime
 
 
 def _gold_ids(lm, labels: list[str]) -> list[int]:
@@ -33,16 +32,15 @@ def macro_f1(gold: list[int], predicted: list[int]) -> float:
     return sum(scores) / len(scores)
 
 
-@torch.inference_mode()
 def classification_accuracy(lm, rows: list[tuple[str, str]], *, batch_size: int = 32, max_length: int = 512,
                             progress: Callable[[int], None] | None = None) -> dict:
+    lm = as_runtime(lm)
     lm.require("classifier", "classification")
     gold = _gold_ids(lm, [label for _, label in rows])
     predicted: list[int] = []
     for start in range(0, len(rows), batch_size):
         texts = [text for text, _ in rows[start:start + batch_size]]
-        batch = lm.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        predicted += lm.model(**batch).logits.argmax(dim=-1).tolist()
+        predicted += lm.classify(texts, max_length).argmax(dim=-1).tolist()
         if progress:
             progress(len(texts))
     accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)

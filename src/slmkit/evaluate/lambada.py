@@ -10,10 +10,12 @@ import math
 from collections.abc import Callable
 
 from slmkit.evaluate.loglikelihood import loglikelihoods, require_causal
+from slmkit.runtime import as_runtime
 
 
 def lambada_accuracy(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
                      progress: Callable[[int], None] | None = None) -> dict:
+    lm = as_runtime(lm)
     require_causal(lm, "lambada")
     results = loglikelihoods(lm, pairs, batch_size=batch_size, progress=progress)
     return {

@@ -8,28 +8,18 @@ encoding has past the context's own tokens.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from slmkit.errors import SlmError
+from slmkit.runtime import as_runtime
 
 
 def require_causal(lm, task: str) -> None:
     lm.require("causal-lm", task)
-    if lm.tokenizer is None:
-        raise SlmError(f"{lm.spec}: has no tokenizer files")
-
-
-def context_length(config) -> int | None:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    lm.require_tokenizer(task)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -54,8 +44,9 @@ def prefix_token(tokenizer) -> int:
 def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
                    progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """(sum of continuation log-probs, whether greedy decoding would produce it) per pair."""
+    lm = as_runtime(lm)
     tokenizer = lm.tokenizer
-    max_length = getattr(lm, "context", None) or context_length(lm.config) or 2048
+    max_length = lm.context
     requests = []
     for context, continuation in pairs:
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
@@ -66,13 +57,8 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
         # Keep the last max_length+1 tokens; the final one is only a target.
         ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
         requests.append((ids, continuation_ids))
-    if lm.backend == "llamacpp":
-        return [_score(torch.from_numpy(lm.logits(ids)[-len(continuation):]), continuation)
-                for ids, continuation in _reporting(requests, progress)]
-    model = lm.model
     # Longest first, as lm-evaluation-harness does: batches of similar length waste little padding.
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
-    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
     for start in range(0, len(order), batch_size):
         batch = [requests[i] for i in order[start:start + batch_size]]
@@ -83,9 +69,8 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
             input_ids[row, :len(ids)] = torch.tensor(ids)
             attention[row, :len(ids)] = 1
         # Only positions that predict continuation tokens need the (large) vocabulary projection.
-        kept = width - min(len(ids) - len(continuation) for ids, continuation in batch) if keeps_logits else width
-        extra = {"logits_to_keep": kept} if keeps_logits else {}
-        logits = model(input_ids=input_ids, attention_mask=attention, **extra).logits
+        kept = width - min(len(ids) - len(continuation) for ids, continuation in batch)
+        logits = lm.logits(input_ids, attention, keep=kept)
         offset = width - kept
         for row, (ids, continuation_ids) in enumerate(batch):
             count = len(continuation_ids)
@@ -99,12 +84,6 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
 def _score(logits: torch.Tensor, continuation_ids: list[int]) -> tuple[float, bool]:
     """(log-probability of the continuation, whether it is the greedy choice) from its positions' logits."""
     scores = F.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor(continuation_ids)
+    target = torch.tensor(continuation_ids, device=scores.device)
     return scores.gather(1, target[:, None]).sum().item(), bool((scores.argmax(dim=-1) == target).all())
 
-
-def _reporting(items: list, progress: Callable[[int], None] | None):
-    for item in items:
-        yield item
-        if progress:
-            progress(1)

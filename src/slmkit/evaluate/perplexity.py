@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.errors import SlmError
-from slmkit.evaluate.loglikelihood import context_length, require_causal
+from slmkit.evaluate.loglikelihood import require_causal
+from slmkit.runtime import as_runtime
 
 DEFAULT_MAX_LENGTH = 2048
 
@@ -44,17 +45,15 @@ def windows(n_tokens: int, max_length: int, stride: int | None) -> list[tuple[in
 def perplexity(lm, text: str, *, max_length: int | None = None, stride: int | None = None, batch_size: int = 1,
                limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Perplexity metrics of `lm` on `text`. `limit` keeps the first N windows."""
+    lm = as_runtime(lm)
     require_causal(lm, "perplexity")
-    on_llamacpp = lm.backend == "llamacpp"
-    model_context = lm.context if on_llamacpp else context_length(lm.config)
+    model_context = lm.context
     if max_length is None:
-        max_length = min(model_context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
+        max_length = min(model_context, DEFAULT_MAX_LENGTH)
     if max_length < 2:
         raise SlmError(f"--max-length must be at least 2, got {max_length}")
-    if model_context and max_length > model_context:
+    if max_length > model_context:
         raise SlmError(f"--max-length {max_length} is longer than the model's context ({model_context})")
-    if on_llamacpp:
-        batch_size = 1  # llama.cpp scores one sequence per context
     if stride is not None and not 0 < stride <= max_length:
         raise SlmError(f"--stride must be between 1 and --max-length ({max_length}), got {stride}")
     ids = torch.tensor(lm.tokenizer(text).input_ids, dtype=torch.long)
@@ -74,11 +73,8 @@ def perplexity(lm, text: str, *, max_length: int | None = None, stride: int | No
             input_ids[row, :end - begin] = ids[begin:end]
             attention[row, :end - begin] = 1
             labels[row, first_scored - begin:end - begin] = ids[first_scored:end]
-        if on_llamacpp:
-            logits = torch.from_numpy(lm.logits(input_ids[0].tolist())).unsqueeze(0)
-        else:
-            logits = lm.model(input_ids=input_ids, attention_mask=attention).logits
-        total_nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+        logits = lm.logits(input_ids, attention)
+        total_nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
                                      ignore_index=-100, reduction="sum").item()
         scored += int((labels[:, 1:] != -100).sum())
         if progress:

@@ -10,7 +10,6 @@ by gguf's reference quantizer, as llama.cpp's converter does.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.export.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.export.gguf_vocab import add_tokenizer
+from slmkit.models.checkpoint import atomic_file, write_atomic
 
 Q = gguf.GGMLQuantizationType
 QUANT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
@@ -150,11 +150,7 @@ def write_modelfile(gguf_path: Path, tokenizer) -> Path:
     lines = [f"# ollama create {gguf_path.stem} -f {gguf_path.stem}.Modelfile", f"FROM ./{gguf_path.name}"]
     if tokenizer.eos_token:
         lines.append(f"PARAMETER stop {json.dumps(tokenizer.eos_token)}")
-    path = gguf_path.with_name(gguf_path.stem + ".Modelfile")
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, path)
-    return path
+    return write_atomic(gguf_path.with_name(gguf_path.stem + ".Modelfile"), "\n".join(lines) + "\n")
 
 
 def check_target(out: Path, quant: str, force: bool) -> None:
@@ -184,8 +180,15 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
     tensors = list(_tensors(model, architecture, quant, codes))  # every shape error before anything is written
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[architecture.arch])
+    with atomic_file(out) as temporary:
+        _write(gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[architecture.arch]), lm, quant, hparams, tensors)
+    return GGUFExport(path=out, quant=quant, architecture=gguf.MODEL_ARCH_NAMES[architecture.arch],
+                      tensors=len(tensors), bytes=out.stat().st_size,
+                      exact_layers=[name for name, _, _, calibrated in tensors if calibrated is True],
+                      requantized_layers=[name for name, _, _, calibrated in tensors if calibrated is False])
+
+
+def _write(writer, lm, quant: str, hparams: dict, tensors: list) -> None:
     try:
         writer.add_name(Path(str(lm.spec)).name)
         writer.add_file_type(FILE_TYPES[quant])
@@ -193,19 +196,11 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for key, value in hparams.items():
             getattr(writer, f"add_{key}")(value)
-        add_tokenizer(writer, lm.tokenizer, config.vocab_size)
+        add_tokenizer(writer, lm.tokenizer, lm.model.config.vocab_size)
         for gguf_name, data, qtype, _ in tensors:
             writer.add_tensor(gguf_name, data, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)
+    finally:
         writer.close()
-        os.replace(temporary, out)
-    except BaseException:
-        writer.close()
-        temporary.unlink(missing_ok=True)
-        raise
-    return GGUFExport(path=out, quant=quant, architecture=gguf.MODEL_ARCH_NAMES[architecture.arch],
-                      tensors=len(tensors), bytes=out.stat().st_size,
-                      exact_layers=[name for name, _, _, calibrated in tensors if calibrated is True],
-                      requantized_layers=[name for name, _, _, calibrated in tensors if calibrated is False])

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, first_line
 from slmkit.models.checkpoint import MANIFEST_NAME, atomic_directory, check_destination, new_manifest
 from slmkit.models.info import count_parameters
-from slmkit.models.loading import KIND_NAMES
-from slmkit.runtime.onnx import MODEL_FILE, OUTPUTS, onnx_module
+from slmkit.models.kinds import KIND_NAMES
+from slmkit.models.loading import ONNX_MODEL_FILE
+from slmkit.runtime.onnx import OUTPUTS, onnx_module
 
 # What the encoder families' tokenizers produce, in the order of _NamedOutput.forward's parameters:
 # the exporter names the graph's inputs in that order.
@@ -57,7 +58,7 @@ def check_onnx_target(out: Path, force: bool) -> None:
     for module in ("onnx", "onnxscript"):  # the dynamo exporter imports both
         onnx_module(module)
     if out.suffix in (".onnx", ".gguf"):
-        raise SlmError(f"--out {out} should name a directory for --format onnx ({MODEL_FILE}, config.json and the "
+        raise SlmError(f"--out {out} should name a directory for --format onnx ({ONNX_MODEL_FILE}, config.json and the "
                        "tokenizer files go in it)")
     check_destination(out, force)
 
@@ -105,15 +106,14 @@ def export_onnx(lm, out: str | Path, *, force: bool = False) -> ONNXExport:
             warnings.simplefilter("ignore")  # the exporter's deprecation and axis-naming chatter
             try:
                 program = torch.onnx.export(
-                    _NamedOutput(lm.model, output).eval(), (), tmp / MODEL_FILE, kwargs=example, input_names=names,
+                    _NamedOutput(lm.model, output).eval(), (), tmp / ONNX_MODEL_FILE, kwargs=example, input_names=names,
                     output_names=[output], dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
                     # One file: the encoders this covers are far below protobuf's 2 GB limit.
                     dynamo=True, external_data=False, verbose=False)
             except Exception as exc:  # torch.export and onnxscript raise many types for unsupported code
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SlmError(f"{lm.spec}: torch.onnx cannot export this {config.model_type} model "
-                               f"({message}); SLM_DEBUG=1 shows why") from exc
-        written.update(opset=program.model.opset_imports[""], bytes=(tmp / MODEL_FILE).stat().st_size)
+                               f"({first_line(exc)}); SLM_DEBUG=1 shows why") from exc
+        written.update(opset=program.model.opset_imports[""], bytes=(tmp / ONNX_MODEL_FILE).stat().st_size)
         config.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         record = {"format": "onnx", "opset": written["opset"], "inputs": names, "output": output}

@@ -13,6 +13,9 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,26 @@ def check_destination(out_dir: Path, force: bool) -> None:
         raise SlmError(f"{out_dir} exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise SlmError(f"{out_dir} is not empty; choose another --out or pass --force to replace it")
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write a file so a reader sees the old content or the new, never a part."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write; it replaces `path` only if the block finishes."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_directory(out_dir: Path, write, force: bool = False) -> Path:

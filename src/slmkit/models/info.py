@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from slmkit.evaluate.loglikelihood import context_length
+from slmkit.models.kinds import context_length
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -11,51 +11,55 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 from urllib.parse import urlparse
 
-from slmkit.errors import ModelLoadError, UnsafeModelError
+from slmkit.errors import ModelLoadError, UnsafeModelError, first_line
 from slmkit.models import catalog
 from slmkit.models.checkpoint import save
+from slmkit.models.devices import resolve_device, resolve_dtype
+from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-ENCODER_TYPES = {"bert", "distilbert", "mobilebert", "roberta", "albert", "electra", "deberta", "deberta-v2",
-                 "xlm-roberta"}
 # Files a model directory needs besides weights; what we fetch from the hub.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-KIND_NAMES = {"causal-lm": "a causal language model", "encoder": "an encoder",
-              "seq2seq": "a sequence-to-sequence model", "classifier": "a sequence classifier"}
-KINDS = tuple(KIND_NAMES)
+ONNX_MODEL_FILE = "model.onnx"  # what `slm export --format onnx` writes into its directory
 ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
              "the torch checkpoint it was exported from")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to run, with what we know about where it came from."""
+    """A transformers model and its tokenizer, with what we know about where it came from.
+
+    What compression and export work on; `slmkit.runtime.open_model` gives the runtime operations
+    (scoring, generation, embeddings) on top of it.
+    """
 
     model: object
     tokenizer: object | None
     spec: str  # what the user asked for
-    kind: str  # one of KINDS
+    kind: str  # one of models.kinds.KINDS
     path: Path | None  # the local directory or .gguf file the weights came from
-    extra: dict = field(default_factory=dict)
-    backend: ClassVar[str] = "torch"  # runtime.llamacpp.LlamaCppModel says "llamacpp"
 
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
 
     def require(self, kind: str, task: str) -> None:
         """One-line refusal when a task gets the wrong kind of model."""
         require_kind(self.spec, kind, self.kind, self.config.model_type, task)
 
 
-def require_kind(spec: str, kind: str, found: str, model_type: str, task: str) -> None:
-    if found != kind:
-        raise ModelLoadError(f"{spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[found]} ({model_type})")
+def is_onnx(spec: str | Path) -> bool:
+    """A .onnx file, or a directory with model.onnx in it."""
+    path = Path(spec).expanduser()
+    return path.suffix == ".onnx" or (path / ONNX_MODEL_FILE).is_file()
 
 
 def cache_dir() -> Path:
@@ -68,21 +72,26 @@ def load(
     kind: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-    dtype: str = "float32",
+    dtype: str | None = "auto",
+    device: str | None = "cpu",
 ) -> LoadedModel:
     """Load a model and its tokenizer from an alias, directory, .gguf file or hub id.
 
     `kind` forces the head: "causal-lm", "encoder", "seq2seq" or "classifier";
-    by default it follows the checkpoint's `architectures`.
-    Example: `lm = slmkit.load("smollm2-135m-instruct"); lm.model(**lm.tokenizer("hi", return_tensors="pt"))`.
+    by default it follows the checkpoint's `architectures`. `device`: cpu, cuda, cuda:N, mps or auto
+    (CUDA when present); `dtype`: float32, bfloat16, float16 or auto (float32 on the CPU, else bfloat16
+    where the GPU has it).
+    Example: `lm = slmkit.models.load("smollm2-135m-instruct"); lm.model(**lm.tokenizer("hi", return_tensors="pt"))`.
     """
-    if kind is not None and kind not in KINDS:
-        raise ModelLoadError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    check_kind(kind)
+    target = resolve_device(device)
+    dtype = resolve_dtype(dtype, target)
     path = resolve(spec, allow_pickle=allow_pickle)
     if path.is_file():
         model, tokenizer, found_kind = _load_gguf(path, kind, dtype)
+        model.to(target)
     else:
-        model, tokenizer, found_kind = _load_directory(path, kind, allow_pickle, trust_remote_code, dtype)
+        model, tokenizer, found_kind = _load_directory(path, kind, allow_pickle, trust_remote_code, dtype, target)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, kind=found_kind, path=path)
 
@@ -148,7 +157,7 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool, hint: str = "") -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
         raise ModelLoadError(f"{repo_id}: could not fetch from the Hugging Face Hub "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {local_hint}") from None
+                             f"({type(exc).__name__}: {first_line(exc)}); {local_hint}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -201,8 +210,7 @@ def check_gguf(path: Path):
     try:
         return GGUFReader(path)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({reason})") from None
+        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({first_line(exc)})") from None
 
 
 def _load_gguf(path: Path, kind: str | None, dtype: str):
@@ -220,8 +228,7 @@ def _load_gguf(path: Path, kind: str | None, dtype: str):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, config=config)
     except Exception as exc:
         check_gguf(path)  # a truncated or corrupt file is named as such
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({message})") from None
+        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({first_line(exc)})") from None
     # Rebuild as a plain float model so it can be saved and modified like any other.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -242,17 +249,6 @@ def _read_config(directory: Path) -> dict:
         raise ModelLoadError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def infer_kind(config: dict) -> str:
-    architectures = config.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "classifier"
-    if config.get("is_encoder_decoder"):
-        return "seq2seq"
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "causal-lm"
-    return "encoder" if config.get("model_type") in ENCODER_TYPES else "causal-lm"
-
-
 def _auto_class(kind: str):
     import transformers
 
@@ -264,7 +260,8 @@ def _auto_class(kind: str):
     }[kind]
 
 
-def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust_remote_code: bool, dtype: str):
+def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust_remote_code: bool, dtype: str,
+                    device):
     import torch
     from transformers import AutoTokenizer
 
@@ -275,9 +272,7 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     has_safetensors = any(directory.glob("*.safetensors"))
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not has_safetensors:
-        from slmkit.runtime.onnx import MODEL_FILE  # here: runtime.onnx imports this module
-
-        if (directory / MODEL_FILE).is_file():
+        if (directory / ONNX_MODEL_FILE).is_file():
             raise ModelLoadError(ONNX_ONLY.format(path=directory))
         if not pickles:
             raise ModelLoadError(f"{directory}: no weights found (*.safetensors)")
@@ -285,7 +280,7 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
             raise UnsafeModelError(f"{directory}: weights are pickle files ({', '.join(pickles)}), which can run "
                                    "code when loaded; pass --allow-pickle only if you trust them")
     kind = kind or infer_kind(config)
-    extra = {}
+    extra = {} if device.type == "cpu" else {"device_map": str(device)}  # straight onto the GPU (accelerate)
     if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
         from transformers import CompressedTensorsConfig
 
@@ -296,8 +291,7 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
             directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
             trust_remote_code=trust_remote_code, output_loading_info=True, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{directory}: cannot load weights ({message})") from None
+        raise ModelLoadError(f"{directory}: cannot load weights ({first_line(exc)})") from None
     if kind == "classifier" and any("classifier" in k or "score" in k for k in info.get("missing_keys", [])):
         raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
     tokenizer = None

@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+import slmkit.pipeline.stages  # noqa: F401  (registers the built-in stages)
 from slmkit.errors import SlmError
+from slmkit.pipeline.registry import STAGES, Stage
 
 # Stages the recipe format reserves for methods that have not landed yet.
 PLANNED_STAGES = ("distill", "finetune", "synth")
@@ -36,118 +38,16 @@ DEFAULT_PROMPTS = ["What is the capital of France?",
                    "Write a haiku about the sea."]
 
 
-class Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, description="Sub-directory name; default NN-<stage>.")
-
-    makes_model: ClassVar[bool] = True
-
-
-class CalibratedStage(Stage):
-    calib_samples: int = 128
-    calib_seq_len: int = 512
-    seed: int = 0
-
-
-class PruneStage(CalibratedStage):
-    stage: Literal["prune"]
-    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
-    sparsity: float | None = None
-    pattern: str | None = None
-
-    def config(self):
-        from slmkit.compress import PRUNE_METHODS
-
-        return PRUNE_METHODS[self.method](sparsity=self.sparsity, pattern=self.pattern)
-
-
-class StructuredStage(CalibratedStage):
-    stage: Literal["structured"]
-    depth: int = 0
-    ffn: int | None = None
-    heads: int | None = None
-    target_params: str | int | None = Field(None, description="Total parameters wanted, e.g. 100M.")
-
-    def config(self):
-        from slmkit.cli.prune import parse_count
-        from slmkit.compress.structured import StructuredConfig
-
-        target = parse_count(str(self.target_params)) if self.target_params is not None else None
-        return StructuredConfig(depth=self.depth, ffn=self.ffn, heads=self.heads, target_params=target)
-
-
-class QuantizeStage(CalibratedStage):
-    stage: Literal["quantize"]
-    method: Literal["rtn", "gptq", "awq"] = "gptq"
-    bits: int | None = None
-    group_size: int | None = None
-    symmetric: bool | None = None
-    target: str | None = None
-    act_order: bool = False
-    observer: str | None = None
-    fake_quant: bool = False
-
-    def config(self):
-        from slmkit.compress.formats import check_compressed_tensors
-        from slmkit.pipeline.stages import quant_config
-
-        config = quant_config(self.method, bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
-                              target=self.target, act_order=self.act_order, observer=self.observer)
-        if not self.fake_quant:
-            check_compressed_tensors(config)
-        return config
-
-
-class ExportStage(Stage):
-    stage: Literal["export"]
-    format: Literal["gguf", "onnx"] = "gguf"
-    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] = Field("f16", description="GGUF only.")
-
-    def config(self):
-        # Against the default, not model_fields_set: the recipe stored in a run directory writes every field.
-        if self.format == "onnx" and self.quant != "f16":
-            raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
-        return None
-
-
-class MeasureStage(Stage):
-    makes_model: ClassVar[bool] = False
-    models: Literal["all", "last"] | list[str] = Field(
-        "all", description="all: the original and every model made so far; last: the newest; or names.")
-
-    def config(self):
-        return None
-
-
-class TorchMeasureStage(MeasureStage):
-    weights: Literal["float32", "bfloat16", "int8"] = Field(
-        "float32", description="As --weights, for the models the torch backend runs (a GGUF keeps its own).")
-
-
-class EvalStage(TorchMeasureStage):
-    stage: Literal["eval"]
-    data: str | None = Field(None, description="Evaluation file; default: the run's --data, else a built-in text.")
-    task: str | None = None
-    max_length: int | None = None
-    limit: int | None = None
-
-
-class BenchStage(TorchMeasureStage):
-    stage: Literal["bench"]
-    prompt_tokens: int = 512
-    gen_tokens: int = 128
-    repeats: int = 3
-    compile: bool = Field(False, description="As --compile (causal LMs the torch backend runs).")
-
-
-AnyStage = Annotated[PruneStage | StructuredStage | QuantizeStage | ExportStage | EvalStage | BenchStage,
-                     Field(discriminator="stage")]
-
-
-STAGE_NAMES = ("prune", "structured", "quantize", "export", "eval", "bench")
+def stage_union():
+    """The discriminated union of every registered stage's schema (built from the registry, so a stage
+    registered later is a recipe stage too)."""
+    schemas = tuple(kind.schema for kind in STAGES.values())
+    return Annotated[Union[schemas], Field(discriminator="stage")]  # noqa: UP007 (a runtime tuple of types)
 
 
 class Recipe(BaseModel):
+    """A recipe; `recipe_model()` is the schema that reads one, its stages typed by the stage registry."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
@@ -156,7 +56,7 @@ class Recipe(BaseModel):
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS),
                                description="Answered by the original and the final model in the report.")
     max_new_tokens: int = 64
-    stages: list[AnyStage] = Field(min_length=1)
+    stages: list[Stage]
 
     @model_validator(mode="after")
     def _stage_configs_are_valid(self):
@@ -181,7 +81,7 @@ class Recipe(BaseModel):
             names.add(name)
             if stage.makes_model:
                 made.add(name)
-                made_onnx = made_onnx or (stage.stage == "export" and stage.format == "onnx")
+                made_onnx = made_onnx or stage.onnx_only_output()
         return self
 
     def stage_dir(self, index: int) -> str:
@@ -193,12 +93,29 @@ class Recipe(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def recipe_model() -> type[Recipe]:
+    """The Recipe schema for the stages registered now."""
+    names = tuple(STAGES)
+    if _RECIPE_MODELS.get("names") != names:
+        _RECIPE_MODELS["names"] = names
+        _RECIPE_MODELS["model"] = create_model("Recipe", __base__=Recipe,
+                                               stages=(list[stage_union()], Field(min_length=1)))
+    return _RECIPE_MODELS["model"]
+
+
+_RECIPE_MODELS: dict = {}
+
+
+def validate_recipe(raw) -> Recipe:
+    return recipe_model().model_validate(raw)
+
+
 def _location(loc: tuple) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in STAGE_NAMES:
+        elif part in STAGES:
             continue  # the discriminator's branch name, not a key in the file
         else:
             text += f".{part}" if text else str(part)
@@ -217,10 +134,10 @@ def parse_recipe(text: str, source: str) -> Recipe:
         raise SlmError(f"{source}: a recipe is a mapping with name and stages, got {type(raw).__name__}")
     for index, stage in enumerate(raw.get("stages") or []):
         kind = stage.get("stage") if isinstance(stage, dict) else None
-        if kind in PLANNED_STAGES:
+        if kind in PLANNED_STAGES and kind not in STAGES:
             raise SlmError(f"{source}: stages[{index}].stage: {kind!r} is not available in this version of slmkit")
     try:
-        return Recipe.model_validate(raw)
+        return validate_recipe(raw)
     except ValidationError as exc:
         # A misspelt key also makes the real one "missing": name the misspelling.
         error = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
@@ -231,7 +148,7 @@ def parse_recipe(text: str, source: str) -> Recipe:
         elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             given = error["input"].get("stage") if isinstance(error["input"], dict) else None
             message = (f"unknown stage {given!r}" if given is not None else "missing") + \
-                f"; choose one of {', '.join(STAGE_NAMES)}"
+                f"; choose one of {', '.join(STAGES)}"
             key += ".stage"
         raise SlmError(f"{source}: {key + ': ' if key else ''}{message}") from None
 

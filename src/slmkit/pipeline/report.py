@@ -6,20 +6,20 @@ time to first token, perplexity, task accuracies, each with its change from
 the original), plots (quality against size with the Pareto front, decode
 speed per model, per-layer sparsity or quantization error), sample answers of
 the original and the final model, and the command that runs each artefact.
+This module computes them; the layout is in templates/report.md.j2 and report.html.j2.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.models.checkpoint import read_manifest
-from slmkit.pipeline.run import RUN_FILE, write_atomic
+from slmkit.models.checkpoint import read_manifest, write_atomic
+from slmkit.pipeline.run import RUN_FILE
 
 # (key in a measurement, column title, unit, higher is better, format)
 COLUMNS = [
@@ -328,8 +328,15 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Pat
     assets.mkdir(exist_ok=True)
     for name, png in plots.items():
         write_atomic(assets / f"{name}.png", png)
-    markdown = _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times)
-    page = _html(title, states, numbers, header, cells, plots, samples, commands, stage_times)
+    runs = [{"directory": str(directory), "model": state["model"], "data": state["data"] or "none (data-free)",
+             "evaluated_on": _evaluated_on(state), "finished": state.get("finished") or "no (stopped early)"}
+            for directory, state in states]
+    context = {"title": title, "runs": runs, "headline": _headline_text(numbers), "header": header, "cells": cells,
+               "samples": samples, "final": samples[0]["final"] if samples else None, "commands": commands,
+               "stage_times": stage_times}
+    markdown = _render("report.md.j2", **context, plots=list(plots))
+    page = _render("report.html.j2", **context,
+                   plots={name: base64.b64encode(png).decode() for name, png in plots.items()})
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     write_atomic(md_path, markdown.encode())
     write_atomic(html_path, page.encode())
@@ -343,73 +350,11 @@ def _evaluated_on(state: dict) -> str:
     return ", ".join(sorted(f for f in files if f)) or "not evaluated"
 
 
-def _markdown(title, states, numbers, header, cells, plots, samples, commands, stage_times) -> str:
-    lines = [f"# {title}", ""]
-    for directory, state in states:
-        lines.append(f"- run `{directory}`: model `{state['model']}`, data `{state['data'] or 'none (data-free)'}`, "
-                     f"evaluated on `{_evaluated_on(state)}`, "
-                     f"finished {state.get('finished') or 'no (stopped early)'}")
-    lines += ["", f"**{_headline_text(numbers)}**", "", "| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    lines.append("")
-    for name in plots:
-        lines += [f"![{name}](report-files/{name}.png)", ""]
-    if samples:
-        final = samples[0]["final"]
-        lines += ["## Sample answers", ""]
-        for sample in samples:
-            lines += [f"**{sample['prompt']}**", "", f"- original: {sample['original']}", f"- {final}: {sample[final]}",
-                      ""]
-    lines += ["## Artefacts", ""] + [f"- {name}: `{path}` — `{command}`" for name, path, command in commands]
-    lines += ["", "## Stage times", ""] + [f"- {what}: {seconds:.1f} s" for what, seconds in stage_times]
-    return "\n".join(lines) + "\n"
+def _render(name: str, **context) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; padding: 0 1rem; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
-th:first-child, td:first-child, td:nth-child(2), td:nth-child(3) { text-align: left; }
-th { background: #f3f3f3; }
-.headline { font-size: 1.15rem; background: #eef5ee; padding: 0.8rem; border-radius: 6px; }
-.plots img { max-width: 100%; margin: 0.5rem 0; display: block; }
-.samples td, .samples th { text-align: left; vertical-align: top; white-space: pre-wrap; max-width: 30rem; }
-code { background: #f3f3f3; padding: 0 0.2rem; }
-"""
-
-
-def _html(title, states, numbers, header, cells, plots, samples, commands, stage_times) -> str:
-    esc = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<h1>{esc(title)}</h1><ul>"]
-    for directory, state in states:
-        parts.append(f"<li>run <code>{esc(str(directory))}</code>: model <code>{esc(state['model'])}</code>, data "
-                     f"<code>{esc(state['data'] or 'none (data-free)')}</code>, evaluated on "
-                     f"<code>{esc(_evaluated_on(state))}</code></li>")
-    parts.append(f"</ul><p class='headline' id='headline'>{esc(_headline_text(numbers))}</p>")
-    parts.append("<table id='summary'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
-                 + "</tr></thead><tbody>")
-    for row in cells:
-        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
-    parts.append("</tbody></table><div class='plots'>")
-    for name, png in plots.items():
-        data = base64.b64encode(png).decode()
-        parts.append(f"<img id='plot-{name}' alt='{esc(name)} plot' src='data:image/png;base64,{data}'>")
-    parts.append("</div>")
-    if samples:
-        final = samples[0]["final"]
-        parts.append(f"<h2>Sample answers</h2><table class='samples' id='samples'><thead><tr><th>prompt</th>"
-                     f"<th>original</th><th>{esc(final)}</th></tr></thead><tbody>")
-        for sample in samples:
-            parts.append(f"<tr><td>{esc(sample['prompt'])}</td><td>{esc(sample['original'])}</td>"
-                         f"<td>{esc(sample[final])}</td></tr>")
-        parts.append("</tbody></table>")
-    parts.append("<h2>Artefacts</h2><ul id='artefacts'>")
-    for name, path, command in commands:
-        parts.append(f"<li>{esc(name)}: <code>{esc(path)}</code><br>run: <code>{esc(command)}</code></li>")
-    parts.append("</ul><h2>Stage times</h2><ul>")
-    for what, seconds in stage_times:
-        parts.append(f"<li>{esc(what)}: {seconds:.1f} s</li>")
-    parts.append("</ul></body></html>")
-    return "\n".join(parts) + "\n"
+    # StrictUndefined: a name the code stopped passing fails the report instead of printing blank.
+    templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                            autoescape=select_autoescape(["html.j2"]), undefined=StrictUndefined,
+                            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return templates.get_template(name).render(**context)

@@ -17,52 +17,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.models.checkpoint import atomic_directory
-from slmkit.pipeline.recipe import Recipe, Stage
+from slmkit.pipeline.recipe import Recipe, validate_recipe
+from slmkit.pipeline.registry import STAGES, ProgressFactory, RunModel, StageContext, write_json_atomic
 
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"
 RUN_FORMAT_VERSION = 1
-SAMPLE_TEXT = Path(__file__).resolve().parent.parent / "samples" / "small-models.txt"
-
-# A progress factory: `with progress(description) as update: update(done, total)`.
-ProgressFactory = Callable[[str], AbstractContextManager]
-
-
-@dataclass
-class RunModel:
-    """A model the run holds: the original, or what a stage made."""
-
-    label: str  # "original" or the stage's directory name
-    spec: str  # what slmkit.load / load_model opens
-    stage: str  # "original", "prune", "quantize", ...
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write a file so a reader sees the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 class Run:
@@ -134,12 +106,12 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
             run.log(f"{name}: start")
             started = time.perf_counter()
             try:
-                result, output = _execute(stage, directory / name, models, data, progress)
+                done = STAGES[stage.stage].run(stage, StageContext(directory / name, list(models), data, progress))
             except BaseException as exc:
                 run.log(f"{name}: stopped ({type(exc).__name__}: {exc})")
                 raise
             record = {"stage": stage.stage, "status": "done", "seconds": round(time.perf_counter() - started, 2),
-                      "output": output, "result": result, "finished": _now()}
+                      "output": done.output, "result": done.result, "finished": _now()}
             run.state["stages"][name] = record
             run.save()
             run.log(f"{name}: done in {record['seconds']} s")
@@ -156,52 +128,6 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
     return directory
 
 
-def _execute(stage: Stage, out: Path, models: list[RunModel], data: str | None,
-             progress: ProgressFactory) -> tuple[dict, str]:
-    """Run one stage into `out`; returns (its result, its output path relative to the run directory)."""
-    if not stage.makes_model:
-        chosen = _chosen_models(stage, models)
-        results = {}
-        for model in chosen:
-            with progress(f"{stage.stage}: {model.label}") as update:
-                results[model.label] = (_evaluate(stage, model, data, update) if stage.stage == "eval"
-                                        else _bench(stage, model))
-        atomic_directory(out, lambda tmp: write_json_atomic(tmp / "results.json", results))
-        return results, out.name
-    from slmkit import load
-    from slmkit.compress import calibration_ids, needs_calibration
-    from slmkit.pipeline import stages
-
-    source = models[-1]
-    lm = load(source.spec)
-    config = stage.config()
-    if stage.stage == "export" and stage.format == "onnx":
-        return stages.export_onnx_stage(lm, out), out.name
-    if stage.stage == "export":
-        path = out / f"model.{stage.quant}.gguf"
-        result = {}
-
-        def write(tmp: Path) -> None:
-            result.update(stages.export_stage(lm, tmp / path.name, stage.quant))
-
-        atomic_directory(out, write)
-        result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
-        return result, f"{out.name}/{path.name}"
-    calibration = (calibration_ids(lm, data, samples=stage.calib_samples, seq_len=stage.calib_seq_len,
-                                   seed=stage.seed) if needs_calibration(config) else None)
-    calib = stages.calibration_record(data, stage.calib_samples, stage.calib_seq_len)
-    common = {"parent": source.spec, "calib": calib, "seed": stage.seed}
-    with progress(f"{stage.stage}, block") as update:
-        if stage.stage == "prune":
-            result = stages.prune_stage(lm, out, config, calibration, progress=update, **common)
-        elif stage.stage == "structured":
-            result = stages.structured_stage(lm, out, config, calibration, progress=update, **common)
-        else:
-            result = stages.quantize_stage(lm, out, config, calibration, fake_quant=stage.fake_quant,
-                                           target=stage.target, progress=update, **common)
-    return result, out.name
-
-
 def _made_by(state: dict) -> str | None:
     """The fingerprint of the recipe a run directory holds, read with this slmkit's fields: a field added
     since then takes its default, so the run resumes; a value written out that a default no longer matches
@@ -209,62 +135,18 @@ def _made_by(state: dict) -> str | None:
     from pydantic import ValidationError
 
     try:
-        return Recipe.model_validate(state.get("recipe")).fingerprint()
+        return validate_recipe(state.get("recipe")).fingerprint()
     except ValidationError:  # a recipe this slmkit cannot read (or none stored): only the stored print
         return state.get("fingerprint")
 
 
-def _chosen_models(stage, models: list[RunModel]) -> list[RunModel]:
-    if stage.models == "all":
-        return models
-    if stage.models == "last":
-        return models[-1:]
-    by_label = {model.label: model for model in models}  # names were checked when the recipe was read
-    return [by_label[label] for label in stage.models]
-
-
-def _evaluate(stage, model: RunModel, data: str | None, update) -> dict:
-    from slmkit.cli.common import load_model
-    from slmkit.evaluate import evaluate
-
-    path = stage.data or data or str(SAMPLE_TEXT)
-    # "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
-    lm = load_model(model.spec, backend="auto", n_ctx=stage.max_length or 2048, logits_all=True,
-                    weights=stage.weights if _on_torch(model) else "float32")
-    result = evaluate(lm, path, task=stage.task, max_length=stage.max_length, limit=stage.limit, progress=update)
-    return {**result, "backend": lm.backend, "weights": getattr(lm, "extra", {}).get("weights", "float32")}
-
-
-def _bench(stage, model: RunModel) -> dict:
-    """In a fresh process per model, so peak memory is that model's alone."""
-    command = [sys.executable, "-m", "slmkit.cli.main", "bench", model.spec, "--json",
-               "--prompt-tokens", str(stage.prompt_tokens), "--gen-tokens", str(stage.gen_tokens),
-               "--repeats", str(stage.repeats)]
-    if _on_torch(model):
-        command += ["--weights", stage.weights] + (["--compile"] if stage.compile else [])
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        raise SlmError(f"bench of {model.label} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
-
-
-def _on_torch(model: RunModel) -> bool:
-    """Whether the torch backend runs this model, so a stage's weights/compile apply (a GGUF or ONNX file
-    runs on its own runtime with the weights it was written with)."""
-    from slmkit.cli.common import choose_backend
-
-    return choose_backend(model.spec, "auto") == "torch"
-
-
 def _answer_prompts(recipe: Recipe, original: RunModel, final: RunModel) -> list[dict]:
-    from slmkit.cli.common import load_model
-    from slmkit.runtime.generate import SamplingConfig, generate
+    from slmkit.runtime import SamplingConfig, generate, open_model
 
     sampling = SamplingConfig(temperature=0, max_new_tokens=recipe.max_new_tokens)
     answers = {}
     for model in (original, final):
-        lm = load_model(model.spec, backend="auto")
+        lm = open_model(model.spec)
         if lm.kind != "causal-lm":
             return []
         answers[model.label] = ["".join(generate(lm, prompt, sampling)).strip() for prompt in recipe.prompts]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from slmkit.evaluate.loglikelihood import context_length
-from slmkit.runtime.generate import SamplingConfig, prompt_ids, render_prompt, stream
-from slmkit.runtime.weights import chat_cache_tokens
+from slmkit.runtime.generate import prompt_ids, render_prompt
+from slmkit.runtime.open import as_runtime
+from slmkit.runtime.sampling import SamplingConfig
 
 HELP = "Type a message; /reset clears the conversation, /exit (or Ctrl-D) quits."
 
@@ -16,9 +16,11 @@ class ChatSession:
     """A conversation with one model; trims the oldest turns to fit its context."""
 
     def __init__(self, lm, sampling: SamplingConfig, system: str | None = None):
-        self.lm, self.sampling, self.system = lm, sampling, system
+        self.lm, self.sampling, self.system = as_runtime(lm), sampling, system
+        self.lm.require("causal-lm", "chat")
+        self.lm.require_tokenizer("chat")
         self.history: list[dict] = []
-        self.context = getattr(lm, "context", None) or context_length(lm.config) or 2048
+        self.context = self.lm.context
 
     def reset(self) -> None:
         self.history = []
@@ -26,13 +28,13 @@ class ChatSession:
     def _messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
-    def _fitted_prompt(self):
+    def _fitted_prompt(self) -> list[int]:
         templated = bool(getattr(self.lm.tokenizer, "chat_template", None))
         budget = self.context - self.sampling.max_new_tokens
         while True:
             ids = prompt_ids(self.lm.tokenizer, render_prompt(self.lm.tokenizer, self._messages()), templated)
-            if ids.shape[1] <= budget or len(self.history) <= 2:
-                return ids[:, -budget:] if ids.shape[1] > budget else ids
+            if len(ids) <= budget or len(self.history) <= 2:
+                return ids[-budget:] if len(ids) > budget else ids
             # Drop the oldest exchange (user + assistant) and try again.
             self.history = self.history[2:]
 
@@ -41,9 +43,8 @@ class ChatSession:
         self.history.append({"role": "user", "content": message})
         pieces = []
         prompt = self._fitted_prompt()
-        cache_tokens = (chat_cache_tokens(self.lm, prompt.shape[1] + self.sampling.max_new_tokens)
-                        if self.lm.backend == "torch" else None)
-        for piece in stream(self.lm, prompt, self.sampling, cache_tokens):
+        cache_tokens = self.lm.chat_cache_tokens(len(prompt) + self.sampling.max_new_tokens)
+        for piece in self.lm.stream(prompt, self.sampling, cache_tokens=cache_tokens):
             pieces.append(piece)
             yield piece
         self.history.append({"role": "assistant", "content": "".join(pieces).strip()})

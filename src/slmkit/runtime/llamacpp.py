@@ -14,14 +14,21 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from slmkit.errors import SlmError
+from slmkit.errors import ModelLoadError, SlmError, first_line
+from slmkit.models.checkpoint import write_atomic
+from slmkit.runtime.interface import Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend
+from slmkit.runtime.sampling import SamplingConfig
 
 PROBE = """
 import sys, llama_cpp
@@ -80,9 +87,7 @@ def extra_buffer_types_work(gguf_path: str | Path, reader=None) -> bool:
         if not known[key]:
             known[machine] = False
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps(known, indent=1))
-        os.replace(temporary, cache)
+        write_atomic(cache, json.dumps(known, indent=1))
     return known[key]
 
 
@@ -105,8 +110,9 @@ def _without_extra_buffer_types(llama_cpp):
 
 
 def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, logits_all: bool = False,
-              n_batch: int = 512, reader=None):
-    """A llama_cpp.Llama for the file, with the extra buffer types only where they work."""
+              n_batch: int = 512, reader=None, **settings):
+    """A llama_cpp.Llama for the file, with the extra buffer types only where they work (`settings`: more
+    of Llama's arguments)."""
     llama_cpp = llama_cpp_module()
     path = Path(path)
     if not path.is_file():
@@ -117,17 +123,19 @@ def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
     try:
         with context:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                                   logits_all=logits_all, verbose=False)
+                                   logits_all=logits_all, verbose=False, **settings)
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
         raise SlmError(f"llama.cpp cannot load {path}: {exc}") from None
 
 
-class LlamaCppModel:
-    """A GGUF run by llama.cpp, in the shape slmkit's eval, bench and generation code expects.
+class LlamaCppModel(RuntimeBase):
+    """A GGUF run by llama.cpp (`runtime.interface.Model`).
 
     The tokenizer is transformers' reading of the same file: chat templates render in its
     sandbox and conversations are trimmed with the same code as on the torch backend
     (llama.cpp and transformers agree on the token ids; the export tests check it).
+    One llama.cpp context holds one sequence at a time: every operation holds `lock`
+    while it uses the context, a stream from its first token to its last.
     """
 
     backend = "llamacpp"
@@ -143,7 +151,8 @@ class LlamaCppModel:
 
         from slmkit.models.loading import check_gguf
 
-        self.path, self.spec = path, str(path)
+        self.path, self.spec, self.logits_all = path, str(path), logits_all
+        self.lock = threading.Lock()
         reader = check_gguf(path)
         fields = reader.fields
         self.parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
@@ -152,29 +161,113 @@ class LlamaCppModel:
         trained_context = int(context_field.contents()) if context_field else 2048
         self.llm = open_gguf(path, n_ctx=n_ctx or min(trained_context, 4096), n_threads=n_threads,
                              logits_all=logits_all, reader=reader)
+        self._embedder = None  # a second context, opened for embeddings on first use
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise SlmError(f"{path}: transformers cannot read this GGUF's tokenizer "
-                           f"({str(exc).splitlines()[0]})") from None
+                           f"({first_line(exc)})") from None
         self.config = SimpleNamespace(max_position_embeddings=trained_context, vocab_size=self.llm.n_vocab(),
                                       model_type=architecture)
         file_type = fields.get("general.file_type")
         type_name = gguf.LlamaFileType(int(file_type.contents())).name if file_type else "unknown"
         self.file_type = type_name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
 
-    def require(self, kind: str, task: str) -> None:
-        if kind != "causal-lm":
-            raise SlmError(f"{self.spec}: {task} needs a different kind of model than this GGUF's causal LM")
-
     @property
     def context(self) -> int:
         return self.llm.n_ctx()
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Next-token logits at every position of `ids`, from a fresh context (needs logits_all)."""
-        if len(ids) > self.context:
-            raise SlmError(f"{len(ids)} tokens do not fit llama.cpp's context of {self.context}")
-        self.llm.reset()
-        self.llm.eval(ids)
-        return np.array(self.llm.scores[:len(ids)])
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """Each row scored in a fresh context; positions past a row's length stay zero."""
+        if not self.logits_all:
+            raise SlmError(f"{self.spec}: opened without logits_all; scoring needs every position's logits")
+        width = input_ids.shape[1]
+        kept = keep or width
+        out = torch.zeros(len(input_ids), kept, self.llm.n_vocab())
+        for row, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+            length = sum(mask)
+            if length > self.context:
+                raise SlmError(f"{length} tokens do not fit llama.cpp's context of {self.context}")
+            first = max(0, width - kept)  # the first kept position
+            if length <= first:
+                continue
+            with self.lock:
+                self.llm.reset()
+                self.llm.eval(ids[:length])
+                out[row, :length - first] = torch.from_numpy(np.array(self.llm.scores[first:length]))
+        return out
+
+    def classify(self, texts: list[str], max_length: int) -> torch.Tensor:
+        self.require("classifier", "classification")
+
+    def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        llama_cpp = llama_cpp_module()
+        with self.lock:
+            if self._embedder is None:
+                self._embedder = open_gguf(self.path, n_ctx=self.context, n_threads=self.llm.n_threads,
+                                           embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+            return torch.tensor(self._embedder.embed(texts, normalize=False, truncate=True), dtype=torch.float32)
+
+    def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
+               cache_tokens: int | None = None) -> Iterator[str]:
+        """llama.cpp's own sampler with the same settings; it stops at the end-of-generation tokens."""
+        with self.lock:
+            self.llm.reset()
+            chunks = self.llm.create_completion(
+                ids, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                top_k=sampling.top_k, min_p=sampling.min_p, repeat_penalty=sampling.repetition_penalty,
+                seed=sampling.seed if sampling.seed is not None else secrets.randbits(31), stream=True)
+            try:
+                for chunk in chunks:
+                    if cancel is not None and cancel.is_set():
+                        break
+                    yield chunk["choices"][0]["text"]
+            finally:
+                chunks.close()
+
+    def _greedy_next(self) -> int:
+        # Without logits_all, llama-cpp-python no longer copies logits into llm.scores: read the context's.
+        llama_cpp = llama_cpp_module()
+        vocab = self.llm.n_vocab()
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(vocab,))))
+
+    def prefill(self, ids: list[int], max_tokens: int) -> dict:
+        if max_tokens > self.context:
+            raise SlmError(f"{max_tokens} tokens exceed llama.cpp's context ({self.context})")
+        with self.lock:
+            self.llm.reset()
+            self.llm.eval(ids)
+            return {"next_token": self._greedy_next()}
+
+    def decode(self, state: dict) -> None:
+        with self.lock:
+            self.llm.eval([state["next_token"]])
+            state["next_token"] = self._greedy_next()
+
+    def info(self) -> RuntimeInfo:
+        return RuntimeInfo(backend="llamacpp", device="cpu", dtype=self.file_type, threads=self.llm.n_threads,
+                           parameters=self.parameters)
+
+
+def open_llamacpp(spec: str, options: OpenOptions) -> LlamaCppModel:
+    if options.weights != "float32" or options.compile_decode:
+        flag = f"--weights {options.weights}" if options.weights != "float32" else "--compile"
+        reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
+                  if options.weights != "float32" else "llama.cpp runs a GGUF on its own compiled kernels")
+        raise SlmError(f"{flag} applies to the torch backend; {reason}, or add --backend torch")
+    if options.kind not in (None, "causal-lm"):
+        raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
+    check_cpu_only(options, "llama.cpp")
+    return LlamaCppModel(Path(spec).expanduser(), n_ctx=options.n_ctx, logits_all=options.logits_all)
+
+
+def _has_llama_cpp() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+register_backend(Backend(
+    name="llamacpp", handles=lambda spec: spec.endswith(".gguf"),
+    preferred=lambda spec: spec.endswith(".gguf") and _has_llama_cpp(), open=open_llamacpp,
+    refusal="--backend llamacpp runs .gguf files and {spec} is not one; make one with `slm export`"))

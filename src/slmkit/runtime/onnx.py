@@ -7,17 +7,20 @@ config.json and the tokenizer files. The graph's one output says what it is:
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from slmkit.errors import ModelLoadError, SlmError
+from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import read_manifest
-from slmkit.models.loading import KIND_NAMES
+from slmkit.models.kinds import KIND_NAMES, context_length
+from slmkit.models.loading import ONNX_MODEL_FILE, is_onnx
+from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only,
+                                      register_backend)
 
-MODEL_FILE = "model.onnx"
 OUTPUTS = {"encoder": "last_hidden_state", "classifier": "logits"}
 # What a transformers encoder assumes when an input is left out; bench feeds input_ids alone.
 DEFAULT_INPUTS = {"attention_mask": np.ones_like, "token_type_ids": np.zeros_like}
@@ -31,12 +34,6 @@ def onnx_module(name: str):
         return importlib.import_module(name)
     except ImportError:
         raise SlmError(f"ONNX export and the onnx backend need {name}: pip install 'slmkit[onnx]'") from None
-
-
-def is_onnx(spec: str | Path) -> bool:
-    """A .onnx file, or a directory with model.onnx in it."""
-    path = Path(spec).expanduser()
-    return path.suffix == ".onnx" or (path / MODEL_FILE).is_file()
 
 
 class OnnxForward:
@@ -57,8 +54,8 @@ class OnnxForward:
         return SimpleNamespace(**{self.output: torch.from_numpy(result)})
 
 
-class OnnxModel:
-    """An exported encoder or classifier run by onnxruntime, in the shape `slm eval` and `slm bench` expect.
+class OnnxModel(RuntimeBase):
+    """An exported encoder or classifier run by onnxruntime (`runtime.interface.Model`).
 
     `spec`: a directory holding model.onnx, or the .onnx file itself; config.json and the
     tokenizer are read from the same directory. `kind` refuses a model of another kind.
@@ -72,7 +69,7 @@ class OnnxModel:
         ort = onnx_module("onnxruntime")
         self.spec = str(spec)
         path = Path(spec).expanduser()
-        file = path if path.suffix == ".onnx" else path / MODEL_FILE
+        file = path if path.suffix == ".onnx" else path / ONNX_MODEL_FILE
         if not file.is_file():
             raise ModelLoadError(f"{spec}: no such ONNX file ({file})")
         self.path = file.parent
@@ -85,7 +82,7 @@ class OnnxModel:
         try:
             session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
-            raise ModelLoadError(f"{file}: onnxruntime cannot load it ({_first_line(exc)})") from None
+            raise ModelLoadError(f"{file}: onnxruntime cannot load it ({first_line(exc)})") from None
         outputs = [node.name for node in session.get_outputs()]
         found = next((k for k, name in OUTPUTS.items() if outputs[:1] == [name]), None)
         if found is None:
@@ -104,18 +101,63 @@ class OnnxModel:
             self.config = AutoConfig.from_pretrained(self.path)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{self.path}: cannot read the config or tokenizer ({_first_line(exc)})") from None
+            raise ModelLoadError(f"{self.path}: cannot read the config or tokenizer ({first_line(exc)})") from None
         # The exporter records the torch model's count; the graph's own tensors are no guide (the optimizer
         # folds some weights into constants, and parts the output does not use, like BERT's pooler, are gone).
         self.parameters = ((read_manifest(self.path) or {}).get("metrics") or {}).get("parameters")
-        self.extra: dict = {}
+        self.lock = threading.Lock()  # onnxruntime sessions run concurrent calls themselves; held by nothing
+
+    @property
+    def context(self) -> int:
+        return context_length(self.config) or DEFAULT_CONTEXT
 
     def require(self, kind: str, task: str) -> None:
         if self.kind != kind:
             raise ModelLoadError(f"{self.spec}: {task} needs {KIND_NAMES[kind]}; this ONNX model is "
                                  f"{KIND_NAMES[self.kind]} ({self.config.model_type})")
 
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        self.require("causal-lm", "token scoring")
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    def stream(self, ids, sampling, *, cancel=None, cache_tokens=None):
+        self.require("causal-lm", "generation")
+
+    def decode(self, state) -> None:
+        self.require("causal-lm", "decoding")
+
+    def classify(self, texts: list[str], max_length: int) -> torch.Tensor:
+        self.require("classifier", "classification")
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return self.model(**batch).logits.float()
+
+    def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        self.require("encoder", "embeddings")
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length or self.context,
+                               return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    def prefill(self, ids: list[int], max_tokens: int) -> None:
+        """An encoder's whole job: one forward pass, nothing to decode."""
+        self.model(input_ids=torch.tensor([ids]))
+
+    def info(self) -> RuntimeInfo:
+        return RuntimeInfo(backend="onnx", device="cpu", dtype="float32", threads=self.threads,
+                           parameters=self.parameters)
+
+
+def open_onnx(spec: str, options: OpenOptions) -> OnnxModel:
+    if options.weights != "float32" or options.compile_decode:
+        flag = f"--weights {options.weights}" if options.weights != "float32" else "--compile"
+        raise SlmError(f"{flag} applies to the torch backend; an ONNX export runs on onnxruntime with the "
+                       "float32 weights it was exported with")
+    check_cpu_only(options, "onnxruntime")
+    return OnnxModel(spec, kind=options.kind)
+
+
+# Registered first: torch cannot read an ONNX graph, so `auto` has nothing to fall back to.
+register_backend(Backend(
+    name="onnx", handles=is_onnx, preferred=is_onnx, open=open_onnx,
+    refusal="--backend onnx runs a directory holding model.onnx (or the .onnx file) and {spec} is neither; "
+            "make one with `slm export --format onnx`"))

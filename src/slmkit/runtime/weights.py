@@ -10,7 +10,7 @@ runs one by one (int8 SmolLM2-135M, 2 threads: 41 -> 56 tok/s). These are
 runtime choices for generation speed; a saved, calibrated model comes from
 `slm quantize`, and a GGUF from `slm export`. `slm bench` and `slm generate`
 decode on the same KV cache (`new_kv_cache`) and the same compiled step
-(`decode_step`), so bench measures what chat runs.
+(runtime.torch_backend), so bench measures what chat runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import mmap
 import torch
 from torch import nn
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, first_line
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 INT8_MAX = 127  # symmetric: -127..127, zero is exact and both signs get the same grid
@@ -283,17 +283,17 @@ def _to_bfloat16(model: nn.Module) -> None:
 
 
 def convert_weights(lm, weights: str):
-    """Convert a loaded torch model's weights in place; returns the LoadedModel."""
+    """Convert a runtime.torch_backend.TorchModel's weights in place; returns it."""
     check_weights(weights)
     if weights == "bfloat16":
         _to_bfloat16(lm.model)
     elif weights == "int8":
         from slmkit.models.info import count_parameters
 
-        lm.extra["parameters"] = count_parameters(lm.model)[0]  # the model's, before a tied head gets its own copy
-        _, lm.extra["int8_checkpoint_layers"] = quantize_int8(lm.model, checkpoint_scales(lm.path))
+        lm.parameters = count_parameters(lm.model)[0]  # the model's, before a tied head gets its own copy
+        _, lm.int8_checkpoint_layers = quantize_int8(lm.model, checkpoint_scales(lm.path))
         _own_remaining_tensors(lm.model)
-    lm.extra["weights"] = weights
+    lm.weights = weights
     return lm
 
 
@@ -329,8 +329,7 @@ def check_compile_toolchain() -> None:
     try:
         get_cpp_compiler()
     except Exception as exc:  # InvalidCxxCompiler, or whatever probing the compiler raised
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlmError(f"--compile needs a C++ compiler for torch.compile's CPU code ({message}); install "
+        raise SlmError(f"--compile needs a C++ compiler for torch.compile's CPU code ({first_line(exc)}); install "
                        "g++ (or set CXX) or run without --compile") from None
 
 
@@ -340,7 +339,8 @@ def check_compile_before_loading(spec: str) -> None:
     import transformers
 
     from slmkit.errors import ModelLoadError
-    from slmkit.models.loading import _read_config, infer_kind, local_path, require_kind
+    from slmkit.models.kinds import infer_kind, require_kind
+    from slmkit.models.loading import _read_config, local_path
 
     check_compile_toolchain()
     path = local_path(spec)
@@ -361,33 +361,12 @@ def _no_static_cache(model_type: str) -> str:
 
 
 def enable_compile(lm):
-    """Decode through torch.compile from now on (`slm bench/generate/chat --compile`); returns the LoadedModel."""
+    """Decode through torch.compile from now on (`slm bench/generate/chat --compile`); returns the TorchModel."""
     lm.require("causal-lm", "--compile")
     if not static_cache_fits(lm.model):
         raise SlmError(_no_static_cache(lm.config.model_type))
-    lm.extra["compile"] = True
+    lm.compiled = True
     return lm
-
-
-def chat_cache_tokens(lm, tokens: int) -> int:
-    """The KV cache size for a chat turn of `tokens` tokens: exact in eager mode; compiled, the next power of
-    two from 256 (capped by the context), so a conversation's growing prompts compile a few static graphs
-    (256, 512, ... tokens, fewer than torch.compile's recompile limit of 8) instead of one every turn.
-
-    A one-off generation and `slm bench` use the exact size: the whole cache is attended to on every step,
-    and SmolLM2-135M at 640 tokens decoded 10-20 % slower on a cache of 1024.
-    """
-    if not lm.extra.get("compile"):
-        return tokens
-    from slmkit.evaluate.loglikelihood import context_length
-
-    bucket = max(256, 1 << (tokens - 1).bit_length())
-    return max(tokens, min(bucket, context_length(lm.config) or bucket))
-
-
-def decode_step(lm):
-    """What runs each single-token decode step: the model, or its compiled call after `enable_compile`."""
-    return lm.model.get_compiled_call(decode_compile_config()) if lm.extra.get("compile") else lm.model
 
 
 def new_kv_cache(model, max_tokens: int):

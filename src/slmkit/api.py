@@ -1,0 +1,354 @@
+"""The public verbs: `slmkit.load, save, prune, quantize, export, evaluate, bench, generate`.
+
+Each takes a model and a config and returns a typed result; the `slm` commands
+and `slm run`'s stages call these same functions and add only parsing and
+printing. A typical session:
+
+    lm = slmkit.load("smollm2-135m-instruct")
+    result = slmkit.quantize(lm, GPTQConfig(bits=4, group_size=32), Calibration("wiki.txt"))
+    slmkit.save(lm, "out/gptq", result=result)
+    slmkit.export(slmkit.load("out/gptq"), "out/model.q4_0.gguf", GGUFConfig(quant="q4_0"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+from slmkit.errors import SlmError
+from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.models.loading import LoadedModel
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class Calibration:
+    """Which text calibrates a method that reads activations (Wanda, SparseGPT, GPTQ, AWQ, structured).
+
+    Args:
+        data: a text file (anything `slm eval` reads); None: text the model samples itself (data-free).
+        samples: sequences; seq_len: tokens per sequence; seed: picks the windows or seeds the sampling.
+    """
+
+    data: str | Path | None = None
+    samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+    _made: dict = field(default_factory=dict, repr=False, compare=False)  # model spec -> its ids
+
+    def record(self) -> dict:
+        """How a checkpoint was calibrated, for its manifest."""
+        return {"calib": str(self.data) if self.data else "self-generated", "calib_samples": self.samples,
+                "calib_seq_len": self.seq_len}
+
+    def ids(self, lm):
+        """[samples, seq_len] token ids for `lm`, made once (sampling them from the model takes a while)."""
+        from slmkit.compress import calibration_ids
+
+        if lm.spec not in self._made:
+            self._made[lm.spec] = calibration_ids(lm, self.data, samples=self.samples, seq_len=self.seq_len,
+                                                  seed=self.seed)
+        return self._made[lm.spec]
+
+
+@dataclass
+class CompressResult:
+    """What a one-shot method did to a model in memory; `save` writes it with its manifest.
+
+    `config`: the method's settings and how it was calibrated; `metrics`: what was measured (per layer);
+    `summary`: the flat numbers a command prints and a recipe records.
+    """
+
+    stage: str  # prune | structured | quantize
+    config: dict
+    metrics: dict
+    summary: dict
+    seed: int | None = None
+    quant_config: Any = None  # quantize: the QuantConfig, to pack the codes as compressed-tensors
+    quant_params: dict = field(default_factory=dict, repr=False)  # layer -> (scale, zero point)
+    fake_quant: bool = False  # quantize: float values on the grid, not packed
+
+
+def load(spec: str = DEFAULT_MODEL, *, backend: str = "torch", **options):
+    """Open a model (`runtime.open_model`); torch by default, since compression and export need it.
+
+    Example: `lm = slmkit.load("smollm2-135m-instruct", device="cuda", dtype="bfloat16")`.
+    """
+    from slmkit.runtime import open_model
+
+    return open_model(spec, backend=backend, **options)
+
+
+def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None = None, stage: str = "save",
+         parent: str | None = None, config: dict | None = None, seed: int | None = None,
+         metrics: dict | None = None, force: bool = False, after_write=None) -> Path:
+    """Write a checkpoint directory atomically: the model, its tokenizer and `slmkit.json`.
+
+    `lm`: a loaded model (its tokenizer and spec come along) or a bare transformers model. With a
+    quantize `result`, the weights are packed as compressed-tensors (unless it was fake-quant) and the
+    manifest records the result; otherwise `stage`/`config`/`metrics` say what to record.
+    Example: `slmkit.save(lm, "out/gptq", result=slmkit.quantize(lm, GPTQConfig(), Calibration("wiki.txt")))`.
+    """
+    from slmkit.models.checkpoint import save as save_checkpoint
+
+    loaded = isinstance(lm, LoadedModel)
+    model = lm.model if loaded else lm
+    tokenizer = tokenizer if tokenizer is not None or not loaded else lm.tokenizer
+    parent = parent if parent is not None or not loaded else lm.spec
+    if result is not None:
+        stage, config, metrics = result.stage, result.config, result.metrics
+        seed = result.seed if seed is None else seed
+        if result.quant_config is not None and not result.fake_quant:
+            from slmkit.compress.formats import prepare_compressed_tensors
+
+            after_write = prepare_compressed_tensors(model, result.quant_config, result.quant_params)
+    return save_checkpoint(model, out, tokenizer, stage=stage, parent=parent, config=config, seed=seed,
+                           metrics=metrics, force=force, after_write=after_write)
+
+
+def _model_of(lm):
+    """The transformers model of a loaded model, or the model itself when given bare."""
+    return lm.model if isinstance(lm, LoadedModel) else lm
+
+
+def _calibration_for(lm, config, calibration):
+    """Token ids for the method, or None when it reads no data (magnitude, RTN)."""
+    import torch
+
+    from slmkit.compress import needs_calibration
+
+    if isinstance(calibration, torch.Tensor):
+        return calibration, {}
+    if not needs_calibration(config):
+        return None, {}
+    if not isinstance(lm, LoadedModel):
+        raise SlmError(f"{config.method} reads calibration data: pass token ids with a bare model, or a loaded "
+                       "model (slmkit.load) and a Calibration")
+    calibration = calibration or Calibration()
+    return calibration.ids(lm), calibration.record()
+
+
+def prune(lm, config, calibration: Calibration | Any = None, *, device: str | None = None,
+          progress: Progress = None) -> CompressResult:
+    """Unstructured or N:M pruning (MagnitudeConfig, WandaConfig, SparseGPTConfig), or depth/width pruning
+    (StructuredConfig), of a loaded model (or a bare transformers model) in place. `calibration`: a Calibration, or token ids [n, seq_len];
+    None calibrates on the model's own text. `device`: where each block is computed (e.g. cuda).
+
+    Example: `slmkit.prune(lm, WandaConfig(sparsity=0.5), Calibration("wiki.txt"))`.
+    """
+    from slmkit.compress.structured import StructuredConfig
+
+    ids, record = _calibration_for(lm, config, calibration)
+    seed = getattr(calibration, "seed", None)
+    if isinstance(config, StructuredConfig):
+        return _structured(lm, config, ids, record, seed, progress)
+    from slmkit.compress import prune as prune_layers
+    from slmkit.models.devices import resolve_device
+
+    target = resolve_device(device) if device else None
+    layers = prune_layers(_model_of(lm), config, ids, progress=progress, device=target)
+    sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
+    measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
+    settings = {**config.to_dict(), **record}
+    return CompressResult("prune", settings, {"measured_sparsity": measured, "layers": layers},
+                          {**settings, "measured_sparsity": measured, "pruned_layers": len(layers)}, seed)
+
+
+def _structured(lm, config, ids, record: dict, seed: int | None, progress: Progress) -> CompressResult:
+    from slmkit.compress.structured import prune_structured
+
+    model = _model_of(lm)
+    before = sum(p.numel() for p in model.parameters())
+    report = prune_structured(model, config, ids)
+    if progress:
+        progress(1, 1)
+    kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
+    settings = {**config.to_dict(), **record}
+    return CompressResult("structured", settings, {**report, "parameters_before": before, **kept},
+                          {**settings, "parameters_before": before, "parameters_after": report["parameters"],
+                           "removed_blocks": report["removed_blocks"], "ffn": report["ffn"],
+                           "heads": report["heads"]}, seed)
+
+
+def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: bool = False,
+             target: str | None = None, device: str | None = None, progress: Progress = None) -> CompressResult:
+    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig) of a loaded model in place: the weights take
+    the values of their codes (a bare transformers model too, given token ids). `save` then packs them as compressed-tensors, or keeps the float values
+    with `fake_quant`. `target`: the GGUF type the grid was chosen for (recorded only).
+
+    Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`.
+    """
+    from slmkit.compress import quantize as quantize_layers
+    from slmkit.compress.formats import check_compressed_tensors
+    from slmkit.models.devices import resolve_device
+
+    if not fake_quant:
+        check_compressed_tensors(config)  # before any slow work
+    ids, record = _calibration_for(lm, config, calibration)
+    target_device = resolve_device(device) if device else None
+    layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
+    settings = {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
+                **({"target": target} if target else {}), **record}
+    mse = sum(m["weight_mse"] for m in layers.values()) / len(layers)
+    return CompressResult("quantize", settings, {"mean_weight_mse": mse, "layers": layers},
+                          {**settings, "mean_weight_mse": mse, "quantized_layers": len(layers)},
+                          getattr(calibration, "seed", None), config, params, fake_quant)
+
+
+@dataclass
+class GGUFConfig:
+    """A GGUF file for llama.cpp / Ollama, with an Ollama Modelfile beside it.
+
+    Args:
+        quant: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0. A checkpoint quantized with
+            `target="gguf-q4_0"` (or q8_0) keeps its calibrated values exactly with the matching quant.
+    """
+
+    quant: str = "f16"
+
+
+@dataclass
+class OnnxConfig:
+    """An ONNX directory (model.onnx, config, tokenizer) for onnxruntime: encoders and classifiers."""
+
+
+class ExportResult(TypedDict, total=False):
+    """What `export` wrote. GGUF: quant, architecture, tensors, calibrated_exact_layers (kept bit for bit),
+    calibrated_requantized_layers, modelfile; ONNX: kind, inputs, output, opset."""
+
+    format: str
+    bytes: int
+    run_with: str
+    quant: str
+    architecture: str
+    tensors: int
+    calibrated_exact_layers: int
+    calibrated_requantized_layers: int
+    modelfile: str
+    kind: str
+    inputs: str
+    output: str
+    opset: int
+
+
+def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | None = None, *,
+           force: bool = False) -> ExportResult:
+    """Write a loaded model for another runtime; returns what was written (path, size, ...).
+
+    Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0"))`.
+    """
+    config = config or GGUFConfig()
+    out = Path(out)
+    if isinstance(config, OnnxConfig):
+        from slmkit.export import export_onnx
+
+        written = export_onnx(lm, out, force=force)
+        run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
+                    else f"slm bench {written.path}")
+        return {"format": "onnx", "kind": written.kind, "inputs": ", ".join(written.inputs),
+                "output": written.output, "opset": written.opset, "bytes": written.bytes, "run_with": run_with}
+    if not isinstance(config, GGUFConfig):
+        raise SlmError(f"export takes a GGUFConfig or an OnnxConfig, not {type(config).__name__}")
+    from slmkit.export import export_gguf, write_modelfile
+
+    written = export_gguf(lm, out, config.quant, force=force)
+    modelfile = write_modelfile(written.path, lm.tokenizer)
+    return {"format": "gguf", "quant": config.quant, "architecture": written.architecture,
+            "tensors": written.tensors, "bytes": written.bytes,
+            "calibrated_exact_layers": len(written.exact_layers),
+            "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
+            "run_with": f"slm chat {written.path}"}
+
+
+@dataclass
+class EvalConfig:
+    """What `evaluate` measures. task: perplexity | choice | lambada | classification (default: inferred
+    from the file); max_length/stride: perplexity windows; limit: the first N windows or examples."""
+
+    task: str | None = None
+    max_length: int | None = None
+    stride: int | None = None
+    limit: int | None = None
+    batch_size: int | None = None
+
+
+class EvalResult(TypedDict, total=False):
+    """`task` and `data`, then the task's metrics: perplexity gives token_perplexity, word_perplexity,
+    bits_per_byte, scored_tokens, windows...; choice acc/acc_norm; lambada acc/perplexity; classification
+    accuracy/macro_f1; every task its `examples` or `windows`."""
+
+    task: str
+    data: str
+    token_perplexity: float
+    word_perplexity: float
+    bits_per_byte: float
+    acc: float
+    acc_norm: float
+    accuracy: float
+    macro_f1: float
+    perplexity: float
+    examples: int
+    windows: int
+
+
+def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress: Progress = None) -> EvalResult:
+    """Quality of a model on a data file: `{"task", "data", metrics...}`.
+
+    Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048))["token_perplexity"]`.
+    """
+    from slmkit.evaluate import evaluate as run_evaluation
+
+    return run_evaluation(lm, data, **asdict(config or EvalConfig()), progress=progress)
+
+
+@dataclass
+class BenchConfig:
+    """llama-bench's shape: prefill of `prompt_tokens`, `gen_tokens` decode steps, median of `repeats`."""
+
+    prompt_tokens: int = 512
+    gen_tokens: int = 128
+    repeats: int = 3
+    seed: int = 0
+
+
+class BenchResult(TypedDict):
+    model: str
+    backend: str
+    device: str
+    threads: int
+    dtype: str
+    parameters: int | None
+    bytes_on_disk: int | None
+    prompt_tokens: int
+    gen_tokens: int
+    repeats: int
+    prefill_tokens_per_s: float
+    time_to_first_token_s: float
+    decode_tokens_per_s: float | None
+    peak_rss_bytes: int
+    compiled: bool
+    int8_checkpoint_layers: int | None
+    warmup_s: float
+
+
+def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -> BenchResult:
+    """Speed and memory: prefill/decode tokens per second, time to first token, peak RSS, size.
+
+    Example: `slmkit.bench(slmkit.load(weights="int8"), BenchConfig(gen_tokens=64))["decode_tokens_per_s"]`.
+    """
+    from slmkit.evaluate.bench import bench as run_bench
+
+    return run_bench(lm, **asdict(config or BenchConfig()), progress=progress)
+
+
+def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator[str]:
+    """Stream the answer to a prompt or a conversation (`runtime.generate`).
+
+    Example: `"".join(slmkit.generate(lm, "Hi", SamplingConfig(temperature=0)))`.
+    """
+    from slmkit.runtime import generate as stream_answer
+
+    return stream_answer(lm, prompt, sampling, **options)

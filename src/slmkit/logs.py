@@ -1,0 +1,21 @@
+"""Quiet third-party output: our commands print one line, not a library's bars and warnings."""
+
+from __future__ import annotations
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and warnings would bury our one-line output."""
+    import logging
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    # Loading a compressed-tensors checkpoint passes its own quantization config back in; harmless.
+    warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # The ONNX exporter warns about every optional operator library it does not find (torchvision).
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -1,0 +1,138 @@
+"""The stage registry: each recipe stage's schema and runner, registered in the stage's own module.
+
+A stage is a function from a checkpoint to a checkpoint (or to measurements):
+its runner gets the path of the newest model (`StageContext.source`) and the
+directory to write (`StageContext.out`), and returns what it measured and where
+its output is. The recipe schema and `slm run`'s executor are built from this
+registry alone, so a new stage (finetune, distill, ...) is one module that calls
+`register_stage`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmkit.models.checkpoint import atomic_directory, write_atomic
+
+# A progress factory: `with progress(description) as update: update(done, total)`.
+ProgressFactory = Callable[[str], AbstractContextManager]
+
+
+@dataclass
+class RunModel:
+    """A model the run holds: the original, or what a stage made."""
+
+    label: str  # "original" or the stage's directory name
+    spec: str  # what runtime.open_model opens
+    stage: str  # "original", "prune", "quantize", ...
+
+
+@dataclass
+class StageContext:
+    """What a stage's runner is given."""
+
+    out: Path  # the directory to write (atomically); it does not exist yet
+    models: list[RunModel]  # the original and every model made so far; the last is the newest
+    data: str | None  # the run's --data (calibration and evaluation text); None: data-free
+    progress: ProgressFactory
+
+    @property
+    def source(self) -> str:
+        """The checkpoint a model-making stage starts from."""
+        return self.models[-1].spec
+
+
+@dataclass
+class StageOutput:
+    result: dict  # what run.json records for the stage
+    output: str  # where its output is, relative to the run directory
+
+
+class Stage(BaseModel):
+    """A recipe stage's settings. A subclass declares `stage: Literal["name"]` and its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="Sub-directory name; default NN-<stage>.")
+
+    makes_model: ClassVar[bool] = True  # False: it measures the models (eval, bench)
+
+    def config(self):
+        """The method's config, checked (a bad value is an error when the recipe is read); None if none."""
+        return None
+
+    def onnx_only_output(self) -> bool:
+        """Whether the model it makes runs only on onnxruntime (no later stage can load it with torch)."""
+        return False
+
+
+def known_method(methods: dict, method: str) -> str:
+    """A stage's `method` field, checked against its registry (so a method registered later is accepted)."""
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+    return method
+
+
+class CalibratedStage(Stage):
+    calib_samples: int = 128
+    calib_seq_len: int = 512
+    seed: int = 0
+
+    def calibration(self, data: str | None):
+        from slmkit.api import Calibration
+
+        return Calibration(data, samples=self.calib_samples, seq_len=self.calib_seq_len, seed=self.seed)
+
+
+class MeasureStage(Stage):
+    makes_model: ClassVar[bool] = False
+    models: Literal["all", "last"] | list[str] = Field(
+        "all", description="all: the original and every model made so far; last: the newest; or names.")
+
+    def chosen(self, models: list[RunModel]) -> list[RunModel]:
+        if self.models == "all":
+            return models
+        if self.models == "last":
+            return models[-1:]
+        by_label = {model.label: model for model in models}  # names were checked when the recipe was read
+        return [by_label[label] for label in self.models]
+
+
+Runner = Callable[[Stage, StageContext], StageOutput]
+
+
+@dataclass(frozen=True)
+class StageKind:
+    schema: type[Stage]
+    run: Runner
+
+
+STAGES: dict[str, StageKind] = {}
+
+
+def register_stage(schema: type[Stage], run: Runner) -> type[Stage]:
+    """Make `schema` (whose `stage` field is a one-value Literal) a recipe stage run by `run`."""
+    (name,) = schema.model_fields["stage"].annotation.__args__
+    STAGES[name] = StageKind(schema, run)
+    return schema
+
+
+def measure_each(stage: MeasureStage, context: StageContext,
+                 measure: Callable[[RunModel, Callable[[int, int], None]], dict]) -> StageOutput:
+    """A measuring stage's usual shape: `measure` every chosen model, all results in one results.json."""
+    results = {}
+    for model in stage.chosen(context.models):
+        with context.progress(f"{stage.stage}: {model.label}") as update:
+            results[model.label] = measure(model, update)
+    atomic_directory(context.out, lambda tmp: write_json_atomic(tmp / "results.json", results))
+    return StageOutput(results, context.out.name)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,171 @@
+"""The one model interface every runtime implements, and the registry of runtimes.
+
+Callers (evaluation, bench, generation, chat, the server) ask a `Model` for what
+they need and never branch on which runtime runs it: torch (runtime.torch_backend),
+llama.cpp for GGUF files (runtime.llamacpp), onnxruntime for ONNX exports
+(runtime.onnx). A runtime registers itself with `register_backend` in its own module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.models.kinds import KIND_NAMES
+from slmkit.runtime.sampling import SamplingConfig
+
+DEFAULT_CONTEXT = 2048  # when a model's config does not say
+
+
+@dataclass
+class OpenOptions:
+    """How to open a model; each runtime refuses the options that do not apply to it.
+
+    Args:
+        kind: the head to load (causal-lm, encoder, seq2seq, classifier); default: what the checkpoint says.
+        device: torch only: auto | cpu | cuda | cuda:N | mps.
+        dtype: torch only: auto | float32 | bfloat16 | float16.
+        weights: torch only: convert the loaded weights to bfloat16 or int8 (float32: as loaded).
+        compile_decode: torch only: run each decode step through torch.compile.
+        n_ctx: llama.cpp only: the context size (default: the trained context, at most 4096).
+        logits_all: llama.cpp only: keep every position's logits (scoring needs them).
+        allow_pickle, trust_remote_code: torch only: the loading safety switches.
+    """
+
+    kind: str | None = None
+    device: str | None = "auto"
+    dtype: str | None = "auto"
+    weights: str = "float32"
+    compile_decode: bool = False
+    n_ctx: int | None = None
+    logits_all: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        from slmkit.models.kinds import check_kind
+        from slmkit.runtime.weights import check_weights
+
+        check_weights(self.weights)  # before any slow load
+        check_kind(self.kind)
+
+
+@dataclass
+class RuntimeInfo:
+    """What runs a model, as `slm bench` reports it."""
+
+    backend: str
+    device: str
+    dtype: str  # weight format: float32, bfloat16, int8, or a GGUF's file type (q4_0, ...)
+    threads: int
+    parameters: int | None
+    compiled: bool = False
+    int8_checkpoint_layers: int | None = None  # --weights int8 on a calibrated checkpoint: layers kept exactly
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A model opened for running. Token ids are plain lists; tensors come back on the CPU or the model's device.
+
+    Life cycle of a generation: `stream(ids, sampling)` yields text pieces until the model ends its answer,
+    `max_new_tokens` is reached, or `cancel` is set (checked before every token).
+    """
+
+    spec: str
+    kind: str
+    backend: str
+    tokenizer: Any
+    path: Path | None
+    config: Any
+    lock: threading.Lock  # held by each operation that uses a runtime's shared state
+
+    @property
+    def context(self) -> int:
+        """The most tokens one sequence may hold."""
+
+    def require(self, kind: str, task: str) -> None:
+        """One-line refusal when a task needs another kind of model."""
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """[batch, keep or width, vocab] next-token logits of right-padded rows (the last `keep` positions)."""
+
+    def classify(self, texts: list[str], max_length: int) -> torch.Tensor:
+        """[batch, labels] logits of a sequence classifier."""
+
+    def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+        """[batch, hidden] mean of the last hidden states over each text's tokens (sentence-transformers' pooling)."""
+
+    def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
+               cache_tokens: int | None = None) -> Iterator[str]:
+        """Text pieces of the continuation of `ids`; `cache_tokens` sizes a KV cache for more than this answer."""
+
+    def prefill(self, ids: list[int], max_tokens: int) -> Any:
+        """One forward pass over a prompt; a causal LM also picks its first token (greedy) and returns the
+        state `decode` advances. Sized for `max_tokens` in all (what bench times as prefill)."""
+
+    def decode(self, state: Any) -> None:
+        """One greedy single-token step on the state `prefill` returned (what bench times as decode)."""
+
+    def chat_cache_tokens(self, tokens: int) -> int | None:
+        """The KV cache size for a chat turn of `tokens` tokens (None: the runtime sizes its own)."""
+
+    def info(self) -> RuntimeInfo:
+        """Which runtime, device, weight format and thread count run the model."""
+
+
+class RuntimeBase:
+    """What every runtime shares: kind checks and the refusals of operations a kind does not have."""
+
+    spec: str
+    kind: str
+    config: Any
+    tokenizer: Any
+
+    def require(self, kind: str, task: str) -> None:
+        if self.kind != kind:
+            raise SlmError(f"{self.spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[self.kind]} "
+                           f"({getattr(self.config, 'model_type', None) or self.kind})")
+
+    def require_tokenizer(self, task: str) -> None:
+        if self.tokenizer is None:
+            raise SlmError(f"{self.spec}: has no tokenizer files; {task} needs them")
+
+    def chat_cache_tokens(self, tokens: int) -> int | None:
+        return None
+
+
+@dataclass
+class Backend:
+    """A runtime: which specs it runs, and how it opens one.
+
+    `handles(spec)`: whether it can run this spec at all (`--backend NAME` refuses others with `refusal`);
+    `preferred(spec)`: whether `--backend auto` picks it for this spec (the first registered that does).
+    """
+
+    name: str
+    handles: Callable[[str], bool]
+    preferred: Callable[[str], bool]
+    open: Callable[[str, OpenOptions], Model]
+    refusal: str  # "{spec}" is filled in
+
+
+BACKENDS: dict[str, Backend] = {}  # `--backend auto` tries them in the order they registered
+
+
+def check_cpu_only(options: OpenOptions, runtime: str) -> None:
+    """--device and --dtype choose where and how torch runs a model; other runtimes refuse them when given."""
+    if (options.device or "auto") not in ("auto", "cpu"):
+        raise SlmError(f"--device {options.device} applies to the torch backend; {runtime} runs on the CPU here")
+    if (options.dtype or "auto") != "auto":
+        raise SlmError(f"--dtype {options.dtype} applies to the torch backend; {runtime} runs the weights "
+                       "the file holds")
+
+
+def register_backend(backend: Backend) -> None:
+    BACKENDS[backend.name] = backend

@@ -1,0 +1,118 @@
+"""How each next token is picked, and how tokens become streamed text.
+
+Every request draws from its own `torch.Generator`: concurrent requests never
+share (or reseed) the global random state, so a seed gives the same answer
+whether the request runs alone or beside others.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+
+import torch
+
+from slmkit.errors import SlmError
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick each next token. temperature 0 means greedy decoding.
+
+    Args:
+        temperature: softmax temperature; 0 picks the most likely token.
+        top_p: keep the smallest set of tokens whose probability sums to top_p.
+        top_k: keep the k most likely tokens; 0 keeps all.
+        min_p: drop tokens less likely than min_p x the top token's probability.
+        repetition_penalty: >1 discourages tokens already in the text (CTRL paper).
+        seed: makes sampling repeatable.
+        max_new_tokens: stop after this many tokens.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        checks = [
+            (self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"--top-k must be >= 0, got {self.top_k}"),
+            (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
+            (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}"),
+            (self.max_new_tokens > 0, f"--max-new-tokens must be positive, got {self.max_new_tokens}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SlmError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TokenPicker:
+    """One request's next-token choice: transformers' logits processors in generate's order (repetition
+    penalty, then temperature, top-k, top-p, min-p), then greedy or a draw from this request's generator."""
+
+    def __init__(self, sampling: SamplingConfig, device: torch.device):
+        from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                                  TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+        self.greedy = sampling.temperature == 0
+        steps = []
+        if sampling.repetition_penalty != 1.0:
+            steps.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+        if not self.greedy:
+            if sampling.temperature != 1.0:
+                steps.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                steps.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                steps.append(TopPLogitsWarper(sampling.top_p))
+            if sampling.min_p:
+                steps.append(MinPLogitsWarper(sampling.min_p))
+        self.processors = LogitsProcessorList(steps)
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, ids_so_far: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The next token [1, 1] after `ids_so_far` [1, tokens], from its logits `scores` [1, vocab]."""
+        scores = self.processors(ids_so_far, scores.float())
+        if self.greedy:
+            return scores.argmax(dim=-1, keepdim=True)
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
+
+
+class TextPieces:
+    """Tokens in, printable text out: transformers' TextStreamer decides where a piece may end (a space, a
+    newline, a CJK character; never inside a multi-byte character), here without its queue and thread."""
+
+    def __init__(self, tokenizer):
+        from transformers import TextStreamer
+
+        pieces: list[str] = []
+
+        class Collect(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    pieces.append(text)
+
+        self.pieces = pieces
+        self.streamer = Collect(tokenizer, skip_prompt=False, skip_special_tokens=True)
+
+    def add(self, token: int) -> list[str]:
+        self.streamer.put(torch.tensor([token]))
+        return self._take()
+
+    def end(self) -> list[str]:
+        self.streamer.end()
+        return self._take()
+
+    def _take(self) -> list[str]:
+        taken = list(self.pieces)
+        self.pieces.clear()
+        return taken

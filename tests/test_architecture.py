@@ -1,0 +1,84 @@
+"""The layout DESIGN.md asks for, checked on the source: the library never imports its CLI, no module
+imports itself back through others, and each room uses only the rooms below it."""
+
+import ast
+from pathlib import Path
+
+SOURCE = Path(__file__).parents[1] / "src"
+# DESIGN.md's rooms, lowest first; `api` (the public verbs) sits under the pipeline, which runs them.
+ROOMS = [{"models", "data"}, {"runtime", "compress"}, {"train", "evaluate", "export"},
+         {"api", "serve", "finetune", "distill", "synth"}, {"pipeline"}, {"cli"}]
+LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in (SOURCE / "slmkit").rglob("*.py"):
+        parts = list(path.relative_to(SOURCE).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports() -> dict[str, set[str]]:
+    """Each module's slmkit imports, at any depth (inside functions too), as the modules they name."""
+    known = modules()
+
+    def owner(name: str) -> str:
+        while name not in known:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, path in known.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {owner(alias.name) for alias in node.names if alias.name.startswith("slmkit")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("slmkit"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    targets.add(full if full in known else owner(node.module))
+        graph[module] = targets - {module}
+    return graph
+
+
+def room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LEVEL) else None
+
+
+def test_no_module_outside_the_cli_imports_it():
+    offenders = {module: sorted(t for t in targets if t.startswith("slmkit.cli"))
+                 for module, targets in imports().items() if not module.startswith("slmkit.cli")}
+    assert {module: found for module, found in offenders.items() if found} == {}
+
+
+def test_there_is_no_import_cycle():
+    graph, state, cycles = imports(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:  # depth-first; a module met again on the path closes a cycle
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_each_room_uses_only_the_rooms_below_it():
+    upward = sorted(f"{module} -> {target}" for module, targets in imports().items() for target in targets
+                    if room(module) in LEVEL and room(target) in LEVEL and LEVEL[room(target)] > LEVEL[room(module)])
+    assert upward == []
+
+
+def test_the_checks_see_real_imports():
+    graph = imports()
+    assert "slmkit.cli.common" in graph["slmkit.cli.bench"]  # a module-level import
+    assert "slmkit.runtime.open" in graph["slmkit.runtime"]
+    assert any(target.startswith("slmkit.runtime") for target in graph["slmkit.evaluate.bench"])

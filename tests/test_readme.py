@@ -1,0 +1,23 @@
+"""The README's Python section runs as written, on a tiny model instead of SmolLM2."""
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_TEXT
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_the_readme_python_section_runs(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("llama_cpp")
+    section = README.read_text().split("## Python\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "smollm2-135m-instruct" in code
+    monkeypatch.chdir(tmp_path)
+    Path("wiki.txt").write_text(SAMPLE_TEXT * 40)
+    exec(compile(code.replace('"smollm2-135m-instruct"', repr(str(tiny_llama_dir))), str(README), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    perplexity, _answer, sparsity, decode_speed = (printed[0], printed[1], printed[-2], printed[-1])
+    assert float(perplexity) > 1 and float(sparsity) == pytest.approx(0.5, abs=0.01) and float(decode_speed) > 0
+    assert (tmp_path / "out/wanda-gptq/slmkit.json").is_file() and (tmp_path / "out/model.q4_0.gguf").is_file()
