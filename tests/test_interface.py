@@ -155,14 +155,19 @@ def test_a_cancelled_or_dropped_stream_frees_llama_cpp_for_the_next_caller(runti
     cancel = threading.Event()
     stream = generate(llama, "small models", greedy, use_template=False, cancel=cancel)
     first = next(stream)
-    assert llama.lock.locked()  # the context is this stream's while it runs
+    assert llama.sequence.busy()  # the context is this stream's while it runs
     cancel.set()
     rest = "".join(stream)
-    assert not llama.lock.locked() and full.startswith(first + rest) and len(first + rest) < len(full)
+    assert not llama.sequence.busy() and full.startswith(first + rest) and len(first + rest) < len(full)
     dropped = generate(llama, "small models", greedy, use_template=False)
     next(dropped)
     dropped.close()  # a caller that walks away mid-answer
-    assert not llama.lock.locked()
+    assert not llama.sequence.busy()
+    unfinished = generate(llama, "small models", greedy, use_template=False)
+    next(unfinished)
+    with pytest.raises(slmkit.SlmError, match="this thread has an unfinished stream of this model"):
+        "".join(generate(llama, "small models", greedy, use_template=False))  # would wait for itself
+    unfinished.close()
     with ThreadPoolExecutor(1) as pool:  # another thread gets the model at once
         assert pool.submit(lambda: "".join(generate(llama, "small models", greedy, use_template=False))
                            ).result(timeout=60) == full
@@ -194,3 +199,20 @@ def test_cuda_scores_and_compresses_as_the_cpu_does(tiny_llama_dir):
     assert next(on_gpu.model.parameters()).device.type == "cpu"  # blocks went back after their turn
     for (name, expected), got in zip(on_cpu.model.state_dict().items(), on_gpu.model.state_dict().values()):
         torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3, msg=name)
+
+
+def test_compression_and_export_refuse_a_model_they_cannot_rewrite_exactly(tiny_llama_dir, tmp_path):
+    lm = slmkit.load(str(tiny_llama_dir), dtype="bfloat16")
+    message = r"works on a float32 model on the CPU, and this one is bfloat16 on cpu; load it with slmkit.load"
+    with pytest.raises(slmkit.SlmError, match=f"^quantization {message}"):
+        slmkit.quantize(lm, slmkit.GPTQConfig(bits=4, group_size=16), torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(slmkit.SlmError, match=f"^GGUF export {message}"):
+        slmkit.export(lm, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_failed_bench_worker_is_one_error_line(tmp_path):
+    from slmkit.evaluate.bench import bench_in_fresh_process
+
+    with pytest.raises(slmkit.SlmError, match=f"^{tmp_path / 'missing'}: no such file or directory$"):
+        bench_in_fresh_process(str(tmp_path / "missing"), prompt_tokens=4, gen_tokens=1, repeats=1)

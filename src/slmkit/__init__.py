@@ -33,7 +33,8 @@ def __getattr__(name: str):
 class _Package(types.ModuleType):
     """`slmkit.export` and `slmkit.evaluate` are verbs and also the names of subpackages; importing a
     subpackage would set its module as the package's attribute and hide the verb. The verb keeps the name
-    (the subpackages stay importable by their full names: `from slmkit.export import export_gguf`)."""
+    (the subpackages stay importable by their full names: `from slmkit.export import export_gguf`; only
+    `import slmkit.export as name` gives the verb, so use the from-import form for the subpackages)."""
 
     def __setattr__(self, name: str, value) -> None:
         if name in _VERBS and isinstance(value, types.ModuleType):

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+import torch
+
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.loading import LoadedModel
@@ -45,7 +47,8 @@ class Calibration:
                 "calib_seq_len": self.seq_len}
 
     def ids(self, lm):
-        """[samples, seq_len] token ids for `lm`, made once (sampling them from the model takes a while)."""
+        """[samples, seq_len] token ids for `lm`, made once per model spec (sampling them from the model takes a
+        while; a model pruned in between keeps the ids its original wrote, as data-free calibration wants)."""
         from slmkit.compress import calibration_ids
 
         if lm.spec not in self._made:
@@ -72,19 +75,23 @@ class CompressResult:
     fake_quant: bool = False  # quantize: float values on the grid, not packed
 
 
-def load(spec: str = DEFAULT_MODEL, *, backend: str = "torch", **options):
-    """Open a model (`runtime.open_model`); torch by default, since compression and export need it.
+def load(spec: str = DEFAULT_MODEL, *, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
+         **options):
+    """Open a model (`runtime.open_model`). By default with torch, in float32 on the CPU: what compression
+    and export work on (they compute on a GPU a block at a time with their own `device=`).
 
-    Example: `lm = slmkit.load("smollm2-135m-instruct", device="cuda", dtype="bfloat16")`.
+    Example: `lm = slmkit.load("smollm2-135m-instruct", device="cuda", dtype="bfloat16")` to run it on a GPU.
     """
     from slmkit.runtime import open_model
 
-    return open_model(spec, backend=backend, **options)
+    if backend != "torch":  # llama.cpp and onnxruntime take neither
+        return open_model(spec, backend=backend, **options)
+    return open_model(spec, backend=backend, device=device, dtype=dtype, **options)
 
 
 def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None = None, stage: str = "save",
          parent: str | None = None, config: dict | None = None, seed: int | None = None,
-         metrics: dict | None = None, force: bool = False, after_write=None) -> Path:
+         metrics: dict | None = None, force: bool = False) -> Path:
     """Write a checkpoint directory atomically: the model, its tokenizer and `slmkit.json`.
 
     `lm`: a loaded model (its tokenizer and spec come along) or a bare transformers model. With a
@@ -98,6 +105,7 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
     model = lm.model if loaded else lm
     tokenizer = tokenizer if tokenizer is not None or not loaded else lm.tokenizer
     parent = parent if parent is not None or not loaded else lm.spec
+    after_write = None
     if result is not None:
         stage, config, metrics = result.stage, result.config, result.metrics
         seed = result.seed if seed is None else seed
@@ -107,6 +115,16 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
             after_write = prepare_compressed_tensors(model, result.quant_config, result.quant_params)
     return save_checkpoint(model, out, tokenizer, stage=stage, parent=parent, config=config, seed=seed,
                            metrics=metrics, force=force, after_write=after_write)
+
+
+def _require_float32_on_cpu(lm, task: str) -> None:
+    """Compression rewrites float32 weights that wait on the CPU (a GPU computes a block at a time with
+    `device=`): bfloat16 cannot hold a 4-bit grid's values exactly, and export reads the weights from the CPU."""
+    weight = next(_model_of(lm).parameters())
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise SlmError(f"{task} works on a float32 model on the CPU, and this one is {str(weight.dtype)[6:]} on "
+                       f"{weight.device}; load it with slmkit.load(spec, device='cpu', dtype='float32') and pass "
+                       "device='cuda' to compute on the GPU")
 
 
 def _model_of(lm):
@@ -143,12 +161,14 @@ def prune(lm, config, calibration: Calibration | Any = None, *, device: str | No
 
     ids, record = _calibration_for(lm, config, calibration)
     seed = getattr(calibration, "seed", None)
-    if isinstance(config, StructuredConfig):
-        return _structured(lm, config, ids, record, seed, progress)
-    from slmkit.compress import prune as prune_layers
     from slmkit.models.devices import resolve_device
 
+    _require_float32_on_cpu(lm, "pruning")
     target = resolve_device(device) if device else None
+    if isinstance(config, StructuredConfig):
+        return _structured(lm, config, ids, record, seed, target, progress)
+    from slmkit.compress import prune as prune_layers
+
     layers = prune_layers(_model_of(lm), config, ids, progress=progress, device=target)
     sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
     measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
@@ -157,12 +177,14 @@ def prune(lm, config, calibration: Calibration | Any = None, *, device: str | No
                           {**settings, "measured_sparsity": measured, "pruned_layers": len(layers)}, seed)
 
 
-def _structured(lm, config, ids, record: dict, seed: int | None, progress: Progress) -> CompressResult:
+def _structured(lm, config, ids, record: dict, seed: int | None, device, progress: Progress) -> CompressResult:
+    from slmkit.compress.runner import on_device
     from slmkit.compress.structured import prune_structured
 
     model = _model_of(lm)
     before = sum(p.numel() for p in model.parameters())
-    report = prune_structured(model, config, ids)
+    with on_device(model, device):  # scoring runs whole forward passes: the model goes to the device whole
+        report = prune_structured(model, config, ids)
     if progress:
         progress(1, 1)
     kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
@@ -187,6 +209,7 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
 
     if not fake_quant:
         check_compressed_tensors(config)  # before any slow work
+    _require_float32_on_cpu(lm, "quantization")
     ids, record = _calibration_for(lm, config, calibration)
     target_device = resolve_device(device) if device else None
     layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
@@ -254,6 +277,7 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | None = None, *
         raise SlmError(f"export takes a GGUFConfig or an OnnxConfig, not {type(config).__name__}")
     from slmkit.export import export_gguf, write_modelfile
 
+    _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)
     return {"format": "gguf", "quant": config.quant, "architecture": written.architecture,

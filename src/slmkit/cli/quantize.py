@@ -10,8 +10,7 @@ from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibS
                                ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
                                load_model, print_json, print_table, progress_bar)
 from slmkit.models.catalog import DEFAULT_MODEL
-
-GGUF_TARGETS = ("gguf-q4_0", "gguf-q8_0")  # compress.quantize.GGUF_TARGETS, named here without importing torch
+from slmkit.targets import GGUF_TARGETS
 
 
 def quantize_command(

@@ -18,6 +18,7 @@ from slmkit.compress.layers import block_lists, linear_layers, set_weight_matrix
 from slmkit.compress.obs import Hessians, inverse_hessian_factor, obs_sweep
 from slmkit.compress.runner import run_sequential
 from slmkit.errors import SlmError
+from slmkit.targets import GGUF_TARGETS
 
 SUPPORTED_BITS = (4, 8)
 
@@ -216,11 +217,6 @@ def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None
         raise SlmError(f"{config.method} needs calibration data")
     metrics = run_sequential(model, quantizer, calibration, progress=progress, device=device)
     return metrics, quantizer.params
-
-
-# GGUF block types whose grid slmkit's symmetric quantizers produce exactly: 32 weights per block,
-# one float16 scale, codes -2^(b-1)..2^(b-1)-1.
-GGUF_TARGETS = {"gguf-q4_0": 4, "gguf-q8_0": 8}
 
 
 def resolve_grid(bits: int | None, group_size: int | None, sym: bool | None, target: str | None) -> dict:

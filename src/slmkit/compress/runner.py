@@ -153,7 +153,7 @@ def _apply_all(method, layers: dict[str, nn.Module]) -> dict[str, dict]:
 
 
 @contextmanager
-def _on_device(module: nn.Module, device: torch.device | None) -> Iterator[None]:
+def on_device(module: nn.Module, device: torch.device | None) -> Iterator[None]:
     """`module` on `device` for the block's work, then back where it was."""
     home = next(module.parameters()).device
     if device is None or device == home:
@@ -167,7 +167,7 @@ def _on_device(module: nn.Module, device: torch.device | None) -> Iterator[None]
 
 
 @contextmanager
-def _rest_on_device(model: nn.Module, stacks, device: torch.device | None) -> Iterator[None]:
+def _reston_device(model: nn.Module, stacks, device: torch.device | None) -> Iterator[None]:
     """Everything but the blocks (embeddings, rotary tables, final norm) on `device` while calibrating: the
     captured calls then hold masks and position embeddings made there. A model with several stacks (T5)
     runs them all in the capture and goes to the device whole."""
@@ -203,7 +203,7 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
         done = 0
         for stack_name, blocks in stacks:
             for index, block in enumerate(blocks):
-                with _on_device(block, device):
+                with on_device(block, device):
                     for name, layer in linear_layers(block).items():
                         full_name = f"{stack_name}.{index}.{name}"
                         metrics[full_name] = method.apply(full_name, layer)
@@ -213,9 +213,9 @@ def run_sequential(model: nn.Module, method, calibration: torch.Tensor | None, *
         return metrics
     was_training = model.training
     model.eval()
-    with _rest_on_device(model, stacks, device):
+    with _reston_device(model, stacks, device):
         batches = [batch.to(device or next(model.parameters()).device) for batch in calibration.split(batch_size)]
-        with _on_device(stacks[0][1][0], device):  # the first block runs in the capture
+        with on_device(stacks[0][1][0], device):  # the first block runs in the capture
             calls = _capture_calls(model, stacks, batches)
         _compress_blocks(method, stacks, calls, metrics, device, total_blocks, progress)
     model.train(was_training)
@@ -228,7 +228,7 @@ def _compress_blocks(method, stacks, calls, metrics: dict, device, total_blocks:
     for stack_name, blocks in stacks:
         hidden = [_hidden_of(*call).clone() for call in calls[stack_name][0]]
         for index, block in enumerate(blocks):
-            with _on_device(block, device):
+            with on_device(block, device):
                 layers = {f"{stack_name}.{index}.{name}": layer for name, layer in linear_layers(block).items()}
                 shared: dict = {}
                 handles = [layer.register_forward_hook(_observer(method, name, shared))

@@ -92,23 +92,23 @@ def _collect(model, calibration: torch.Tensor, blocks: nn.ModuleList, adapter: d
         def influence_hook(module, args, kwargs, output, index=index):
             before = (args[0] if args else kwargs["hidden_states"]).flatten(0, -2)
             after = (output[0] if isinstance(output, (tuple, list)) else output).flatten(0, -2)
-            influence[index] += (1 - nn.functional.cosine_similarity(before, after, dim=-1)).double().sum()
+            influence[index] += (1 - nn.functional.cosine_similarity(before, after, dim=-1)).double().sum().cpu()
 
         handles.append(block.register_forward_hook(influence_hook, with_kwargs=True))
     if adapter:
         for index, block in enumerate(blocks):
             def ffn_hook(module, inputs, output, index=index):
-                ffn_scores[index] = ffn_scores[index] + inputs[0].abs().flatten(0, -2).double().sum(0)
+                ffn_scores[index] = ffn_scores[index] + inputs[0].abs().flatten(0, -2).double().sum(0).cpu()
 
             def head_hook(module, inputs, output, index=index):
                 per_head = inputs[0].flatten(0, -2).unflatten(-1, (-1, _head_dim(model)))
-                head_scores[index] = head_scores[index] + per_head.double().norm(dim=-1).sum(0)
+                head_scores[index] = head_scores[index] + per_head.double().norm(dim=-1).sum(0).cpu()
 
             handles.append(_module(block, adapter["ffn_out"]).register_forward_hook(ffn_hook))
             handles.append(_module(block, adapter["o"]).register_forward_hook(head_hook))
     try:
         for batch in calibration.split(batch_size):
-            model(input_ids=batch)
+            model(input_ids=batch.to(next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()

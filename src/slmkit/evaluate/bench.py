@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, first_line
 from slmkit.models.info import bytes_on_disk
 from slmkit.runtime import as_runtime
 
@@ -42,21 +42,22 @@ def _one_run(lm, prompt: list[int], gen_tokens: int, cache_tokens: int) -> tuple
     warm-up and the timed runs, so nothing recompiles. An encoder's prefill is its one forward pass."""
     start = time.perf_counter()
     state = lm.prefill(prompt, cache_tokens)
-    _finish_gpu_work()
+    _finish_gpu_work(lm)
     time_to_first = time.perf_counter() - start
     if not gen_tokens:
         return time_to_first, None
     start = time.perf_counter()
     for _ in range(gen_tokens):
         lm.decode(state)
-    _finish_gpu_work()
+    _finish_gpu_work(lm)
     return time_to_first, time.perf_counter() - start
 
 
-def _finish_gpu_work() -> None:
+def _finish_gpu_work(lm) -> None:
     # CUDA runs kernels asynchronously: a clock read before they finish would time only their launch.
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    device = lm.info().device
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int = 3, seed: int = 0,
@@ -128,6 +129,10 @@ def bench_in_fresh_process(spec: str, *, prompt_tokens: int = 512, gen_tokens: i
             return worker.submit(_bench_worker, spec, options, prompt_tokens, gen_tokens, repeats).result()
     except BrokenProcessPool:
         raise SlmError(f"bench of {spec}: the worker process died (out of memory, or a crash in a runtime)") from None
+    except SlmError:
+        raise
+    except Exception as exc:  # a bug or a runtime's own error type: still one line for `slm run`
+        raise SlmError(f"bench of {spec} failed: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _bench_worker(spec: str, options: dict, prompt_tokens: int, gen_tokens: int, repeats: int) -> dict:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from slmkit.errors import SlmError
 from slmkit.runtime import as_runtime
+from slmkit.runtime.interface import right_padded
 
 
 def require_causal(lm, task: str) -> None:
@@ -62,12 +63,8 @@ def loglikelihoods(lm, pairs: list[tuple[str, str]], *, batch_size: int = 8,
     results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
     for start in range(0, len(order), batch_size):
         batch = [requests[i] for i in order[start:start + batch_size]]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-        attention = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):  # right padding keeps positions unchanged
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            attention[row, :len(ids)] = 1
+        input_ids, attention = right_padded([ids for ids, _ in batch])
+        width = input_ids.shape[1]
         # Only positions that predict continuation tokens need the (large) vocabulary projection.
         kept = width - min(len(ids) - len(continuation) for ids, continuation in batch)
         logits = lm.logits(input_ids, attention, keep=kept)

@@ -83,7 +83,6 @@ class Model(Protocol):
     tokenizer: Any
     path: Path | None
     config: Any
-    lock: threading.Lock  # held by each operation that uses a runtime's shared state
 
     @property
     def context(self) -> int:
@@ -138,6 +137,17 @@ class RuntimeBase:
 
     def chat_cache_tokens(self, tokens: int) -> int | None:
         return None
+
+
+def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) [rows, longest]: each row at the left, zeros after it (positions unchanged)."""
+    width = max(map(len, rows))
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+    return input_ids, attention_mask
 
 
 @dataclass

@@ -128,14 +128,38 @@ def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
         raise SlmError(f"llama.cpp cannot load {path}: {exc}") from None
 
 
+class OneSequence:
+    """llama.cpp's context holds one sequence: one operation uses it at a time, a stream from its first token
+    to its last. Other threads wait their turn; the thread whose own stream is still open gets an error
+    instead of waiting for itself forever."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @contextlib.contextmanager
+    def held(self):
+        if self._owner == threading.get_ident():
+            raise SlmError("this thread has an unfinished stream of this model; read it to the end or close() it "
+                           "before using the model again")
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
 class LlamaCppModel(RuntimeBase):
     """A GGUF run by llama.cpp (`runtime.interface.Model`).
 
     The tokenizer is transformers' reading of the same file: chat templates render in its
     sandbox and conversations are trimmed with the same code as on the torch backend
     (llama.cpp and transformers agree on the token ids; the export tests check it).
-    One llama.cpp context holds one sequence at a time: every operation holds `lock`
-    while it uses the context, a stream from its first token to its last.
+    One llama.cpp context holds one sequence at a time (`OneSequence`).
     """
 
     backend = "llamacpp"
@@ -152,7 +176,7 @@ class LlamaCppModel(RuntimeBase):
         from slmkit.models.loading import check_gguf
 
         self.path, self.spec, self.logits_all = path, str(path), logits_all
-        self.lock = threading.Lock()
+        self.sequence = OneSequence()
         reader = check_gguf(path)
         fields = reader.fields
         self.parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
@@ -191,7 +215,7 @@ class LlamaCppModel(RuntimeBase):
             first = max(0, width - kept)  # the first kept position
             if length <= first:
                 continue
-            with self.lock:
+            with self.sequence.held():
                 self.llm.reset()
                 self.llm.eval(ids[:length])
                 out[row, :length - first] = torch.from_numpy(np.array(self.llm.scores[first:length]))
@@ -202,7 +226,7 @@ class LlamaCppModel(RuntimeBase):
 
     def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         llama_cpp = llama_cpp_module()
-        with self.lock:
+        with self.sequence.held():
             if self._embedder is None:
                 self._embedder = open_gguf(self.path, n_ctx=self.context, n_threads=self.llm.n_threads,
                                            embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
@@ -211,7 +235,7 @@ class LlamaCppModel(RuntimeBase):
     def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
                cache_tokens: int | None = None) -> Iterator[str]:
         """llama.cpp's own sampler with the same settings; it stops at the end-of-generation tokens."""
-        with self.lock:
+        with self.sequence.held():
             self.llm.reset()
             chunks = self.llm.create_completion(
                 ids, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -234,13 +258,13 @@ class LlamaCppModel(RuntimeBase):
     def prefill(self, ids: list[int], max_tokens: int) -> dict:
         if max_tokens > self.context:
             raise SlmError(f"{max_tokens} tokens exceed llama.cpp's context ({self.context})")
-        with self.lock:
+        with self.sequence.held():
             self.llm.reset()
             self.llm.eval(ids)
             return {"next_token": self._greedy_next()}
 
     def decode(self, state: dict) -> None:
-        with self.lock:
+        with self.sequence.held():
             self.llm.eval([state["next_token"]])
             state["next_token"] = self._greedy_next()
 

@@ -7,7 +7,6 @@ config.json and the tokenizer files. The graph's one output says what it is:
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,7 +104,6 @@ class OnnxModel(RuntimeBase):
         # The exporter records the torch model's count; the graph's own tensors are no guide (the optimizer
         # folds some weights into constants, and parts the output does not use, like BERT's pooler, are gone).
         self.parameters = ((read_manifest(self.path) or {}).get("metrics") or {}).get("parameters")
-        self.lock = threading.Lock()  # onnxruntime sessions run concurrent calls themselves; held by nothing
 
     @property
     def context(self) -> int:

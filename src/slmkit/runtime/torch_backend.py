@@ -14,14 +14,17 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from slmkit.errors import SlmError
+from slmkit.models.devices import resolve_device
 from slmkit.models.kinds import context_length
 from slmkit.models.loading import LoadedModel, load
-from slmkit.runtime.interface import DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo, register_backend
+from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo,
+                                      register_backend, right_padded)
 from slmkit.runtime.sampling import SamplingConfig, TextPieces, TokenPicker
 from slmkit.runtime.weights import (check_compile_before_loading, check_weights, convert_weights, decode_compile_config,
                                     enable_compile, new_kv_cache)
@@ -44,8 +47,6 @@ class TorchModel(LoadedModel, RuntimeBase):
     compiled: bool = False  # decode steps run through torch.compile
     int8_checkpoint_layers: int | None = None
     parameters: int | None = None  # counted before int8 gives a tied LM head its own copy
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
     backend = "torch"
 
     @classmethod
@@ -77,10 +78,11 @@ class TorchModel(LoadedModel, RuntimeBase):
     @torch.inference_mode()
     def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         self.require_tokenizer("embeddings")
-        if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; the mask hides it anyway
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length or self.context,
-                               return_tensors="pt").to(self.device)
+        # Padded here, not by the tokenizer: decoder tokenizers often have no pad token (the mask hides it).
+        rows = [self.tokenizer(text, truncation=True, max_length=max_length or self.context).input_ids
+                for text in texts]
+        input_ids, attention_mask = right_padded(rows)
+        batch = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if self.kind == "seq2seq":
             hidden = self.model.get_encoder()(**batch).last_hidden_state
         else:
@@ -94,7 +96,9 @@ class TorchModel(LoadedModel, RuntimeBase):
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], max_tokens: int) -> Decoding | None:
-        prompt = torch.tensor([ids], device=self.device)
+        if not ids:
+            raise SlmError(f"{self.spec}: the prompt has no tokens")
+        prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
         if self.kind != "causal-lm":  # an encoder's whole job: one forward pass, nothing to decode
             self.model(input_ids=prompt)
             return None
@@ -131,7 +135,7 @@ class TorchModel(LoadedModel, RuntimeBase):
         self.require("causal-lm", "generation")
         self.require_tokenizer("generation")
         picker, stops, text = TokenPicker(sampling, self.device), self.stop_tokens(), TextPieces(self.tokenizer)
-        so_far = torch.tensor([ids], device=self.device)
+        so_far = torch.tensor([ids], dtype=torch.long, device=self.device)
         state = self.prefill(ids, max(cache_tokens or 0, len(ids) + sampling.max_new_tokens))
         def cancelled() -> bool:
             return cancel is not None and cancel.is_set()
@@ -170,11 +174,17 @@ class TorchModel(LoadedModel, RuntimeBase):
 
 def open_torch(spec: str, options: OpenOptions) -> TorchModel:
     check_weights(options.weights)  # before the slow load
+    device = options.device or "auto"
+    if options.weights == "int8":  # torch's int8 weight-only kernel is a CPU kernel
+        if device == "auto":
+            device = "cpu"
+        elif resolve_device(device).type != "cpu":
+            raise SlmError(f"--weights int8 runs on the CPU (torch's int8 weight-only kernel); on --device "
+                           f"{device} use --dtype bfloat16 instead")
     if options.compile_decode:
         check_compile_before_loading(spec)
     lm = TorchModel.wrap(load(spec, kind=options.kind, allow_pickle=options.allow_pickle,
-                              trust_remote_code=options.trust_remote_code, dtype=options.dtype,
-                              device=options.device))
+                              trust_remote_code=options.trust_remote_code, dtype=options.dtype, device=device))
     if options.weights != "float32":
         convert_weights(lm, options.weights)
     if options.compile_decode:
