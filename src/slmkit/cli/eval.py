@@ -43,7 +43,10 @@ def eval_command(
     from slmkit import data as data_module
     from slmkit.evaluate import evaluate
 
-    task = task or data_module.infer_task(data)  # check the file before the slow model load
+    from slmkit.evaluate.perplexity import check_max_length
+
+    task = task or data_module.infer_task(data)  # check the file and the options before the slow model load
+    check_max_length(max_length)
     kind = "classifier" if task == "classification" else None
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, kind=kind,
                     backend=backend, n_ctx=max_length or 2048, logits_all=True, weights=weights, device=device,

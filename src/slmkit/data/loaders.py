@@ -20,6 +20,7 @@ from slmkit.errors import DataError
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TABLE_SUFFIXES = (".tsv", ".csv")
+HEADER_NAMES = {"text", "sentence", "label"}  # a first row holding any of these is a header
 
 # Schema name -> fields every record must have. Order matters: first match wins.
 JSONL_SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -46,6 +47,8 @@ class ChoiceItem:
 
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path}: a symbolic link that leads nowhere (a loop, or its target is gone)")
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if not path.is_file():
@@ -186,10 +189,7 @@ def load_lambada(path: str | Path) -> list[tuple[str, str]]:
 def load_labeled(path: str | Path) -> list[tuple[str, str]]:
     """(text, label) rows from a TSV/CSV with a `text`/`label` header or exactly two columns."""
     path = _check_file(path)
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    rows = list(csv.reader(_read(path).splitlines(), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL
-                           if delimiter == "," else csv.QUOTE_NONE))
-    rows = [(lineno, row) for lineno, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    rows = _table_rows(path)
     if not rows:
         raise DataError(f"{path}: empty file")
     header = [cell.strip().lower() for cell in rows[0][1]]
@@ -197,6 +197,9 @@ def load_labeled(path: str | Path) -> list[tuple[str, str]]:
         text_col = header.index("text") if "text" in header else header.index("sentence")
         label_col, width = header.index("label"), len(header)
         rows = rows[1:]
+    elif set(header) & HEADER_NAMES:  # a header, but not one naming both columns
+        raise DataError(f"{path}:1: header {', '.join(rows[0][1])}: expected columns named text (or sentence) "
+                        "and label")
     else:
         text_col, label_col, width = 0, 1, 2
     examples = []
@@ -207,6 +210,27 @@ def load_labeled(path: str | Path) -> list[tuple[str, str]]:
     if not examples:
         raise DataError(f"{path}: no rows after the header")
     return examples
+
+
+def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each non-blank row. The csv module reads the file itself, so a quoted CSV
+    cell keeps its newlines and delimiters; TSV cells are taken as written (quotes are text there)."""
+    quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
+    rows = []
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t" if path.suffix == ".tsv" else ",", quoting=quoting,
+                                strict=True)
+            start = 1
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append((start, row))
+                start = reader.line_num + 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: {exc} (a quote that is never closed?)") from None
+    return rows
 
 
 def infer_task(path: str | Path) -> str:

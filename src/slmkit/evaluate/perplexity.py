@@ -41,6 +41,12 @@ def windows(n_tokens: int, max_length: int, stride: int | None) -> list[tuple[in
     return spans
 
 
+def check_max_length(max_length: int | None) -> None:
+    """Before a model opens (on any runtime): a window shorter than two tokens scores nothing."""
+    if max_length is not None and max_length < 2:
+        raise SlmError(f"--max-length must be at least 2, got {max_length}")
+
+
 @torch.inference_mode()
 def perplexity(lm, text: str, *, max_length: int | None = None, stride: int | None = None, batch_size: int = 1,
                limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -50,8 +56,7 @@ def perplexity(lm, text: str, *, max_length: int | None = None, stride: int | No
     model_context = lm.context
     if max_length is None:
         max_length = min(model_context, DEFAULT_MAX_LENGTH)
-    if max_length < 2:
-        raise SlmError(f"--max-length must be at least 2, got {max_length}")
+    check_max_length(max_length)
     if max_length > model_context:
         raise SlmError(f"--max-length {max_length} is longer than the model's context ({model_context})")
     if stride is not None and not 0 < stride <= max_length:

@@ -20,7 +20,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.export.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.export.gguf_vocab import add_tokenizer
-from slmkit.models.checkpoint import atomic_file, write_atomic
+from slmkit.models.checkpoint import atomic_file, check_writable, write_atomic
 
 Q = gguf.GGMLQuantizationType
 QUANT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
@@ -163,6 +163,7 @@ def check_target(out: Path, quant: str, force: bool) -> None:
         raise SlmError(f"{out} already exists; pass --force to replace it")
     if out.is_dir():
         raise SlmError(f"{out} is a directory; --out names the .gguf file to write")
+    check_writable(out)
 
 
 def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False) -> GGUFExport:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, first_line
 
 MANIFEST_NAME = "slmkit.json"
 MANIFEST_VERSION = 1
@@ -65,11 +65,27 @@ def new_manifest(stage: str, parent: str | None = None, config: dict[str, Any] |
 
 
 def check_destination(out_dir: Path, force: bool) -> None:
-    """Refuse to write over a user's files before any slow work starts."""
+    """Refuse to write over a user's files, or where nothing can be written, before any slow work starts."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SlmError(f"{out_dir} exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise SlmError(f"{out_dir} is not empty; choose another --out or pass --force to replace it")
+    check_writable(out_dir)
+
+
+def check_writable(out: Path) -> None:
+    """`out` can be created: its nearest existing ancestor is a directory this process can write in (tried
+    with a real file: permissions, read-only mounts and root all answer the same way)."""
+    ancestor = Path(out).absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SlmError(f"--out {out}: {ancestor} is a file, so nothing can be created under it")
+    try:
+        tempfile.TemporaryFile(dir=ancestor).close()
+    except OSError as exc:
+        raise SlmError(f"--out {out}: cannot write in {ancestor} ({exc.strerror or first_line(exc)})") from None
 
 
 def write_atomic(path: str | Path, content: str | bytes) -> Path:

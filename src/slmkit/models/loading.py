@@ -20,6 +20,7 @@ from slmkit.models import catalog
 from slmkit.models.checkpoint import save
 from slmkit.models.devices import resolve_device, resolve_dtype
 from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
+from slmkit.models.validate import check_safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a model directory needs besides weights; what we fetch from the hub.
@@ -108,6 +109,8 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> Path:
             return _materialize_gguf(entry.alias, packaged)
         return packaged
     path = Path(spec).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ModelLoadError(f"{spec}: a symbolic link that leads nowhere (a loop, or its target is gone)")
     if path.exists():
         if path.is_dir() or path.suffix == ".gguf":
             return path
@@ -279,6 +282,8 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
         if not allow_pickle:
             raise UnsafeModelError(f"{directory}: weights are pickle files ({', '.join(pickles)}), which can run "
                                    "code when loaded; pass --allow-pickle only if you trust them")
+    for weights in sorted(directory.glob("*.safetensors")):
+        check_safetensors(weights)  # a truncated or corrupt file is named before transformers reads it
     kind = kind or infer_kind(config)
     extra = {} if device.type == "cpu" else {"device_map": str(device)}  # straight onto the GPU (accelerate)
     if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
@@ -290,8 +295,8 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
         model, info = _auto_class(kind).from_pretrained(
             directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
             trust_remote_code=trust_remote_code, output_loading_info=True, **extra)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"{directory}: cannot load weights ({first_line(exc)})") from None
+    except Exception as exc:  # transformers, safetensors and pickle raise many types for files they cannot read
+        raise ModelLoadError(f"{directory}: cannot load weights ({type(exc).__name__}: {first_line(exc)})") from None
     if kind == "classifier" and any("classifier" in k or "score" in k for k in info.get("missing_keys", [])):
         raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
     tokenizer = None

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.models.checkpoint import check_writable
 from slmkit.pipeline.recipe import Recipe, validate_recipe
 from slmkit.pipeline.registry import STAGES, ProgressFactory, RunModel, StageContext, write_json_atomic
 
@@ -60,6 +61,7 @@ class Run:
         elif directory.exists() and any(directory.iterdir()):
             raise SlmError(f"{directory} is not empty and holds no {RUN_FILE}; choose another --out")
         else:
+            check_writable(directory)
             directory.mkdir(parents=True, exist_ok=True)
             self.state = fresh
             self.save()

@@ -83,7 +83,9 @@ def extra_buffer_types_work(gguf_path: str | Path, reader=None) -> bool:
     key = f"{machine}|{_matrix_types(reader)}"
     if key not in known:
         probe = subprocess.run([sys.executable, "-c", PROBE, str(gguf_path)], capture_output=True)
-        known[key] = probe.returncode != -signal.SIGILL
+        if probe.returncode not in (0, -signal.SIGILL):
+            return True  # the probe could not run this file at all: nothing learnt about the machine, nothing kept
+        known[key] = probe.returncode == 0
         if not known[key]:
             known[machine] = False
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,10 @@ class LlamaCppModel(RuntimeBase):
         architecture = fields["general.architecture"].contents()
         context_field = fields.get(f"{architecture}.context_length")
         trained_context = int(context_field.contents()) if context_field else 2048
-        self.llm = open_gguf(path, n_ctx=n_ctx or min(trained_context, 4096), n_threads=n_threads,
+        # Never more than it was trained for: a larger context is refused by the caller's own check, not by
+        # llama.cpp failing to allocate it.
+        n_ctx = min(n_ctx, trained_context) if n_ctx else min(trained_context, 4096)
+        self.llm = open_gguf(path, n_ctx=n_ctx, n_threads=n_threads,
                              logits_all=logits_all, reader=reader)
         self._embedder = None  # a second context, opened for embeddings on first use
         try:
@@ -199,7 +204,8 @@ class LlamaCppModel(RuntimeBase):
 
     @property
     def context(self) -> int:
-        return self.llm.n_ctx()
+        # llama.cpp rounds its context up (to a multiple of 256); the positions the model knows end earlier.
+        return min(self.llm.n_ctx(), self.config.max_position_embeddings)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """Each row scored in a fresh context; positions past a row's length stay zero."""
