@@ -132,3 +132,15 @@ def test_slm_run_checks_its_run_directory_before_any_stage(tmp_path):
     a_file.write_text("")
     with pytest.raises(SlmError, match=rf"^--out {a_file}/run: {a_file} is a file"):
         run_recipe(recipe, recipe_path="x.yaml", out=a_file / "run")
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_by_name(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    weights = checkpoint / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=rf"^{checkpoint}: the file has no tensor for "
+                                             r"model.layers.1.mlp.down_proj.weight; refusing half a model$"):
+        slmkit.load(str(checkpoint))

@@ -237,6 +237,7 @@ def infer_task(path: str | Path) -> str:
     """perplexity | choice | lambada | classification, from the file's suffix and schema."""
     path = _check_file(path)
     if path.suffix in TABLE_SUFFIXES:
+        load_labeled(path)  # a bad header or row is named before a model is opened for it
         return "classification"
     if path.suffix in JSONL_SUFFIXES:
         records = read_jsonl(path)

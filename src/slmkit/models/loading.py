@@ -20,7 +20,7 @@ from slmkit.models import catalog
 from slmkit.models.checkpoint import save
 from slmkit.models.devices import resolve_device, resolve_dtype
 from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
-from slmkit.models.validate import check_safetensors
+from slmkit.models.validate import check_safetensors, validate_gguf
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a model directory needs besides weights; what we fetch from the hub.
@@ -195,43 +195,22 @@ def _materialize_gguf(alias: str, gguf_path: Path) -> Path:
     return target
 
 
-def check_gguf_magic(path: Path) -> None:
-    """Missing files and files that are not GGUF at all get one line."""
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-
-
-def check_gguf(path: Path):
-    """The file's GGUFReader; non-GGUF, truncated, corrupt or missing files get one line instead."""
-    check_gguf_magic(path)
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(path)
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: truncated or corrupt GGUF file ({first_line(exc)})") from None
-
-
 def _load_gguf(path: Path, kind: str | None, dtype: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    check_gguf_magic(path)
     if kind not in (None, "causal-lm"):
         raise ModelLoadError(f"{path}: a GGUF file holds a causal language model, not {KIND_NAMES[kind]}")
-    # Every parse of the file reads its whole vocabulary (seconds): each from_pretrained gets the
-    # config instead of parsing again, and the file is checked on its own only when loading fails.
+    validate_gguf(path)  # transformers would hang on a huge block_count or load a file missing tensors
+    # Every parse of the file reads its whole vocabulary (seconds): each from_pretrained gets the config.
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config)
+        quantized, info = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config,
+                                                               output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, config=config)
     except Exception as exc:
-        check_gguf(path)  # a truncated or corrupt file is named as such
         raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({first_line(exc)})") from None
+    refuse_missing(path, sorted(info.get("missing_keys") or []))
     # Rebuild as a plain float model so it can be saved and modified like any other.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -240,6 +219,13 @@ def _load_gguf(path: Path, kind: str | None, dtype: str):
     model.load_state_dict(quantized.state_dict())
     model.tie_weights()
     return model, tokenizer, "causal-lm"
+
+
+def refuse_missing(source: Path, missing: list[str]) -> None:
+    """Weights a checkpoint lacks: transformers would start them from random values and load half a model."""
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelLoadError(f"{source}: the file has no tensor for {missing[0]}{more}; refusing half a model")
 
 
 def _read_config(directory: Path) -> dict:
@@ -297,8 +283,10 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
             trust_remote_code=trust_remote_code, output_loading_info=True, **extra)
     except Exception as exc:  # transformers, safetensors and pickle raise many types for files they cannot read
         raise ModelLoadError(f"{directory}: cannot load weights ({type(exc).__name__}: {first_line(exc)})") from None
-    if kind == "classifier" and any("classifier" in k or "score" in k for k in info.get("missing_keys", [])):
+    missing = sorted(info.get("missing_keys") or [])
+    if kind == "classifier" and any("classifier" in k or "score" in k for k in missing):
         raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
+    refuse_missing(directory, [name for name in missing if ".pooler." not in f".{name}"])  # a pooler is optional
     tokenizer = None
     if any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                                                      "spiece.model", "tokenizer.model")):

@@ -10,10 +10,12 @@ cached per CPU and llama-cpp-python version.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import subprocess
@@ -77,7 +79,7 @@ def extra_buffer_types_work(gguf_path: str | Path, reader=None) -> bool:
     if known.get(machine) is False:
         return False
     if reader is None:
-        from slmkit.models.loading import check_gguf
+        from slmkit.models.validate import check_gguf
 
         reader = check_gguf(Path(gguf_path))
     key = f"{machine}|{_matrix_types(reader)}"
@@ -122,12 +124,46 @@ def open_gguf(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = No
     threads = n_threads or len(os.sched_getaffinity(0))
     context = (contextlib.nullcontext() if extra_buffer_types_work(path, reader)
                else _without_extra_buffer_types(llama_cpp))
+    log = LlamaLog(llama_cpp)
     try:
-        with context:
+        with context, log:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
                                    logits_all=logits_all, verbose=False, **settings)
-    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
-        raise SlmError(f"llama.cpp cannot load {path}: {exc}") from None
+    except Exception as exc:  # "Failed to load model from file" (its log says why), or its chat-template Jinja
+        reason = f" ({log.first_error()})" if log.first_error() else ""
+        raise SlmError(f"llama.cpp cannot load {path}: {exc}{reason}") from None
+
+
+class LlamaLog:
+    """llama.cpp's log while a model opens, kept instead of printed: with verbose=False llama-cpp-python
+    hides it, and with it the reason a file is refused."""
+
+    ERROR, CONTINUED = 4, 5  # ggml_log_level (GGML_LOG_LEVEL_ERROR is 4 since ggml added DEBUG below INFO)
+
+    def __init__(self, llama_cpp):
+        self.llama_cpp, self.errors = llama_cpp, []
+
+        @llama_cpp.llama_log_callback
+        def keep(level: int, text: bytes, user_data) -> None:
+            if level == self.ERROR or (level == self.CONTINUED and self.errors):
+                self.errors.append(text.decode("utf-8", "replace"))
+
+        self.callback = keep  # referenced for as long as llama.cpp may call it
+
+    def __enter__(self):
+        self.llama_cpp.llama_log_set(self.callback, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        from llama_cpp import _logger  # llama-cpp-python's own callback, put back
+
+        self.llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+    def first_error(self) -> str:
+        """The first error line, the cause (later ones say only that loading failed), less the name of the
+        C function that logged it."""
+        lines = [line.strip() for line in "".join(self.errors).splitlines() if line.strip()]
+        return re.sub(r"^\w+: ", "", lines[0]) if lines else ""
 
 
 class OneSequence:
@@ -175,11 +211,11 @@ class LlamaCppModel(RuntimeBase):
         import gguf
         from transformers import AutoTokenizer
 
-        from slmkit.models.loading import check_gguf
+        from slmkit.models.validate import validate_gguf
 
         self.path, self.spec, self.logits_all = path, str(path), logits_all
         self.sequence = OneSequence()
-        reader = check_gguf(path)
+        reader = validate_gguf(path)  # before llama.cpp: a file it cannot take would abort the process
         fields = reader.fields
         self.parameters = sum(int(np.prod(tensor.shape)) for tensor in reader.tensors)
         architecture = fields["general.architecture"].contents()
@@ -193,7 +229,7 @@ class LlamaCppModel(RuntimeBase):
         self._embedder = None  # a second context, opened for embeddings on first use
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # transformers and tokenizers raise many types for a vocabulary they cannot use
             raise SlmError(f"{path}: transformers cannot read this GGUF's tokenizer "
                            f"({first_line(exc)})") from None
         self.config = SimpleNamespace(max_position_embeddings=trained_context, vocab_size=self.llm.n_vocab(),
