@@ -144,3 +144,29 @@ def test_a_checkpoint_missing_a_weight_is_refused_by_name(checkpoint):
     with pytest.raises(ModelLoadError, match=rf"^{checkpoint}: the file has no tensor for "
                                              r"model.layers.1.mlp.down_proj.weight; refusing half a model$"):
         slmkit.load(str(checkpoint))
+
+
+def test_json_errors_say_where_once(tmp_path, checkpoint):
+    records = tmp_path / "broken.jsonl"
+    records.write_text('{"text": "fine"}\n{"text": "never closed}\n')
+    with pytest.raises(DataError, match=rf"^{records}:2: not valid JSON \(Unterminated string starting at column 10\)$"):
+        load_labeled_or_text(records)
+    (checkpoint / "config.json").write_text('{"model_type": "llama",\n "x": "open')
+    with pytest.raises(ModelLoadError, match=r"not valid JSON \(Unterminated string starting at line 2, column 7\)$"):
+        slmkit.load(str(checkpoint))
+
+
+def load_labeled_or_text(path):
+    from slmkit.data import load_text
+
+    return load_text(path)
+
+
+def test_a_gguf_transformers_cannot_shape_says_so_without_pointing_at_a_hidden_report(tmp_path, tiny_tokenizer):
+    """GPT-2's GGUF holds 128 positions; transformers builds 1024 from it and refuses the mismatch."""
+    gguf = tmp_path / "gpt2.gguf"
+    directory = slmkit.save(tiny_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer)
+    slmkit.export(slmkit.load(str(directory)), gguf, slmkit.GGUFConfig(quant="f32"))
+    with pytest.raises(ModelLoadError, match=r"transformers cannot load this GGUF \(its tensors' shapes differ") as refused:
+        slmkit.load(str(gguf))
+    assert "above report" not in str(refused.value)

@@ -27,3 +27,10 @@ def first_line(exc: BaseException) -> str:
     """An exception as one line for an error message: its first line of text, else its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def json_problem(exc, *, with_line: bool = True) -> str:
+    """A json.JSONDecodeError as `problem at line L, column C`: json's own messages may end in " at" already
+    ("Unterminated string starting at"), which a plain format would double."""
+    where = f"line {exc.lineno}, column {exc.colno}" if with_line else f"column {exc.colno}"
+    return f"{exc.msg.removesuffix(' at')} at {where}"

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import SlmError, first_line
+from slmkit.errors import SlmError, first_line, json_problem
 
 MANIFEST_NAME = "slmkit.json"
 MANIFEST_VERSION = 1
@@ -46,7 +46,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SlmError(f"{path}: not valid JSON ({json_problem(exc)})") from None
 
 
 def new_manifest(stage: str, parent: str | None = None, config: dict[str, Any] | None = None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from slmkit.errors import ModelLoadError, UnsafeModelError, first_line
+from slmkit.errors import ModelLoadError, UnsafeModelError, first_line, json_problem
 from slmkit.models import catalog
 from slmkit.models.checkpoint import save
 from slmkit.models.devices import resolve_device, resolve_dtype
@@ -209,7 +209,10 @@ def _load_gguf(path: Path, kind: str | None, dtype: str):
                                                                output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, config=config)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({first_line(exc)})") from None
+        reason = first_line(exc)
+        if "above report" in reason:  # transformers points at a report it logs, which we keep quiet
+            reason = "its tensors' shapes differ from the model transformers builds from the header"
+        raise ModelLoadError(f"{path}: transformers cannot load this GGUF ({reason})") from None
     refuse_missing(path, sorted(info.get("missing_keys") or []))
     # Rebuild as a plain float model so it can be saved and modified like any other.
     if hasattr(config, "quantization_config"):
@@ -235,7 +238,7 @@ def _read_config(directory: Path) -> dict:
     try:
         return json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{config_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ModelLoadError(f"{config_path}: not valid JSON ({json_problem(exc)})") from None
 
 
 def _auto_class(kind: str):

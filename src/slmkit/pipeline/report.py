@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, json_problem
 from slmkit.models.checkpoint import read_manifest, write_atomic
 from slmkit.pipeline.run import RUN_FILE
 
@@ -62,7 +62,7 @@ def read_run(directory: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SlmError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SlmError(f"{path}: not valid JSON ({json_problem(exc)})") from None
 
 
 def _bytes_on_disk(path: Path) -> int | None:
