@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -213,21 +214,18 @@ def load_labeled(path: str | Path) -> list[tuple[str, str]]:
 
 
 def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of each non-blank row. The csv module reads the file itself, so a quoted CSV
-    cell keeps its newlines and delimiters; TSV cells are taken as written (quotes are text there)."""
+    """(line number, cells) of each non-blank row. The csv module reads the text whole, not split into
+    lines first, so a quoted CSV cell keeps its newlines and delimiters; TSV cells are taken as written
+    (quotes are text there)."""
     quoting = csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL
-    rows = []
+    reader = csv.reader(io.StringIO(_read(path), newline=""), delimiter="\t" if path.suffix == ".tsv" else ",",
+                        quoting=quoting, strict=True)
+    rows, start = [], 1
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t" if path.suffix == ".tsv" else ",", quoting=quoting,
-                                strict=True)
-            start = 1
-            for row in reader:
-                if any(cell.strip() for cell in row):
-                    rows.append((start, row))
-                start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                rows.append((start, row))
+            start = reader.line_num + 1
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: {exc} (a quote that is never closed?)") from None
     return rows

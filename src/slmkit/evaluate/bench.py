@@ -37,25 +37,24 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
-def _one_run(lm, prompt: list[int], gen_tokens: int, cache_tokens: int) -> tuple[float, float | None]:
+def _one_run(lm, prompt: list[int], gen_tokens: int, cache_tokens: int, device: str) -> tuple[float, float | None]:
     """Prefill, then `gen_tokens` greedy decode steps, on a cache sized `cache_tokens`: the same size in the
     warm-up and the timed runs, so nothing recompiles. An encoder's prefill is its one forward pass."""
     start = time.perf_counter()
     state = lm.prefill(prompt, cache_tokens)
-    _finish_gpu_work(lm)
+    _finish_gpu_work(device)
     time_to_first = time.perf_counter() - start
     if not gen_tokens:
         return time_to_first, None
     start = time.perf_counter()
     for _ in range(gen_tokens):
         lm.decode(state)
-    _finish_gpu_work(lm)
+    _finish_gpu_work(device)
     return time_to_first, time.perf_counter() - start
 
 
-def _finish_gpu_work(lm) -> None:
+def _finish_gpu_work(device: str) -> None:
     # CUDA runs kernels asynchronously: a clock read before they finish would time only their launch.
-    device = lm.info().device
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
@@ -78,8 +77,10 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     prompt = torch.randint(0, vocab, (prompt_tokens,), generator=generator).tolist()
     gen_tokens = gen_tokens if decode else 0
 
+    device = lm.info().device
+
     def one_run(gen: int):
-        return _one_run(lm, prompt, gen, prompt_tokens + gen_tokens)
+        return _one_run(lm, prompt, gen, prompt_tokens + gen_tokens, device)
 
     start = time.perf_counter()
     one_run(min(4, gen_tokens))  # warm-up at full prompt size (and, with --compile, compilation)

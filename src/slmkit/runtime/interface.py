@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.models.kinds import KIND_NAMES
+from slmkit.models.kinds import require_kind
 from slmkit.runtime.sampling import SamplingConfig
 
 DEFAULT_CONTEXT = 2048  # when a model's config does not say
@@ -127,9 +127,7 @@ class RuntimeBase:
     tokenizer: Any
 
     def require(self, kind: str, task: str) -> None:
-        if self.kind != kind:
-            raise SlmError(f"{self.spec}: {task} needs {KIND_NAMES[kind]}; this is {KIND_NAMES[self.kind]} "
-                           f"({getattr(self.config, 'model_type', None) or self.kind})")
+        require_kind(self.spec, kind, self.kind, getattr(self.config, "model_type", None), task)
 
     def require_tokenizer(self, task: str) -> None:
         if self.tokenizer is None:
@@ -166,6 +164,13 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {}  # `--backend auto` tries them in the order they registered
+
+
+def torch_only_flag(options: OpenOptions) -> str | None:
+    """The torch-only flag a runtime that runs its file's own weights must refuse: --weights, else --compile."""
+    if options.weights != "float32":
+        return f"--weights {options.weights}"
+    return "--compile" if options.compile_decode else None
 
 
 def check_cpu_only(options: OpenOptions, runtime: str) -> None:

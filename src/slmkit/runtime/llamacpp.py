@@ -29,7 +29,8 @@ import torch
 
 from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import write_atomic
-from slmkit.runtime.interface import Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend
+from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
+                                      torch_only_flag)
 from slmkit.runtime.sampling import SamplingConfig
 
 PROBE = """
@@ -316,10 +317,10 @@ class LlamaCppModel(RuntimeBase):
 
 
 def open_llamacpp(spec: str, options: OpenOptions) -> LlamaCppModel:
-    if options.weights != "float32" or options.compile_decode:
-        flag = f"--weights {options.weights}" if options.weights != "float32" else "--compile"
+    flag = torch_only_flag(options)
+    if flag is not None:
         reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
-                  if options.weights != "float32" else "llama.cpp runs a GGUF on its own compiled kernels")
+                  if flag.startswith("--weights") else "llama.cpp runs a GGUF on its own compiled kernels")
         raise SlmError(f"{flag} applies to the torch backend; {reason}, or add --backend torch")
     if options.kind not in (None, "causal-lm"):
         raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")

@@ -18,7 +18,7 @@ from slmkit.models.checkpoint import read_manifest
 from slmkit.models.kinds import KIND_NAMES, context_length
 from slmkit.models.loading import ONNX_MODEL_FILE, is_onnx
 from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only,
-                                      register_backend)
+                                      register_backend, torch_only_flag)
 
 OUTPUTS = {"encoder": "last_hidden_state", "classifier": "logits"}
 # What a transformers encoder assumes when an input is left out; bench feeds input_ids alone.
@@ -146,8 +146,8 @@ class OnnxModel(RuntimeBase):
 
 
 def open_onnx(spec: str, options: OpenOptions) -> OnnxModel:
-    if options.weights != "float32" or options.compile_decode:
-        flag = f"--weights {options.weights}" if options.weights != "float32" else "--compile"
+    flag = torch_only_flag(options)
+    if flag is not None:
         raise SlmError(f"{flag} applies to the torch backend; an ONNX export runs on onnxruntime with the "
                        "float32 weights it was exported with")
     check_cpu_only(options, "onnxruntime")

@@ -15,6 +15,7 @@ import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -58,13 +59,14 @@ class TorchModel(LoadedModel, RuntimeBase):
     def context(self) -> int:
         return context_length(self.config) or DEFAULT_CONTEXT
 
-    def _forward_arguments(self) -> set[str]:
+    @cached_property
+    def _forward_arguments(self) -> set[str]:  # read once: decoding asks on every step
         return set(inspect.signature(self.model.forward).parameters)
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         # Only the kept positions need the (large) vocabulary projection.
-        extra = {"logits_to_keep": keep} if keep is not None and "logits_to_keep" in self._forward_arguments() else {}
+        extra = {"logits_to_keep": keep} if keep is not None and "logits_to_keep" in self._forward_arguments else {}
         logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                             **extra).logits
         return logits[:, -keep:] if keep is not None else logits
@@ -92,7 +94,7 @@ class TorchModel(LoadedModel, RuntimeBase):
 
     def _cache_argument(self) -> str:
         # transformers 5.x renames `past_key_values` to `cache` (the old name goes in 5.40).
-        return "cache" if "cache" in self._forward_arguments() else "past_key_values"
+        return "cache" if "cache" in self._forward_arguments else "past_key_values"
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], max_tokens: int) -> Decoding | None:
@@ -104,7 +106,7 @@ class TorchModel(LoadedModel, RuntimeBase):
             return None
         name = self._cache_argument()
         # The vocabulary projection of every prompt position is waste when only the next token is wanted.
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in self._forward_arguments() else {}
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in self._forward_arguments else {}
         output = self.model(input_ids=prompt, use_cache=True, **{name: new_kv_cache(self.model, max_tokens)}, **keep)
         logits = output.logits[:, -1]
         return Decoding(getattr(output, name), logits.argmax(dim=-1, keepdim=True), logits)
