@@ -376,3 +376,14 @@ def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator
     from slmkit.runtime import generate as stream_answer
 
     return stream_answer(lm, prompt, sampling, **options)
+
+
+def finetune(model: str, out: str | Path, config, *, progress=None):
+    """Fine-tune `model` (a spec: it is opened with the head the task needs) on `config.data` into `out`;
+    returns a `FinetuneResult` (`completed` is False when SIGTERM stopped it at a checkpoint).
+
+    Example: `slmkit.finetune("smollm2-135m-instruct", "out/chat", FinetuneConfig(data="chat.jsonl", lora=True))`.
+    """
+    from slmkit.finetune import finetune as run_finetune
+
+    return run_finetune(model, out, config, progress=progress)

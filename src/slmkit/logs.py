@@ -15,6 +15,8 @@ def quiet_libraries() -> None:
 
     # Loading a compressed-tensors checkpoint passes its own quantization config back in; harmless.
     warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+    # peft asks transformers 5 for a renamed property while it wraps a model for LoRA.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     # The ONNX exporter warns about every optional operator library it does not find (torchvision).

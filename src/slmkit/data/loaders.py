@@ -2,7 +2,7 @@
 
 .txt            plain text
 .jsonl          one JSON object per line: `text`, `prompt`/`completion`, chat
-                `messages`, ARC (`question`, `choices`, `answerKey`), HellaSwag
+                `messages`, seq2seq `input`/`target`, ARC (`question`, `choices`, `answerKey`), HellaSwag
                 (`ctx`, `endings`, `label`), LAMBADA (`text`, last word is the target)
 .tsv / .csv     `text` and `label` columns (a header row naming them, or exactly two columns)
 """
@@ -29,6 +29,7 @@ JSONL_SCHEMAS: dict[str, tuple[str, ...]] = {
     "hellaswag": ("endings", "label"),
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
+    "seq2seq": ("input", "target"),
     "text": ("text",),
 }
 
@@ -107,6 +108,8 @@ def load_text(path: str | Path) -> str:
             pieces = [str(r["text"]) for r in records]
         elif schema == "prompt_completion":
             pieces = [f"{r['prompt']}{r['completion']}" for r in records]
+        elif schema == "seq2seq":
+            pieces = [f"{r['input']}\n{r['target']}" for r in records]
         elif schema == "messages":
             pieces = ["\n".join(str(m.get("content", "")) for m in r["messages"]) for r in records]
         else:

@@ -25,6 +25,8 @@ from slmkit.models.validate import check_safetensors, validate_gguf
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a model directory needs besides weights; what we fetch from the hub.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) adapter directory
+CLASSIFIER_HEADS = ("classifier.", "pre_classifier.", "score.")  # sequence-classification heads' weight names
 ONNX_MODEL_FILE = "model.onnx"  # what `slm export --format onnx` writes into its directory
 ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
              "the torch checkpoint it was exported from")
@@ -75,13 +77,16 @@ def load(
     trust_remote_code: bool = False,
     dtype: str | None = "auto",
     device: str | None = "cpu",
+    labels: tuple[str, ...] | None = None,
 ) -> LoadedModel:
     """Load a model and its tokenizer from an alias, directory, .gguf file or hub id.
 
     `kind` forces the head: "causal-lm", "encoder", "seq2seq" or "classifier";
     by default it follows the checkpoint's `architectures`. `device`: cpu, cuda, cuda:N, mps or auto
     (CUDA when present); `dtype`: float32, bfloat16, float16 or auto (float32 on the CPU, else bfloat16
-    where the GPU has it).
+    where the GPU has it). `labels` (with kind "classifier") gives the model a new, untrained classification
+    head over those class names. A LoRA adapter directory (`slm finetune --lora`) opens on its base with
+    the adapter merged in.
     Example: `lm = slmkit.models.load("smollm2-135m-instruct"); lm.model(**lm.tokenizer("hi", return_tensors="pt"))`.
     """
     check_kind(kind)
@@ -89,10 +94,15 @@ def load(
     dtype = resolve_dtype(dtype, target)
     path = resolve(spec, allow_pickle=allow_pickle)
     if path.is_file():
+        if labels is not None:
+            raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model, not a sequence classifier")
         model, tokenizer, found_kind = _load_gguf(path, kind, dtype)
         model.to(target)
+    elif (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+        return _load_adapter(path, spec, allow_pickle, trust_remote_code, dtype, device)
     else:
-        model, tokenizer, found_kind = _load_directory(path, kind, allow_pickle, trust_remote_code, dtype, target)
+        model, tokenizer, found_kind = _load_directory(path, kind, allow_pickle, trust_remote_code, dtype, target,
+                                                       labels)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, kind=found_kind, path=path)
 
@@ -135,6 +145,20 @@ def local_path(spec: str) -> Path | None:
         converted = cache_dir() / "models" / entry.alias
         return converted if (converted / "config.json").is_file() else None
     return packaged
+
+
+def peek_kind(spec: str) -> tuple[str, str | None] | None:
+    """(kind, model_type) from what is on disk without loading weights (a GGUF holds a causal LM);
+    None when the spec is not local yet."""
+    path = local_path(spec)
+    if path is None:
+        return None
+    if path.is_file():
+        return ("causal-lm", None) if path.suffix == ".gguf" else None
+    if not (path / "config.json").is_file():
+        return None
+    config = _read_config(path)
+    return infer_kind(config), config.get("model_type")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -252,8 +276,40 @@ def _auto_class(kind: str):
     }[kind]
 
 
+def _load_adapter(directory: Path, spec: str, allow_pickle: bool, trust_remote_code: bool, dtype: str | None,
+                  device: str | None) -> LoadedModel:
+    """A LoRA adapter on the base its manifest names, merged: every later stage sees a plain model."""
+    from peft import PeftModel
+
+    from slmkit.models.checkpoint import read_manifest
+
+    manifest = read_manifest(directory) or {}
+    base = manifest.get("parent")
+    if not base:
+        raise ModelLoadError(f"{directory}: a LoRA adapter without an slmkit.json naming its base model; open it "
+                             "with peft on its base")
+    settings = manifest.get("config") or {}
+    labels = tuple(settings["labels"]) if settings.get("labels") else None
+    try:
+        lm = load(base, kind=settings.get("kind"), labels=labels, allow_pickle=allow_pickle,
+                  trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{directory}: its base {base} cannot be opened ({exc})") from None
+    try:
+        merged = PeftModel.from_pretrained(lm.model, directory).merge_and_unload()
+    except Exception as exc:  # peft raises several types for an adapter that does not fit its base
+        raise ModelLoadError(f"{directory}: the adapter does not fit {base} ({type(exc).__name__}: "
+                             f"{first_line(exc)})") from None
+    tokenizer = lm.tokenizer
+    if (directory / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    return LoadedModel(model=merged.eval(), tokenizer=tokenizer, spec=spec, kind=lm.kind, path=directory)
+
+
 def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust_remote_code: bool, dtype: str,
-                    device):
+                    device, labels: tuple[str, ...] | None = None):
     import torch
     from transformers import AutoTokenizer
 
@@ -280,6 +336,11 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
 
         # Unpack to float weights on the grid: every slmkit stage and measurement works on those.
         extra["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    if labels is not None:
+        if kind != "classifier":
+            raise ModelLoadError(f"{directory}: class labels need kind 'classifier', not {kind!r}")
+        extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
     try:
         model, info = _auto_class(kind).from_pretrained(
             directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
@@ -287,7 +348,9 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     except Exception as exc:  # transformers, safetensors and pickle raise many types for files they cannot read
         raise ModelLoadError(f"{directory}: cannot load weights ({type(exc).__name__}: {first_line(exc)})") from None
     missing = sorted(info.get("missing_keys") or [])
-    if kind == "classifier" and any("classifier" in k or "score" in k for k in missing):
+    if labels is not None:  # the new head starts untrained: its weights are meant to be missing
+        missing = [name for name in missing if not name.startswith(CLASSIFIER_HEADS)]
+    elif kind == "classifier" and any("classifier" in k or "score" in k for k in missing):
         raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
     refuse_missing(directory, [name for name in missing if ".pooler." not in f".{name}"])  # a pooler is optional
     tokenizer = None

@@ -1,0 +1,115 @@
+"""`FinetuneConfig`: every setting of a fine-tuning run, checked before a model is opened."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from slmkit.errors import SlmError
+
+TASKS = ("chat", "completion", "text", "classification", "seq2seq")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune (SFT) a model on a data file.
+
+    Args:
+        data: the training file (chat `messages` JSONL, `prompt`/`completion` JSONL, text, `text<TAB>label`,
+            `input`/`target` JSONL).
+        task: chat | completion | text | classification | seq2seq; None: from the file, as `slm eval` infers.
+        lora: train a LoRA adapter (peft) instead of every weight; rank/alpha/dropout/targets set it.
+            targets: "all-linear" or module names (`q_proj,v_proj`).
+        merge: with lora, write the merged model (a plain checkpoint) instead of the adapter.
+        epochs / max_steps: how long (max_steps wins when set).
+        lr: peak learning rate (linear decay after a short warm-up); None: 2e-4 with LoRA, 5e-5 without.
+        batch_size: sequences per device per step; grad_accum: steps added up before each update.
+        max_length: tokens per sequence (longer ones are truncated; `packing` fills rows up to it).
+        packing: text, chat and completion: several examples per row, each with its own positions and no
+            attention across them.
+        eval_data: a held-out file of the same kind; None: `eval_fraction` of the training file held back.
+        eval_every: steps between evaluations (0: only at the end).
+        save_every: steps between resumable checkpoints (0: only when stopped by SIGTERM).
+        resume: continue from the newest checkpoint of an interrupted run into the same `out`.
+        device / dtype: where and in what precision (auto: CUDA when present; float32 on the CPU, bfloat16
+            autocast on a GPU that has it); under torchrun/accelerate each process takes its own GPU.
+
+    Example: `slmkit.finetune("smollm2-135m-instruct", "out/ft", FinetuneConfig(data="chat.jsonl", lora=True))`.
+    """
+
+    data: str
+    task: str | None = None
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    merge: bool = False
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    packing: bool = False
+    eval_data: str | None = None
+    eval_fraction: float = 0.05
+    eval_every: int = 0
+    save_every: int = 100
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.data = str(self.data)
+        self.eval_data = None if self.eval_data is None else str(self.eval_data)
+        if self.task is not None and self.task not in TASKS:
+            raise SlmError(f"--task {self.task}: choose one of {', '.join(TASKS)}")
+        if self.merge and not self.lora:
+            raise SlmError("--merge merges a LoRA adapter into its base; add --lora (a full fine-tune already "
+                           "writes a plain checkpoint)")
+        positive = {"--lora-rank": self.lora_rank, "--lora-alpha": self.lora_alpha, "--batch-size": self.batch_size,
+                    "--grad-accum": self.grad_accum, "--max-length": self.max_length}
+        for flag, value in positive.items():
+            if value <= 0:
+                raise SlmError(f"{flag} {value}: must be at least 1")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise SlmError(f"--max-steps {self.max_steps}: must be at least 1")
+        if not self.epochs > 0:
+            raise SlmError(f"--epochs {self.epochs}: must be above 0")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise SlmError(f"--lr {self.lr}: must be between 0 and 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise SlmError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
+        if not 0 < self.eval_fraction < 1:
+            raise SlmError(f"eval fraction {self.eval_fraction}: must be between 0 and 1")
+        for flag, value in {"--eval-every": self.eval_every, "--save-every": self.save_every}.items():
+            if value < 0:
+                raise SlmError(f"{flag} {value}: must be 0 or more")
+        if self.device.split(":")[0] not in DEVICES:
+            raise SlmError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
+        if ":" in self.device:
+            raise SlmError(f"--device {self.device}: the trainer takes whole device types; pick the GPU with "
+                           f"CUDA_VISIBLE_DEVICES={self.device.split(':')[1]} and pass --device cuda")
+        if self.dtype not in DTYPES:
+            raise SlmError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        if not self.lora_targets.strip():
+            raise SlmError("--lora-targets is empty; give module names (q_proj,v_proj) or all-linear")
+        for path in (self.data, self.eval_data):
+            if path is not None and not Path(path).is_file():
+                raise SlmError(f"{path}: no such file" if not Path(path).exists() else f"{path}: not a file")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-4 if self.lora else 5e-5)
+
+    def targets(self) -> str | list[str]:
+        if self.lora_targets.strip() == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.lora_targets.split(",") if name.strip()]
+
+    def record(self) -> dict:
+        return asdict(self)

