@@ -376,3 +376,128 @@ def test_compile_without_a_cxx_compiler_is_a_one_line_error(tiny_llama_dir, monk
     monkeypatch.setenv("CXX", "/nonexistent/g++")  # Inductor's compiler, as on an image without one
     result = run_slm("bench", str(tiny_llama_dir), "--compile", "--prompt-tokens", "8", "--gen-tokens", "2")
     assert_one_line_error(result, "--compile needs a C++ compiler", "/nonexistent/g++")
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny T5 (its tokenizer carries a chat template, which seq2seq generation must not apply)."""
+    model = tiny_model("t5")
+    # Redrawn wider than T5's init: at init a tiny T5 repeats one token, which would hide a decoder step
+    # that forgets the earlier ones.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    directory = slmkit.save(model, tmp_path_factory.mktemp("models") / "tiny-t5", tiny_tokenizer, stage="test")
+    return directory, slmkit.load(str(directory))
+
+
+def _seq2seq_calls(lm):
+    """Hooks recording the encoder's input ids and each decoder step's input ids; remove() them when done."""
+    calls = {"encoder": [], "decoder": []}
+    hooks = [lm.model.get_encoder().register_forward_pre_hook(
+                 lambda module, args, kwargs: calls["encoder"].append(kwargs["input_ids"]), with_kwargs=True),
+             lm.model.register_forward_pre_hook(
+                 lambda module, args, kwargs: calls["decoder"].append(kwargs["decoder_input_ids"]),
+                 with_kwargs=True)]
+    return calls, hooks
+
+
+def test_seq2seq_greedy_generation_matches_transformers_generate(tiny_t5):
+    _, lm = tiny_t5
+    prompt, new_tokens = "the teacher writes data", 12
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    expected = lm.model.generate(ids, max_new_tokens=new_tokens, do_sample=False)  # [start, 12 answer tokens]
+    answer = set(expected[0, 1:].tolist())
+    # Many different tokens and no stop: an answer that repeats one token would not test the cache.
+    assert expected.shape[1] == 1 + new_tokens and len(answer) >= 6 and not answer & lm.stop_tokens()
+    calls, hooks = _seq2seq_calls(lm)
+    try:
+        text = "".join(generate(lm, prompt, SamplingConfig(temperature=0, max_new_tokens=new_tokens)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls["encoder"]) == 1 and torch.equal(calls["encoder"][0].cpu(), ids)  # plain text, encoded once
+    # One decoder step a token, each fed only the newest one (the cache holds the rest).
+    assert torch.equal(torch.cat(calls["decoder"], dim=1).cpu(), expected[:, :new_tokens])
+    assert text == lm.tokenizer.decode(expected[0, 1:], skip_special_tokens=True)
+
+
+def test_seq2seq_repetition_penalty_sees_the_answer_not_the_prompt(tiny_t5):
+    """As in transformers' generate: the penalty looks at the decoder's ids, not at the encoder's."""
+    _, lm = tiny_t5
+    first = lm.model.generate(lm.tokenizer("the teacher writes data", return_tensors="pt").input_ids,
+                              max_new_tokens=8, do_sample=False)
+    prompt = first[:, 1:]  # tokens this model likes to write: penalised in the prompt, they would change the answer
+    expected = lm.model.generate(prompt, max_new_tokens=8, do_sample=False, repetition_penalty=2.0)
+    sampling = SamplingConfig(temperature=0, repetition_penalty=2.0, max_new_tokens=8)
+    text = "".join(lm.stream(prompt[0].tolist(), sampling))
+    assert text == lm.tokenizer.decode(expected[0, 1:], skip_special_tokens=True)
+
+
+def test_seq2seq_seeded_sampling_repeats_and_cancel_stops_between_tokens(tiny_t5):
+    import threading
+
+    _, lm = tiny_t5
+    sampling = SamplingConfig(temperature=1.0, top_k=50, repetition_penalty=1.3, seed=3, max_new_tokens=10)
+    assert "".join(generate(lm, "hi", sampling)) == "".join(generate(lm, "hi", sampling))
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    cancel = threading.Event()
+    steps = []
+
+    def count_and_cancel(module, args, kwargs):
+        steps.append(kwargs["decoder_input_ids"])
+        if len(steps) == 3:  # the step after the second token
+            cancel.set()
+
+    hook = lm.model.register_forward_pre_hook(count_and_cancel, with_kwargs=True)
+    try:
+        text = "".join(generate(lm, "small models", greedy, cancel=cancel))
+    finally:
+        hook.remove()
+    assert len(steps) == 3  # no step after the cancel
+    two_tokens = torch.cat(steps[1:], dim=1)[0]
+    assert text == lm.tokenizer.decode(two_tokens, skip_special_tokens=True)
+    assert "".join(generate(lm, "small models", greedy)).startswith(text)
+
+
+def test_seq2seq_chat_answers_two_turns_from_plain_text(tiny_t5):
+    _, lm = tiny_t5
+    session = ChatSession(lm, SamplingConfig(temperature=0, max_new_tokens=6))
+    calls, hooks = _seq2seq_calls(lm)
+    try:
+        answers = ["".join(session.reply(question)) for question in ("what is small?", "and fast?")]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert all(answer.strip() for answer in answers)
+    assert [message["role"] for message in session.history] == ["user", "assistant", "user", "assistant"]
+    transcript = f"User: what is small?\nAssistant: {answers[0].strip()}\nUser: and fast?\nAssistant:"
+    encoded = [lm.tokenizer(text).input_ids for text in ("what is small?", transcript)]
+    assert [ids[0].tolist() for ids in calls["encoder"]] == encoded
+
+
+def test_slm_generate_answers_with_a_seq2seq_checkpoint(tiny_t5):
+    from conftest import run_slm
+
+    directory, lm = tiny_t5
+    expected = "".join(generate(lm, "small models", SamplingConfig(temperature=0, max_new_tokens=8)))
+    result = run_slm("generate", "small models", "-m", str(directory), "--temperature", "0",
+                     "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+
+
+def test_models_that_write_no_text_are_refused_generation(tmp_path, tiny_tokenizer):
+    from slmkit.runtime import open_model
+
+    bert = slmkit.load(str(slmkit.save(tiny_model("bert"), tmp_path / "bert", tiny_tokenizer, stage="test")))
+    message = f"^{re.escape(str(tmp_path / 'bert'))}: (generation|chat) needs a causal language model; " \
+              r"this is an encoder \(bert\)$"
+    with pytest.raises(slmkit.SlmError, match=message):
+        generate(bert, "hi")
+    with pytest.raises(slmkit.SlmError, match=message):
+        ChatSession(bert, SamplingConfig())
+    # A GGUF holds a causal LM: asking llama.cpp for a seq2seq one is refused before the file is read.
+    with pytest.raises(slmkit.SlmError, match="a GGUF file holds a causal language model$"):
+        open_model(str(tmp_path / "model.gguf"), backend="llamacpp", kind="seq2seq")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from slmkit.runtime.generate import prompt_ids, render_prompt
+from slmkit.runtime.generate import applies_template, prompt_ids, render_prompt, require_generator
 from slmkit.runtime.open import as_runtime
 from slmkit.runtime.sampling import SamplingConfig
 
@@ -17,7 +17,7 @@ class ChatSession:
 
     def __init__(self, lm, sampling: SamplingConfig, system: str | None = None):
         self.lm, self.sampling, self.system = as_runtime(lm), sampling, system
-        self.lm.require("causal-lm", "chat")
+        require_generator(self.lm, "chat")
         self.lm.require_tokenizer("chat")
         self.history: list[dict] = []
         self.context = self.lm.context
@@ -29,10 +29,11 @@ class ChatSession:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
     def _fitted_prompt(self) -> list[int]:
-        templated = bool(getattr(self.lm.tokenizer, "chat_template", None))
+        templated = applies_template(self.lm)
         budget = self.context - self.sampling.max_new_tokens
         while True:
-            ids = prompt_ids(self.lm.tokenizer, render_prompt(self.lm.tokenizer, self._messages()), templated)
+            ids = prompt_ids(self.lm.tokenizer, render_prompt(self.lm.tokenizer, self._messages(), templated),
+                             templated)
             if len(ids) <= budget or len(self.history) <= 2:
                 return ids[-budget:] if len(ids) > budget else ids
             # Drop the oldest exchange (user + assistant) and try again.

@@ -14,6 +14,14 @@ from slmkit.errors import SlmError
 from slmkit.runtime.open import as_runtime
 from slmkit.runtime.sampling import SamplingConfig
 
+GENERATING_KINDS = ("causal-lm", "seq2seq")  # the kinds with a decoder that writes text
+
+
+def require_generator(lm, task: str) -> None:
+    """One-line refusal of a model that writes no text (an encoder, a classifier)."""
+    if lm.kind not in GENERATING_KINDS:
+        lm.require("causal-lm", task)  # the runtime's own refusal, naming what the model is
+
 
 def render_prompt(tokenizer, messages: list[dict], use_template: bool = True) -> str:
     """The text the model sees for a conversation, ending where the assistant speaks."""
@@ -31,6 +39,16 @@ def render_prompt(tokenizer, messages: list[dict], use_template: bool = True) ->
     return "\n".join(lines) + "\nAssistant:"
 
 
+def applies_template(lm, use_template: bool = True) -> bool:
+    """Whether the prompt is rendered with the model's chat template.
+
+    Never for a seq2seq model: it is trained on plain input text (`input` records, tokenized as they are), so it
+    gets the user's text, and for a conversation the plain transcript `render_prompt` writes without a
+    template, even when its tokenizer carries one.
+    """
+    return use_template and lm.kind != "seq2seq" and bool(getattr(lm.tokenizer, "chat_template", None))
+
+
 def prompt_ids(tokenizer, text: str, templated: bool) -> list[int]:
     # A rendered template already holds its special tokens (BOS etc.).
     return tokenizer(text, add_special_tokens=not templated).input_ids
@@ -44,11 +62,11 @@ def generate(lm, prompt: str | list[dict], sampling: SamplingConfig | None = Non
     Example: `"".join(slmkit.generate(lm, "Hi", SamplingConfig(temperature=0)))`.
     """
     lm = as_runtime(lm)
-    lm.require("causal-lm", "generation")
+    require_generator(lm, "generation")
     lm.require_tokenizer("generation")
     sampling = sampling or SamplingConfig()
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     messages = ([{"role": "system", "content": system}] if system else []) + messages
-    templated = use_template and bool(getattr(lm.tokenizer, "chat_template", None))
-    text = render_prompt(lm.tokenizer, messages, use_template)
+    templated = applies_template(lm, use_template)
+    text = render_prompt(lm.tokenizer, messages, templated)
     return lm.stream(prompt_ids(lm.tokenizer, text, templated), sampling, cancel=cancel)

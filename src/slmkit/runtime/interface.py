@@ -106,7 +106,8 @@ class Model(Protocol):
 
     def prefill(self, ids: list[int], max_tokens: int) -> Any:
         """One forward pass over a prompt; a causal LM also picks its first token (greedy) and returns the
-        state `decode` advances. Sized for `max_tokens` in all (what bench times as prefill)."""
+        state `decode` advances (a seq2seq model: the encoder's pass and the decoder's first step). Sized for
+        `max_tokens` in all (what bench times as prefill)."""
 
     def decode(self, state: Any) -> None:
         """One greedy single-token step on the state `prefill` returned (what bench times as decode)."""

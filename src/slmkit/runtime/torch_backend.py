@@ -7,6 +7,10 @@ transformers' `generate` because that one samples from the global random state
 and streams only through a second thread: a server's concurrent requests need
 their own generator each, and a caller must be able to stop a stream between
 two tokens.
+
+A seq2seq model (T5) runs the same loop on its decoder: the prompt is encoded
+once, and every decoder step attends to that encoding, from the decoder's
+start token on (the model keeps its own self- and cross-attention cache).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Decoding:
     cache: Any
     next_token: torch.Tensor  # [1, 1]
     logits: torch.Tensor | None = None  # [1, vocab] that chose next_token
+    encoder_outputs: Any = None  # seq2seq: the encoded prompt every decoder step attends to
 
 
 @dataclass
@@ -101,6 +106,8 @@ class TorchModel(LoadedModel, RuntimeBase):
         if not ids:
             raise SlmError(f"{self.spec}: the prompt has no tokens")
         prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
+        if self.kind == "seq2seq":
+            return self._encode_and_start(prompt)
         if self.kind != "causal-lm":  # an encoder's whole job: one forward pass, nothing to decode
             self.model(input_ids=prompt)
             return None
@@ -111,13 +118,33 @@ class TorchModel(LoadedModel, RuntimeBase):
         logits = output.logits[:, -1]
         return Decoding(getattr(output, name), logits.argmax(dim=-1, keepdim=True), logits)
 
+    def _encode_and_start(self, prompt: torch.Tensor) -> Decoding:
+        """A seq2seq prefill: the prompt through the encoder, then the decoder's first step from its start token."""
+        start = torch.tensor([[self._decoder_start()]], dtype=torch.long, device=self.device)
+        # No cache given: the model makes its own (an EncoderDecoderCache), as its generate does.
+        state = Decoding(cache=None, next_token=start, encoder_outputs=self.model.get_encoder()(input_ids=prompt))
+        self.decode(state)
+        return state
+
+    def _decoder_start(self) -> int:
+        # The generation config first, as transformers' generate reads it; a fine-tuned checkpoint may set it there.
+        for config in (getattr(self.model, "generation_config", None), self.config):
+            start = getattr(config, "decoder_start_token_id", None)
+            if start is not None:
+                return start
+        raise SlmError(f"{self.spec}: its config has no decoder_start_token_id; seq2seq generation needs one")
+
     @torch.inference_mode()
     def decode(self, state: Decoding, token: torch.Tensor | None = None) -> None:
         """Feed `token` (default: the greedy choice) and store the logits of the next position."""
         name = self._cache_argument()
+        token = state.next_token if token is None else token
+        if state.encoder_outputs is None:
+            inputs = {"input_ids": token}
+        else:  # cross-attention needs the encoding on every step (its keys and values are cached after the first)
+            inputs = {"decoder_input_ids": token, "encoder_outputs": state.encoder_outputs}
         # Positions come from the cache (a tensor in a static one: a compiled step never recompiles).
-        output = self._step(input_ids=state.next_token if token is None else token, use_cache=True,
-                            **{name: state.cache})
+        output = self._step(**inputs, use_cache=True, **{name: state.cache})
         state.cache, state.logits = getattr(output, name), output.logits[:, -1]
         state.next_token = state.logits.argmax(dim=-1, keepdim=True)
 
@@ -134,10 +161,11 @@ class TorchModel(LoadedModel, RuntimeBase):
 
     def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
                cache_tokens: int | None = None) -> Iterator[str]:
-        self.require("causal-lm", "generation")
+        if self.kind != "seq2seq":
+            self.require("causal-lm", "generation")
         self.require_tokenizer("generation")
         picker, stops, text = TokenPicker(sampling, self.device), self.stop_tokens(), TextPieces(self.tokenizer)
-        so_far = torch.tensor([ids], dtype=torch.long, device=self.device)
+        so_far = self._written_so_far(ids)
         state = self.prefill(ids, max(cache_tokens or 0, len(ids) + sampling.max_new_tokens))
         def cancelled() -> bool:
             return cancel is not None and cancel.is_set()
@@ -153,6 +181,12 @@ class TorchModel(LoadedModel, RuntimeBase):
             so_far = torch.cat([so_far, token], dim=1)
             self.decode(state, token)
         yield from text.end()
+
+    def _written_so_far(self, ids: list[int]) -> torch.Tensor:
+        """The ids the repetition penalty looks at: a causal LM's prompt; a seq2seq model's decoder input (its
+        start token), as in transformers' generate, since the decoder writes the answer apart from the prompt."""
+        written = [self._decoder_start()] if self.kind == "seq2seq" else ids
+        return torch.tensor([written], dtype=torch.long, device=self.device)
 
     def chat_cache_tokens(self, tokens: int) -> int:
         """Exact in eager mode; compiled, the next power of two from 256 (capped by the context), so a
