@@ -188,3 +188,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama_dir, tiny
     assert not (tmp_path / "ft").exists() and not checkpoint_dir(tmp_path / "ft").exists()
     result = run_slm("finetune", str(tiny_llama_dir), "--data", str(data), "--out", str(tmp_path / "x"), "--merge")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--merge" in result.stderr
+
+
+def test_a_fine_tuned_t5_answers_what_it_was_taught(tmp_path, tiny_tokenizer):
+    base = tmp_path / "t5"
+    slmkit.save(tiny_model("t5"), base, tiny_tokenizer, stage="test")
+    pairs = [{"input": "small models run on", "target": "a phone"}] * 16
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    result = slmkit.finetune(str(base), tmp_path / "ft", FinetuneConfig(
+        data=str(data), max_steps=40, batch_size=8, lr=1e-2, max_length=32, device="cpu", save_every=0))
+    assert result.task == "seq2seq" and result.metrics["eval_loss"] < 0.5
+    answer = "".join(slmkit.generate(slmkit.load(str(tmp_path / "ft")), "small models run on",
+                                     slmkit.SamplingConfig(temperature=0, max_new_tokens=8)))
+    assert answer.strip() == "a phone"
+
+
+def test_packed_text_trains_and_records_the_run(tmp_path, tiny_llama_dir):
+    data = tmp_path / "docs.txt"
+    data.write_text("\n\n".join(f"document {i} is short." for i in range(30)))
+    result = slmkit.finetune(str(tiny_llama_dir), tmp_path / "ft", small(data, packing=True, max_steps=4))
+    manifest = json.loads((tmp_path / "ft" / "slmkit.json").read_text())
+    assert result.task == "text" and manifest["stage"] == "finetune"
+    assert manifest["config"]["packing"] and manifest["config"]["data_sha256"]
+    assert [step for step, _ in manifest["config"]["loss_curve"]["train"]] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["use_cache"] is True

@@ -281,9 +281,12 @@ def _seq2seq_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict
     targets = [_string(path, n, record, "target") for n, record in enumerate(records, start=1)]
     # text_target: the tokenizer's target-side processing (T5's </s>) applies to the labels.
     examples = _rows(tokenizer(inputs, text_target=targets, truncation=True, max_length=max_length))
+    eos = _eos(tokenizer)
     for n, example in enumerate(examples, start=1):
         if not example["labels"]:
             raise DataError(f"{path}: record {n}: the target has no tokens to train on")
+        if eos and example["labels"][-1:] != eos:  # T5's tokenizer ends targets with </s>; one that does not
+            example["labels"] = example["labels"][:max_length - 1] + eos  # still has to learn to stop
     return examples, len(records)
 
 
