@@ -416,3 +416,34 @@ def test_a_stage_registered_in_its_own_module_runs_through_slm_run(tiny_llama_di
         assert refused.exit_code != 0 and "stages[0].factor" in str(refused.exception)
     finally:
         STAGES.pop("scale-head")
+
+
+def test_classifier_recipe_fine_tunes_exports_onnx_and_scores_the_held_back_rows(tiny_tokenizer, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from conftest import tiny_model
+
+    from slmkit import save
+
+    encoder = save(tiny_model("bert"), tmp_path / "bert", tiny_tokenizer, stage="test")
+    rows = ["small models run on a phone\tpositive"] * 30 + ["large models need a data centre\tnegative"] * 30
+    data = tmp_path / "train.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    recipe = load_recipe(RECIPES / "classifier.yaml").model_copy()
+    recipe.stages[0].epochs, recipe.stages[0].lr = 4, 3e-3  # a tiny model learns the toy set quickly
+    recipe.stages[-1].prompt_tokens, recipe.stages[-1].repeats = 16, 1
+    run_dir = run_recipe(recipe, recipe_path="classifier.yaml", model=str(encoder), data=str(data),
+                         out=tmp_path / "run")
+    state = json.loads((run_dir / "run.json").read_text())
+    tuned = state["stages"]["finetuned"]["result"]
+    assert tuned["heldout"] == "finetuned/heldout.csv" and tuned["loss_curve"]["train"]
+    held_back = (run_dir / "finetuned" / "heldout.csv").read_text().splitlines()
+    assert held_back[0] == "text,label" and len(held_back) == 1 + 3  # 5 % of 60 rows
+    scored = state["stages"]["03-eval"]["result"]
+    assert scored["finetuned"]["data"].endswith("finetuned/heldout.csv")
+    assert scored["finetuned"]["accuracy"] == scored["onnx"]["accuracy"] == 1.0
+    from slmkit.pipeline.report import write_report
+
+    markdown, _ = write_report([run_dir])
+    assert (run_dir / "report-files" / "loss.png").is_file()
+    assert "| finetuned | finetune |" in markdown.read_text()

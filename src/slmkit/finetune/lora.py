@@ -47,7 +47,7 @@ def base_spec(model: str) -> str:
 
 
 def save_adapter(peft_model, tokenizer, out: Path, *, base: str, kind: str, record: dict, metrics: dict,
-                 seed: int) -> Path:
+                 seed: int, after_write=None) -> Path:
     """The adapter (`adapter_config.json`, `adapter_model.safetensors`), the tokenizer and a manifest whose
     parent is the base and whose config says which head to open it with."""
     import json
@@ -58,6 +58,8 @@ def save_adapter(peft_model, tokenizer, out: Path, *, base: str, kind: str, reco
     def write(tmp: Path) -> None:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if after_write is not None:
+            after_write(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return atomic_directory(out, write)

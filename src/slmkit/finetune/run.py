@@ -71,7 +71,7 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
     _check_resume(checkpoints, config.resume, run_settings)
 
     lm, labels = _open_for(model, task, config)
-    train, held_out = _examples(task, lm.tokenizer, config, labels)
+    train, held_out, held_back = _examples(task, lm.tokenizer, config, labels)
     trainable = add_lora(lm.model, task, config) if config.lora else lm.model
     trainer = _trainer(trainable, lm.tokenizer, task, config, train, held_out, checkpoints, progress)
     if trainer.is_world_process_zero():
@@ -91,7 +91,8 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
         record = {**config.record(), "task": task, "data_sha256": file_sha256(config.data),
                   "eval_data_sha256": file_sha256(config.eval_data) if config.eval_data else None,
                   "labels": list(labels) if labels else None, "loss_curve": curve}
-        _write_output(trainable, lm, out, model, config, record, metrics)
+        extra = _held_back_rows(config.data, held_back) if task == "classification" and held_back else None
+        _write_output(trainable, lm, out, model, config, record, metrics, extra)
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return FinetuneResult(out, task, completed=True, metrics=metrics, curve=curve, step=trainer.state.global_step,
@@ -160,10 +161,12 @@ def _check_kind(model: str, task: str) -> None:
 
 
 def _examples(task: str, tokenizer, config: FinetuneConfig, labels):
-    """Training and evaluation examples: --eval-data, or a seeded slice of the training file held back."""
+    """Training and evaluation examples: --eval-data, or a seeded slice of the training file held back (the
+    indices of the held-back examples come third, None with --eval-data)."""
     from slmkit.data.training import pack, training_data
 
     train = training_data(task, config.data, tokenizer, max_length=config.max_length, label_names=labels).examples
+    held_back = None
     if config.eval_data:
         held_out = training_data(task, config.eval_data, tokenizer, max_length=config.max_length,
                                  label_names=labels).examples
@@ -174,13 +177,14 @@ def _examples(task: str, tokenizer, config: FinetuneConfig, labels):
         order = list(range(len(train)))
         random.Random(config.seed).shuffle(order)
         count = min(EVAL_HOLDOUT_MAX, max(1, round(len(train) * config.eval_fraction)))
-        held_out = [train[i] for i in order[:count]]
+        held_back = sorted(order[:count])
+        held_out = [train[i] for i in held_back]
         train = [train[i] for i in sorted(order[count:])]
     if config.packing:
         if task not in ("chat", "completion", "text"):
             raise SlmError(f"--packing packs language-model examples; {task} examples are not packed")
         train, held_out = pack(train, config.max_length), pack(held_out, config.max_length)
-    return train, held_out
+    return train, held_out, held_back
 
 
 def _precision(config: FinetuneConfig) -> dict:
@@ -270,14 +274,33 @@ def _final_metrics(trainer: SlmTrainer, task: str, held_out, seconds: float) -> 
     return metrics
 
 
-def _write_output(trained, lm, out: Path, model: str, config: FinetuneConfig, record: dict, metrics: dict) -> None:
+HELD_BACK_FILE = "heldout.csv"  # a classifier's held-back rows, for evaluating it on data it never saw
+
+
+def _held_back_rows(path: str, indices: list[int]):
+    """Writes the held-back rows (one example per row for classification) as `text,label` CSV."""
+    import csv
+    import io
+
+    from slmkit.data.loaders import load_labeled
+
+    rows = load_labeled(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "label"])
+    writer.writerows(rows[i] for i in indices)
+    return lambda directory: (directory / HELD_BACK_FILE).write_text(buffer.getvalue())
+
+
+def _write_output(trained, lm, out: Path, model: str, config: FinetuneConfig, record: dict, metrics: dict,
+                  after_write=None) -> None:
     if config.lora and not config.merge:
         save_adapter(trained, lm.tokenizer, out, base=model, kind=lm.kind, record=record, metrics=metrics,
-                     seed=config.seed)
+                     seed=config.seed, after_write=after_write)
         return
     plain = trained.merge_and_unload() if config.lora else trained
     if hasattr(plain.config, "use_cache"):
         plain.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
     save(plain, out, lm.tokenizer, stage="finetune", parent=model, config=record, seed=config.seed,
-         metrics=metrics)
+         metrics=metrics, after_write=after_write)
 

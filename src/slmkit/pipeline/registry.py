@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -42,11 +42,20 @@ class StageContext:
     models: list[RunModel]  # the original and every model made so far; the last is the newest
     data: str | None  # the run's --data (calibration and evaluation text); None: data-free
     progress: ProgressFactory
+    earlier: list[dict] = field(default_factory=list)  # the run.json records of the stages before this one
 
     @property
     def source(self) -> str:
         """The checkpoint a model-making stage starts from."""
         return self.models[-1].spec
+
+    def newest_file(self, stage: str, key: str) -> str | None:
+        """The file the newest earlier `stage` stage named in its result under `key` (a path relative to the
+        run directory), e.g. the data a synth stage wrote or the rows a finetune stage held back."""
+        for record in reversed(self.earlier):
+            if record["stage"] == stage and (record.get("result") or {}).get(key):
+                return str(self.out.parent / record["result"][key])
+        return None
 
 
 @dataclass

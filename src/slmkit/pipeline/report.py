@@ -211,7 +211,8 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]]) -> dict[str, bytes]:
+def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]],
+           curves: dict[str, dict] | None = None) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +270,29 @@ def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]
         figure.tight_layout()
         plots["layers"] = _png(figure)
         plt.close(figure)
+    if curves:
+        figure, axes = plt.subplots(figsize=(6.4, 4))
+        for label, curve in curves.items():
+            line, = axes.plot([p[0] for p in curve["train"]], [p[1] for p in curve["train"]], label=f"{label} train")
+            if curve.get("eval"):
+                axes.plot([p[0] for p in curve["eval"]], [p[1] for p in curve["eval"]], "o--", color=line.get_color(),
+                          label=f"{label} eval")
+        axes.set_xlabel("optimizer step")
+        axes.set_ylabel("loss")
+        axes.set_title("Training loss")
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
+        plots["loss"] = _png(figure)
+        plt.close(figure)
     return plots
+
+
+def _loss_curves(states: list[tuple[Path, dict]]) -> dict[str, dict]:
+    """The loss curve of every finished training stage (finetune, distill), by stage name."""
+    multiple = len(states) > 1
+    return {(f"{directory.name}/" if multiple else "") + name: record["result"]["loss_curve"]
+            for directory, state in states for name, record in state["stages"].items()
+            if record.get("status") == "done" and (record.get("result") or {}).get("loss_curve", {}).get("train")}
 
 
 def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
@@ -315,7 +338,7 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Pat
     for directory, state in states:
         rows += collect_rows(directory, state, directory.name if multiple else "")
     numbers = headline(rows)
-    plots = _plots(rows, _layer_series(rows))
+    plots = _plots(rows, _layer_series(rows), _loss_curves(states))
     header, cells = _table(rows)
     samples = [] if multiple else (states[0][1].get("samples") or [])
     commands = _commands(rows)

@@ -108,7 +108,9 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
             run.log(f"{name}: start")
             started = time.perf_counter()
             try:
-                done = STAGES[stage.stage].run(stage, StageContext(directory / name, list(models), data, progress))
+                earlier = [run.state["stages"][recipe.stage_dir(i)] for i in range(index)]
+                done = STAGES[stage.stage].run(stage, StageContext(directory / name, list(models), data, progress,
+                                                                   earlier))
             except BaseException as exc:
                 run.log(f"{name}: stopped ({type(exc).__name__}: {exc})")
                 raise

@@ -3,7 +3,9 @@
 In the order errors list them: model-making stages as a recipe usually runs them, then measurements.
 """
 
-from slmkit.pipeline.stages import prune  # noqa: F401, I001
+from slmkit.pipeline.stages import synth  # noqa: F401, I001
+from slmkit.pipeline.stages import finetune  # noqa: F401, I001
+from slmkit.pipeline.stages import prune  # noqa: F401
 from slmkit.pipeline.stages import structured  # noqa: F401
 from slmkit.pipeline.stages import quantize  # noqa: F401
 from slmkit.pipeline.stages import export  # noqa: F401

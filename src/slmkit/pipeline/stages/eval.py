@@ -26,7 +26,9 @@ class TorchMeasureStage(MeasureStage):
 
 class EvalStage(TorchMeasureStage):
     stage: Literal["eval"]
-    data: str | None = Field(None, description="Evaluation file; default: the run's --data, else a built-in text.")
+    data: str | None = Field(None, description="Evaluation file; default: the rows the newest finetune stage "
+                                               "held back (a classifier), else the run's --data, else a "
+                                               "built-in text.")
     task: str | None = None
     max_length: int | None = None
     limit: int | None = None
@@ -36,7 +38,7 @@ def run_eval(stage: EvalStage, context: StageContext) -> StageOutput:
     import slmkit
     from slmkit.runtime import open_model
 
-    path = stage.data or context.data or str(SAMPLE_TEXT)
+    path = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
 
     def measure(model: RunModel, update) -> dict:
         weights = stage.weights if stage.on_torch(model) else "float32"
