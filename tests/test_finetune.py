@@ -131,8 +131,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, t
 def test_a_classification_head_learns_a_separable_set_and_keeps_the_label_names(tmp_path, tiny_tokenizer):
     encoder = tmp_path / "bert"
     slmkit.save(tiny_model("bert"), encoder, tiny_tokenizer, stage="test")
-    rows = [f"small models run on a phone\tpositive" for _ in range(24)] + \
-           [f"large models need a data centre\tnegative" for _ in range(24)]
+    rows = ["small models run on a phone\tpositive" for _ in range(24)] + \
+           ["large models need a data centre\tnegative" for _ in range(24)]
     data = tmp_path / "train.tsv"
     data.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
     result = slmkit.finetune(str(encoder), tmp_path / "clf", FinetuneConfig(

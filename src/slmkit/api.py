@@ -387,3 +387,15 @@ def finetune(model: str, out: str | Path, config, *, progress=None):
     from slmkit.finetune import finetune as run_finetune
 
     return run_finetune(model, out, config, progress=progress)
+
+
+def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress = None):
+    """Have `teacher` (a spec or an opened model) answer `prompts` (a .jsonl/.txt file or a list) into the chat
+    JSONL `out`, filtered and near-deduplicated, resuming an earlier run of the same settings; returns a
+    `SynthResult` (generated, kept, dropped per reason, tokens/s).
+
+    Example: `slmkit.synth("smollm2-135m-instruct", "prompts.txt", "data.jsonl", SynthConfig(style="orca"))`.
+    """
+    from slmkit.synth import synth as write_records
+
+    return write_records(teacher, prompts, out, config, progress=progress)

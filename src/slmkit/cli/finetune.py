@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from slmkit.cli.common import JsonOpt, ModelArg, OutOpt, print_json, print_table, stderr
+from slmkit.cli.common import (AllowPickleOpt, JsonOpt, ModelArg, OutOpt, TrustRemoteCodeOpt, print_json, print_table,
+                               stderr)
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
@@ -68,6 +69,7 @@ def finetune_command(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: CUDA when present).")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, "
                                             "bfloat16 mixed precision on a GPU that has it).")] = "auto",
+    allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fine-tune a model on your data: chat, completion, text, classification or seq2seq.
@@ -90,7 +92,7 @@ def finetune_command(
         lora_targets=lora_targets, merge=merge, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, packing=packing,
         eval_data=str(eval_data) if eval_data else None, eval_every=eval_every, save_every=save_every, seed=seed,
-        resume=resume, device=device, dtype=dtype)
+        resume=resume, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     quiet_libraries()
     with training_bar() as progress:
         result = slmkit.finetune(model, out, config, progress=progress)

@@ -35,6 +35,8 @@ class FinetuneConfig:
         resume: continue from the newest checkpoint of an interrupted run into the same `out`.
         device / dtype: where and in what precision (auto: CUDA when present; float32 on the CPU, bfloat16
             autocast on a GPU that has it); under torchrun/accelerate each process takes its own GPU.
+        allow_pickle / trust_remote_code: open a model whose weights are pickles / whose code is its own, as
+            `slmkit.load` takes them.
 
     Example: `slmkit.finetune("smollm2-135m-instruct", "out/ft", FinetuneConfig(data="chat.jsonl", lora=True))`.
     """
@@ -62,6 +64,8 @@ class FinetuneConfig:
     resume: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.data = str(self.data)

@@ -102,7 +102,7 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
 def _resumable_settings(config: FinetuneConfig) -> dict:
     """The settings that shape the run's steps; a resumed run must repeat them (device may change)."""
     settings = config.record()
-    for free in ("resume", "device", "save_every"):
+    for free in ("resume", "device", "save_every", "allow_pickle", "trust_remote_code"):
         settings.pop(free)
     settings["data_sha256"] = file_sha256(config.data)
     return settings
@@ -136,7 +136,8 @@ def _open_for(model: str, task: str, config: FinetuneConfig):
     _check_kind(model, task)
     labels = label_names(config.data) if task == "classification" else None
     set_seed(config.seed)  # a new head and LoRA's matrices start from the run's seed
-    lm = load(model, kind=TASK_KINDS[task], labels=labels, dtype="float32", device="cpu")
+    lm = load(model, kind=TASK_KINDS[task], labels=labels, dtype="float32", device="cpu",
+              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     if lm.tokenizer is None:
         raise SlmError(f"{model}: has no tokenizer files; fine-tuning needs one")
     if labels is not None and lm.config.pad_token_id is None:

@@ -32,7 +32,7 @@ from slmkit.errors import SlmError
 from slmkit.pipeline.registry import STAGES, Stage
 
 # Stages the recipe format reserves for methods that have not landed yet.
-PLANNED_STAGES = ("distill", "finetune", "synth")
+PLANNED_STAGES = ("distill", "finetune")
 DEFAULT_PROMPTS = ["What is the capital of France?",
                    "Why would I run a small language model on my laptop?",
                    "Write a haiku about the sea."]
@@ -70,7 +70,8 @@ class Recipe(BaseModel):
             if stage.makes_model and made_onnx:
                 raise ValueError(f"stages[{index}] ({stage.stage}): comes after an ONNX export, which only "
                                  "onnxruntime runs; put model-making stages before it")
-            if not stage.makes_model and isinstance(stage.models, list):
+            # A stage that makes no model may measure none either (synth makes data): no `models` field.
+            if not stage.makes_model and isinstance(getattr(stage, "models", None), list):
                 unknown = [label for label in stage.models if label not in made | {"original"}]
                 if unknown:
                     raise ValueError(f"stages[{index}].models: {', '.join(map(repr, unknown))} is not the original "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError, json_problem
 from slmkit.models.checkpoint import read_manifest, write_atomic
+from slmkit.pipeline.registry import STAGES
 from slmkit.pipeline.run import RUN_FILE
 
 # (key in a measurement, column title, unit, higher is better, format)
@@ -71,6 +72,13 @@ def _bytes_on_disk(path: Path) -> int | None:
     return bytes_on_disk(path) if path.exists() else None
 
 
+def makes_model(stage: str) -> bool:
+    """Whether a stage's output is a model (a synth stage's is data); a stage this slmkit no longer knows
+    counts as one, so its output still gets a row."""
+    kind = STAGES.get(stage)
+    return kind is None or kind.schema.makes_model
+
+
 def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]:
     """One row per model of the run and way it ran (backend and torch weights), filled from every measuring
     stage (later ones win): a model benched in float32 and again on int8 gets a row for each."""
@@ -95,7 +103,7 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
                 else:
                     row.values.update({key: value for key, value in result.items()
                                        if key == "token_perplexity" or key in ACCURACY_KEYS})
-        else:
+        elif makes_model(record["stage"]):
             path = directory / record["output"]
             rows[name] = ModelRow(run_label, name, record["stage"], str(path))
             rows[name].values.setdefault("bytes_on_disk", _bytes_on_disk(path))

@@ -11,33 +11,36 @@ from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_
 
 
 class FinetuneStage(Stage):
+    """FinetuneConfig's settings; one left out takes FinetuneConfig's default (kept there only)."""
+
     stage: Literal["finetune"]
     data: str | None = Field(None, description="Training file; default: the newest synth stage's data, else "
                                                "the run's --data.")
     task: str | None = None
-    lora: bool = False
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    merge: bool = False
-    epochs: float = 1.0
+    lora: bool | None = None
+    lora_rank: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    lora_targets: str | None = None
+    merge: bool | None = None
+    epochs: float | None = None
     max_steps: int | None = None
     lr: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    packing: bool = False
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    max_length: int | None = None
+    packing: bool | None = None
     eval_data: str | None = None
-    eval_every: int = 0
-    save_every: int = 100
-    seed: int = 0
+    eval_fraction: float | None = None
+    eval_every: int | None = None
+    save_every: int | None = None
+    seed: int | None = None
 
     def settings(self, data: str, resume: bool = False):
         from slmkit.finetune import FinetuneConfig
 
-        fields = self.model_dump(exclude={"stage", "name", "data"})
-        return FinetuneConfig(data=data, resume=resume, **fields)
+        chosen = self.model_dump(exclude={"stage", "name", "data"}, exclude_none=True)
+        return FinetuneConfig(data=data, resume=resume, **chosen)
 
 
 def training_file(stage: FinetuneStage, context: StageContext) -> str:
