@@ -12,14 +12,15 @@ from slmkit.errors import SlmError
 
 __version__ = "0.1.0"
 
-_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "finetune", "synth")
+_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "finetune", "synth", "student")
 _CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
             "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
             "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",
             "AWQConfig": "slmkit.compress", "StructuredConfig": "slmkit.compress.structured",
             "LoadedModel": "slmkit.models", "FinetuneConfig": "slmkit.finetune",
-            "SynthConfig": "slmkit.synth", "FilterConfig": "slmkit.synth"}
+            "SynthConfig": "slmkit.synth", "FilterConfig": "slmkit.synth",
+            "StudentConfig": "slmkit.distill"}
 _LAZY = {**{verb: "slmkit.api" for verb in _VERBS}, **_CONFIGS}
 
 __all__ = ["SlmError", "__version__", *_VERBS, *_CONFIGS]

@@ -399,3 +399,20 @@ def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress 
     from slmkit.synth import synth as write_records
 
     return write_records(teacher, prompts, out, config, progress=progress)
+
+
+def student(lm, config, calibration: Calibration | Any = None, *, progress: Progress = None) -> dict:
+    """Make a loaded teacher into a smaller student in place (StudentConfig: kept blocks, evenly spaced depth, a
+    fresh config, or structured width / parameter count, which `calibration` scores); returns what was kept.
+    `save` then writes it (stage "student", the teacher as parent).
+
+    Example: `lm = slmkit.load("minilm-l6"); slmkit.student(lm, StudentConfig(layers=(0, 2, 4)))`,
+    then `slmkit.save(lm, "out/student", stage="student", parent="minilm-l6")`.
+    """
+    from slmkit.distill import make_student
+
+    _require_float32_on_cpu(lm, "making a student")
+    structured = config.structured()
+    if structured is not None:
+        return prune(lm, structured, calibration, progress=progress).summary
+    return make_student(lm, config)

@@ -212,7 +212,7 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
     then `slmkit.save(lm.model, "out/short", lm.tokenizer)`: transformers loads it as is.
     """
     text_config = _text_config(model)
-    stack_name, blocks = _decoder_blocks(model)
+    _, blocks = _decoder_blocks(model)
     adapter = family_of(model)
     wants_width = config.ffn is not None or config.heads is not None
     if wants_width and adapter is None:
@@ -250,17 +250,7 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
             text_config.num_key_value_heads = kept_kv_heads
     removed = sorted(torch.topk(influence, depth, largest=False).indices.tolist()) if depth else []
     if removed:
-        kept = [block for index, block in enumerate(blocks) if index not in removed]
-        _replace_blocks(model, stack_name, nn.ModuleList(kept))
-        for new_index, block in enumerate(kept):
-            for module in block.modules():
-                if hasattr(module, "layer_idx"):
-                    module.layer_idx = new_index
-        for key in LAYER_COUNT_KEYS:
-            if hasattr(text_config, key):
-                setattr(text_config, key, len(kept))
-        if getattr(text_config, "layer_types", None):
-            text_config.layer_types = [t for i, t in enumerate(text_config.layer_types) if i not in removed]
+        keep_blocks(model, [index for index in range(len(blocks)) if index not in removed])
     return {
         "removed_blocks": removed,
         "block_influence": [round(float(v), 6) for v in influence / max(1, calibration.numel())],
@@ -271,6 +261,20 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
     }
 
 
-def _replace_blocks(model, stack_name: str, blocks: nn.ModuleList) -> None:
+def keep_blocks(model, kept: list[int]) -> None:
+    """Keep only the blocks at indices `kept` (ascending) of a single-stack model, in place: the config's layer
+    count and per-layer lists, and each attention's cache slot (`layer_idx`), follow."""
+    stack_name, blocks = _decoder_blocks(model)
+    text_config = _text_config(model)
+    new_blocks = nn.ModuleList(blocks[index] for index in kept)
     parent_name, _, attribute = stack_name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attribute, blocks)
+    setattr(model.get_submodule(parent_name) if parent_name else model, attribute, new_blocks)
+    for new_index, block in enumerate(new_blocks):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    for key in LAYER_COUNT_KEYS:
+        if hasattr(text_config, key):
+            setattr(text_config, key, len(kept))
+    if getattr(text_config, "layer_types", None):
+        text_config.layer_types = [text_config.layer_types[index] for index in kept]

@@ -93,9 +93,12 @@ class CalibratedStage(Stage):
     calib_seq_len: int = 512
     seed: int = 0
 
-    def calibration(self, data: str | None):
+    def calibration(self, context: StageContext):
+        """Calibration text: the run's --data, else the newest synth stage's answers (the domain the model is
+        made for), else none (the model writes its own)."""
         from slmkit.api import Calibration
 
+        data = context.data or context.newest_file("synth", "data")
         return Calibration(data, samples=self.calib_samples, seq_len=self.calib_seq_len, seed=self.seed)
 
 

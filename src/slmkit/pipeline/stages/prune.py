@@ -33,7 +33,7 @@ def run_prune(stage: PruneStage, context: StageContext) -> StageOutput:
     import slmkit
 
     return compress_stage(context, f"{stage.method} pruning, block", lambda lm, update: slmkit.prune(
-        lm, stage.config(), stage.calibration(context.data), device="auto", progress=update))
+        lm, stage.config(), stage.calibration(context), device="auto", progress=update))
 
 
 register_stage(PruneStage, run_prune)

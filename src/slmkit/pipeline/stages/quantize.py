@@ -43,7 +43,7 @@ def run_quantize(stage: QuantizeStage, context: StageContext) -> StageOutput:
     import slmkit
 
     return compress_stage(context, f"{stage.method} quantization, block", lambda lm, update: slmkit.quantize(
-        lm, stage.config(), stage.calibration(context.data), fake_quant=stage.fake_quant, target=stage.target,
+        lm, stage.config(), stage.calibration(context), fake_quant=stage.fake_quant, target=stage.target,
         device="auto", progress=update))
 
 

@@ -28,7 +28,7 @@ def run_structured(stage: StructuredStage, context: StageContext) -> StageOutput
     import slmkit
 
     return compress_stage(context, "structured, block", lambda lm, update: slmkit.prune(
-        lm, stage.config(), stage.calibration(context.data), progress=update))
+        lm, stage.config(), stage.calibration(context), progress=update))
 
 
 register_stage(StructuredStage, run_structured)
