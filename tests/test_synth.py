@@ -213,6 +213,11 @@ stages:
     assert [row.label for row in collect_rows(run, state, "synth-only")] == ["original"]  # data is not a model
     later = StageContext(run / "02-finetune", [], None, None, list(state["stages"].values()))
     assert later.newest_file("synth", "data") == str(run / "01-synth" / "data.jsonl")
+    from slmkit.pipeline.stages.quantize import QuantizeStage
+
+    quantize = QuantizeStage(stage="quantize", method="rtn")
+    assert quantize.calibration(later).data == str(run / "01-synth" / "data.jsonl")  # the domain's text
+    assert quantize.calibration(StageContext(run / "x", [], "wiki.txt", None, later.earlier)).data == "wiki.txt"
     with pytest.raises(SlmError, match=r"stages\[0\] \(synth\): --n must be >= 1"):
         parse_recipe("name: x\nstages:\n  - stage: synth\n    prompts: p.txt\n    n: 0\n", "r.yaml")
 
