@@ -8,6 +8,12 @@ seq2seq         `input`/`target` JSONL; encoder input ids, the target's ids as l
 
 Example: `data = training_data("chat", "chats.jsonl", tokenizer, max_length=1024)`, then
 `Trainer(train_dataset=pack(data.examples, 1024), data_collator=collator("chat", tokenizer, packing=True))`.
+
+From TRL: its language-modelling collator (padding-free rows with per-document position ids) and its best-fit
+packing, as they are. Not its SFTTrainer: it trains causal LMs only (no classification or seq2seq heads), its
+assistant-only loss needs templates with `{% generation %}` markers (SmolLM2's has none; the masks here come
+from the rendered offsets), and slmkit's own Trainer subclass (train/base.py) already holds the checkpoints,
+signals and NaN guard every slmkit trainer shares.
 """
 
 from __future__ import annotations
