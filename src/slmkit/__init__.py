@@ -12,7 +12,8 @@ from slmkit.errors import SlmError
 
 __version__ = "0.1.0"
 
-_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "finetune", "synth", "student")
+_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "finetune", "synth", "student",
+          "distill")
 _CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
             "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
             "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
@@ -20,7 +21,7 @@ _CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFCo
             "AWQConfig": "slmkit.compress", "StructuredConfig": "slmkit.compress.structured",
             "LoadedModel": "slmkit.models", "FinetuneConfig": "slmkit.finetune",
             "SynthConfig": "slmkit.synth", "FilterConfig": "slmkit.synth",
-            "StudentConfig": "slmkit.distill"}
+            "StudentConfig": "slmkit.distill", "DistillConfig": "slmkit.distill"}
 _LAZY = {**{verb: "slmkit.api" for verb in _VERBS}, **_CONFIGS}
 
 __all__ = ["SlmError", "__version__", *_VERBS, *_CONFIGS]

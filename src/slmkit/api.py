@@ -416,3 +416,14 @@ def student(lm, config, calibration: Calibration | Any = None, *, progress: Prog
     if structured is not None:
         return prune(lm, structured, calibration, progress=progress).summary
     return make_student(lm, config)
+
+
+def distill(teacher: str, student: str, out: str | Path, config, *, progress=None):
+    """Train `student` on `config.data` (a DistillConfig) with `teacher`'s distributions in the loss; returns
+    the FinetuneResult (metrics include kd_loss and ce_loss in the curve's logs).
+
+    Example: `slmkit.distill("smollm2-135m-instruct", "out/student", "out/kd", DistillConfig(data="wiki.txt"))`.
+    """
+    from slmkit.distill.run import distill as run_distill
+
+    return run_distill(teacher, student, out, config, progress=progress)

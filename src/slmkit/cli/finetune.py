@@ -14,6 +14,41 @@ from slmkit.cli.common import (AllowPickleOpt, JsonOpt, ModelArg, OutOpt, TrustR
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
+DataOpt = Annotated[Path, typer.Option(help="Training file: chat `messages` JSONL, `prompt`/`completion` JSONL, "
+                                            "text (.txt or `text` JSONL), `text<TAB>label` TSV/CSV, or "
+                                            "`input`/`target` JSONL (seq2seq).")]
+TaskOpt = Annotated[str | None, typer.Option(help="chat | completion | text | classification | seq2seq "
+                                                  "[default: from the file].")]
+LoraOpt = Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter instead of every weight.")]
+LoraRankOpt = Annotated[int, typer.Option(help="LoRA rank.")]
+LoraAlphaOpt = Annotated[int, typer.Option(help="LoRA alpha (the update is scaled by alpha / rank).")]
+LoraDropoutOpt = Annotated[float, typer.Option(help="Dropout on the LoRA input.")]
+LoraTargetsOpt = Annotated[str, typer.Option(help="all-linear, or module names: q_proj,v_proj.")]
+MergeOpt = Annotated[bool, typer.Option("--merge", help="With --lora: write the merged model (a plain "
+                                                        "checkpoint) instead of the adapter.")]
+EpochsOpt = Annotated[float, typer.Option(help="Passes over the data.")]
+MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (wins over "
+                                                      "--epochs).")]
+LrOpt = Annotated[float | None, typer.Option(help="Peak learning rate [default: 2e-4 with --lora, "
+                                                  "else 5e-5].")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per device per step.")]
+GradAccumOpt = Annotated[int, typer.Option(help="Steps accumulated per optimizer update.")]
+MaxLengthOpt = Annotated[int, typer.Option(help="Tokens per sequence (longer ones are cut).")]
+PackingOpt = Annotated[bool, typer.Option("--packing", help="Pack several examples per row (each attends only "
+                                                            "to itself).")]
+EvalDataOpt = Annotated[Path | None, typer.Option(help="Evaluation file [default: 5% of --data held "
+                                                       "back].")]
+EvalEveryOpt = Annotated[int, typer.Option(help="Steps between evaluations (0: at the end).")]
+SaveEveryOpt = Annotated[int, typer.Option(help="Steps between resumable checkpoints in OUT.checkpoints/ "
+                                                "(0: only on SIGTERM).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for the data order, dropout and new weights.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest "
+                                                          "checkpoint.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: CUDA when present).")]
+DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, "
+                                            "bfloat16 mixed precision on a GPU that has it).")]
+
+
 @contextmanager
 def training_bar():
     """A `progress(step, total, facts)` callback drawing step, loss, tokens/s and the time left."""
@@ -35,40 +70,29 @@ def training_bar():
 
 def finetune_command(
     model: ModelArg = DEFAULT_MODEL,
-    data: Annotated[Path, typer.Option(help="Training file: chat `messages` JSONL, `prompt`/`completion` JSONL, "
-                                            "text (.txt or `text` JSONL), `text<TAB>label` TSV/CSV, or "
-                                            "`input`/`target` JSONL (seq2seq).")] = ...,
+    data: DataOpt = ...,
     out: OutOpt = ...,
-    task: Annotated[str | None, typer.Option(help="chat | completion | text | classification | seq2seq "
-                                                  "[default: from the file].")] = None,
-    lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter instead of every weight.")] = False,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (the update is scaled by alpha / rank).")] = 16,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.")] = 0.05,
-    lora_targets: Annotated[str, typer.Option(help="all-linear, or module names: q_proj,v_proj.")] = "all-linear",
-    merge: Annotated[bool, typer.Option("--merge", help="With --lora: write the merged model (a plain "
-                                                        "checkpoint) instead of the adapter.")] = False,
-    epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 1.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (wins over "
-                                                       "--epochs).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate [default: 2e-4 with --lora, "
-                                                  "else 5e-5].")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per device per step.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Steps accumulated per optimizer update.")] = 1,
-    max_length: Annotated[int, typer.Option(help="Tokens per sequence (longer ones are cut).")] = 512,
-    packing: Annotated[bool, typer.Option("--packing", help="Pack several examples per row (each attends only "
-                                                            "to itself).")] = False,
-    eval_data: Annotated[Path | None, typer.Option(help="Evaluation file [default: 5% of --data held "
-                                                        "back].")] = None,
-    eval_every: Annotated[int, typer.Option(help="Steps between evaluations (0: at the end).")] = 0,
-    save_every: Annotated[int, typer.Option(help="Steps between resumable checkpoints in OUT.checkpoints/ "
-                                                 "(0: only on SIGTERM).")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for the data order, dropout and new weights.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest "
-                                                          "checkpoint.")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: CUDA when present).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, "
-                                            "bfloat16 mixed precision on a GPU that has it).")] = "auto",
+    task: TaskOpt = None,
+    lora: LoraOpt = False,
+    lora_rank: LoraRankOpt = 8,
+    lora_alpha: LoraAlphaOpt = 16,
+    lora_dropout: LoraDropoutOpt = 0.05,
+    lora_targets: LoraTargetsOpt = "all-linear",
+    merge: MergeOpt = False,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    grad_accum: GradAccumOpt = 1,
+    max_length: MaxLengthOpt = 512,
+    packing: PackingOpt = False,
+    eval_data: EvalDataOpt = None,
+    eval_every: EvalEveryOpt = 0,
+    save_every: SaveEveryOpt = 100,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -96,14 +120,19 @@ def finetune_command(
     quiet_libraries()
     with training_bar() as progress:
         result = slmkit.finetune(model, out, config, progress=progress)
-    if not result.main_process:  # under torchrun every process runs this command; one reports
+    report_training(result, {"model": model, "out": str(out)}, f"{model} — fine-tuned", json_output)
+
+
+def report_training(result, names: dict, title: str, json_output: bool) -> None:
+    """A training run's outcome: its metrics, or how to resume it when SIGTERM stopped it."""
+    if not result.main_process:  # under torchrun every process runs the command; one reports
         return
     if not result.completed:
         stderr.print(f"stopped at step {result.step}; checkpoint saved in {result.checkpoints}; run the same "
                      "command with --resume to continue")
         return
-    summary = {"model": model, "out": str(out), "task": result.task, **result.metrics}
+    summary = {**names, "task": result.task, **result.metrics}
     if json_output:
         print_json(summary)
     else:
-        print_table(f"{model} — fine-tuned", summary)
+        print_table(title, summary)

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from slmkit.cli import bench, eval, export, finetune, generate, info, models_cmd, prune, quantize, run
-from slmkit.cli import student, synth
+from slmkit.cli import distill, student, synth
 
 app = typer.Typer(
     name="slm",
@@ -27,6 +27,7 @@ app.command("export")(export.export_command)
 app.command("finetune")(finetune.finetune_command)
 app.command("synth")(synth.synth_command)
 app.command("student")(student.student_command)
+app.command("distill")(distill.distill_command)
 app.command("generate")(generate.generate_command)
 app.command("chat")(generate.chat_command)
 app.command("run")(run.run_command)

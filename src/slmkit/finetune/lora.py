@@ -47,12 +47,12 @@ def base_spec(model: str) -> str:
 
 
 def save_adapter(peft_model, tokenizer, out: Path, *, base: str, kind: str, record: dict, metrics: dict,
-                 seed: int, after_write=None) -> Path:
+                 seed: int, after_write=None, stage: str = "finetune") -> Path:
     """The adapter (`adapter_config.json`, `adapter_model.safetensors`), the tokenizer and a manifest whose
     parent is the base and whose config says which head to open it with."""
     import json
 
-    manifest = new_manifest("finetune", base_spec(base), {**record, "kind": kind}, seed, metrics)
+    manifest = new_manifest(stage, base_spec(base), {**record, "kind": kind}, seed, metrics)
     manifest["adapter"] = True
 
     def write(tmp: Path) -> None:

