@@ -97,3 +97,38 @@ def test_only_positions_before_a_label_are_compared():
     assert torch.equal(rows_t, torch.stack([teacher[0, 1], teacher[0, 2], teacher[1, 0], teacher[1, 3]]))
     classifier = torch.randn(3, 4)
     assert compared_rows(classifier, classifier, torch.tensor([0, 1, 2]))[0] is classifier
+
+
+def test_a_recipe_heals_a_pruned_model_by_distilling_from_the_original(tmp_path, tiny_llama_dir):
+    from slmkit.pipeline.recipe import parse_recipe
+    from slmkit.pipeline.report import collect_rows
+    from slmkit.pipeline.run import run_recipe
+
+    data = tmp_path / "docs.txt"
+    data.write_text(DOCS)
+    recipe = parse_recipe("""
+name: heal
+prompts: []
+stages:
+  - stage: structured
+    name: pruned
+    depth: 1
+    calib_samples: 4
+    calib_seq_len: 32
+  - stage: distill
+    name: healed
+    max_steps: 3
+    batch_size: 4
+    max_length: 32
+    temperature: 2.0
+  - stage: eval
+    models: [original, pruned, healed]
+""", "heal.yaml")
+    run = run_recipe(recipe, recipe_path="heal.yaml", model=str(tiny_llama_dir), data=str(data), out=tmp_path / "run")
+    state = json.loads((run / "run.json").read_text())
+    healed = state["stages"]["healed"]["result"]
+    assert healed["teacher"] == str(tiny_llama_dir) and healed["steps"] == 3 and len(healed["loss_curve"]["train"]) == 3
+    manifest = json.loads((run / "healed" / "slmkit.json").read_text())
+    assert manifest["stage"] == "distill" and manifest["parent"] == str(run / "pruned")
+    assert json.loads((run / "healed" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert [row.label for row in collect_rows(run, state, "heal")] == ["original", "pruned", "healed"]

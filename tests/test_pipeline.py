@@ -65,7 +65,6 @@ def sample_text(tmp_path) -> Path:
     ("name: x\nstages:\n  - stage: quantize\n    bits: four\n", "r.yaml: stages[0].bits: "),
     ("name: x\nstagez: []\n", "r.yaml: stagez: unknown field"),
     ("name: x\nstages: [\n", "r.yaml: line 3 not valid YAML"),
-    ("name: x\nstages:\n  - stage: distill\n", "'distill' is not available"),
     ("name: x\nstages:\n  - stage: eval\n    name: a\n  - stage: bench\n    name: a\n", "name 'a' is used twice"),
     ("name: x\nstages:\n  - stage: eval\n    models: [original, q]\n  - stage: quantize\n    name: q\n",
      "r.yaml: stages[0].models: 'q' is not the original or a model made before this stage"),
@@ -84,7 +83,7 @@ def test_recipe_validation_errors_name_file_and_key(text, message):
 
 def test_ready_recipes_validate():
     names = sorted(path.stem for path in RECIPES.glob("*.yaml"))
-    assert {"edge-chat", "sparse-2of4", "int8-server", "classifier", "domain-chat"} <= set(names)
+    assert {"edge-chat", "sparse-2of4", "int8-server", "classifier", "domain-chat", "distill-student"} <= set(names)
     for path in RECIPES.glob("*.yaml"):
         assert load_recipe(path).name == path.stem
 

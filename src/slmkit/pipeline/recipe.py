@@ -31,8 +31,6 @@ import slmkit.pipeline.stages  # noqa: F401  (registers the built-in stages)
 from slmkit.errors import SlmError
 from slmkit.pipeline.registry import STAGES, Stage
 
-# Stages the recipe format reserves for methods that have not landed yet.
-PLANNED_STAGES = ("distill", "finetune")
 DEFAULT_PROMPTS = ["What is the capital of France?",
                    "Why would I run a small language model on my laptop?",
                    "Write a haiku about the sea."]
@@ -133,10 +131,6 @@ def parse_recipe(text: str, source: str) -> Recipe:
         raise SlmError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise SlmError(f"{source}: a recipe is a mapping with name and stages, got {type(raw).__name__}")
-    for index, stage in enumerate(raw.get("stages") or []):
-        kind = stage.get("stage") if isinstance(stage, dict) else None
-        if kind in PLANNED_STAGES and kind not in STAGES:
-            raise SlmError(f"{source}: stages[{index}].stage: {kind!r} is not available in this version of slmkit")
     try:
         return validate_recipe(raw)
     except ValidationError as exc:

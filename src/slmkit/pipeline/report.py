@@ -72,6 +72,14 @@ def _bytes_on_disk(path: Path) -> int | None:
     return bytes_on_disk(path) if path.exists() else None
 
 
+def _data_of(state: dict) -> str:
+    """The run's --data, else what calibrated it without: a synth stage's answers, or the model's own text."""
+    if state["data"]:
+        return state["data"]
+    synth = [name for name, record in state["stages"].items() if record.get("stage") == "synth"]
+    return f"none (calibrated on {synth[-1]}'s answers)" if synth else "none (data-free)"
+
+
 def makes_model(stage: str) -> bool:
     """Whether a stage's output is a model (a synth stage's is data); a stage this slmkit no longer knows
     counts as one, so its output still gets a row."""
@@ -359,7 +367,7 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Pat
     assets.mkdir(exist_ok=True)
     for name, png in plots.items():
         write_atomic(assets / f"{name}.png", png)
-    runs = [{"directory": str(directory), "model": state["model"], "data": state["data"] or "none (data-free)",
+    runs = [{"directory": str(directory), "model": state["model"], "data": _data_of(state),
              "evaluated_on": _evaluated_on(state), "finished": state.get("finished") or "no (stopped early)"}
             for directory, state in states]
     context = {"title": title, "runs": runs, "headline": _headline_text(numbers), "header": header, "cells": cells,

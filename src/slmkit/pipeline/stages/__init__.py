@@ -5,6 +5,7 @@ In the order errors list them: model-making stages as a recipe usually runs them
 
 from slmkit.pipeline.stages import synth  # noqa: F401, I001
 from slmkit.pipeline.stages import finetune  # noqa: F401, I001
+from slmkit.pipeline.stages import distill  # noqa: F401, I001
 from slmkit.pipeline.stages import prune  # noqa: F401
 from slmkit.pipeline.stages import structured  # noqa: F401
 from slmkit.pipeline.stages import quantize  # noqa: F401

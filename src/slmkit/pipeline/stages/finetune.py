@@ -48,25 +48,30 @@ def training_file(stage: FinetuneStage, context: StageContext) -> str:
 
     chosen = stage.data or context.newest_file("synth", "data") or context.data
     if chosen is None:
-        raise SlmError("the finetune stage needs data: set its `data`, run a synth stage before it, or pass --data")
+        raise SlmError(f"the {stage.stage} stage needs data: set its `data`, run a synth stage before it, or pass "
+                       "--data")
     return chosen
 
 
 def run_finetune(stage: FinetuneStage, context: StageContext) -> StageOutput:
     import slmkit
+
+    return run_training(stage, context, "finetune", lambda out, config, progress: slmkit.finetune(
+        context.source, out, config, progress=progress))
+
+
+def run_training(stage: FinetuneStage, context: StageContext, verb: str, train) -> StageOutput:
+    """Run `train(out, config, progress)` for a finetune-like stage, resuming what a stopped run left."""
+    from slmkit.errors import SlmError
     from slmkit.finetune import checkpoint_dir
+    from slmkit.finetune.run import HELD_BACK_FILE
 
     data = training_file(stage, context)
     resume = any(checkpoint_dir(context.out).glob("checkpoint-*"))  # a run cut short last time
-    with context.progress("finetune, step") as update:
-        result = slmkit.finetune(context.source, context.out, stage.settings(data, resume),
-                                 progress=lambda step, total, facts: update(step, total))
+    with context.progress(f"{verb}, step") as update:
+        result = train(context.out, stage.settings(data, resume), lambda step, total, facts: update(step, total))
     if not result.completed:
-        from slmkit.errors import SlmError
-
-        raise SlmError(f"finetune stopped at step {result.step} (SIGTERM); `slm run` again resumes it")
-    from slmkit.finetune.run import HELD_BACK_FILE
-
+        raise SlmError(f"{verb} stopped at step {result.step} (SIGTERM); `slm run` again resumes it")
     held_back = context.out / HELD_BACK_FILE
     return StageOutput({"data": data, **result.metrics, "loss_curve": result.curve,
                         "heldout": f"{context.out.name}/{HELD_BACK_FILE}" if held_back.is_file() else None},

@@ -1,0 +1,47 @@
+"""The `distill` stage: the newest model learns from a teacher (default: the run's original model), e.g. to
+heal a structured-pruned model. An interrupted stage resumes on the next `slm run` from its last checkpoint.
+
+    - stage: structured
+      target_params: 100M
+    - stage: distill          # the pruned model is the student, the original the teacher
+      max_steps: 500
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from slmkit.pipeline.registry import StageContext, StageOutput, register_stage
+from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
+
+
+class DistillStage(FinetuneStage):
+    """DistillConfig's settings; one left out takes DistillConfig's default (kept there only)."""
+
+    stage: Literal["distill"]
+    teacher: str | None = Field(None, description="Alias, directory, .gguf or hub id; default: the run's model.")
+    loss: str | None = None
+    temperature: float | None = None
+    alpha_ce: float | None = None
+    beta: float | None = None
+
+    def settings(self, data: str, resume: bool = False):
+        from slmkit.distill import DistillConfig
+
+        chosen = self.model_dump(exclude={"stage", "name", "data", "teacher"}, exclude_none=True)
+        return DistillConfig(data=data, resume=resume, **chosen)
+
+
+def run_distill(stage: DistillStage, context: StageContext) -> StageOutput:
+    import slmkit
+
+    teacher = stage.teacher or context.models[0].spec
+    output = run_training(stage, context, "distill", lambda out, config, progress: slmkit.distill(
+        teacher, context.source, out, config, progress=progress))
+    output.result["teacher"] = teacher
+    return output
+
+
+register_stage(DistillStage, run_distill)
