@@ -87,16 +87,14 @@ def test_cli_distills_and_refuses_a_bad_loss_in_one_line(tmp_path, tiny_llama_di
 
 
 def test_only_positions_before_a_label_are_compared():
-    from slmkit.distill.trainer import compared_rows
+    from slmkit.distill.losses import compared
 
-    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, -100, -100, 2]])
-    rows_s, rows_t = compared_rows(student, teacher, labels)
     # logits at t predict the token at t + 1: rows (0,1), (0,2), (1,0), (1,3)
-    assert torch.equal(rows_s, torch.stack([student[0, 1], student[0, 2], student[1, 0], student[1, 3]]))
-    assert torch.equal(rows_t, torch.stack([teacher[0, 1], teacher[0, 2], teacher[1, 0], teacher[1, 3]]))
+    assert torch.equal(compared(logits, labels), torch.stack([logits[0, 1], logits[0, 2], logits[1, 0], logits[1, 3]]))
     classifier = torch.randn(3, 4)
-    assert compared_rows(classifier, classifier, torch.tensor([0, 1, 2]))[0] is classifier
+    assert compared(classifier, torch.tensor([0, 1, 2])) is classifier
 
 
 def test_a_recipe_heals_a_pruned_model_by_distilling_from_the_original(tmp_path, tiny_llama_dir):
@@ -132,3 +130,45 @@ stages:
     assert manifest["stage"] == "distill" and manifest["parent"] == str(run / "pruned")
     assert json.loads((run / "healed" / "config.json").read_text())["num_hidden_layers"] == 1
     assert [row.label for row in collect_rows(run, state, "heal")] == ["original", "pruned", "healed"]
+
+
+def test_a_full_vocabulary_cache_trains_as_the_live_teacher_and_is_built_once(tmp_path, tiny_llama_dir, monkeypatch):
+    from slmkit.distill.trainer import DistillationTrainer
+
+    data = tmp_path / "docs.txt"
+    data.write_text(DOCS)
+    fresh = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
+             "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128}
+    (tmp_path / "fresh.json").write_text(json.dumps(fresh))
+    lm = slmkit.load(str(tiny_llama_dir))
+    slmkit.student(lm, StudentConfig(config=str(tmp_path / "fresh.json")))  # far from the teacher: a real loss
+    student = slmkit.save(lm, tmp_path / "student", stage="student", parent=str(tiny_llama_dir))
+
+    losses = {}
+
+    def run(out: str, **cache) -> dict[str, torch.Tensor]:
+        settings = DistillConfig(data=str(data), max_steps=4, batch_size=4, max_length=32, lr=1e-3, packing=True,
+                                 temperature=2.0, device="cpu", **cache)
+        losses[out] = [loss for _, loss in slmkit.distill(str(tiny_llama_dir), str(student), tmp_path / out,
+                                                           settings).curve["train"]]
+        return slmkit.load(str(tmp_path / out)).model.state_dict()
+
+    run("live")
+    cached = run("cached", teacher_cache=str(tmp_path / "cache"), top_k_logits=VOCAB)
+    # float16 log-probabilities in the cache: the live teacher's losses up to that rounding, step after step
+    # (weights are not compared: Adam turns a gradient's last digits into whole steps on near-zero gradients)
+    assert losses["cached"] == pytest.approx(losses["live"], rel=5e-3)
+    (entry,) = (tmp_path / "cache").iterdir()
+    index = json.loads((entry / "cache.json").read_text())
+    assert index["top_k"] == VOCAB and index["teacher"] == str(tiny_llama_dir) and index["shards"] == 1
+    stamps = {path.name: path.stat().st_mtime_ns for path in entry.iterdir()}
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran although the cache holds every row")
+
+    monkeypatch.setattr(DistillationTrainer, "_teacher_logits", no_teacher)
+    again = run("again", teacher_cache=str(tmp_path / "cache"), top_k_logits=VOCAB)
+    assert all(torch.equal(again[name], cached[name]) for name in cached)
+    assert {path.name: path.stat().st_mtime_ns for path in entry.iterdir()} == stamps
+    run("top8", teacher_cache=str(tmp_path / "cache"), top_k_logits=8)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # another k: its own entry

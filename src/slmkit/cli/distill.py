@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,6 +26,9 @@ def distill_command(
                                                     "square).")] = 1.0,
     alpha_ce: Annotated[float, typer.Option(help="Share of the hard-label cross-entropy in the loss.")] = 0.0,
     beta: Annotated[float, typer.Option(help="jsd: the teacher's weight in the mixture (0 is fkl, 1 rkl).")] = 0.5,
+    teacher_cache: Annotated[Path | None, typer.Option(help="Keep the teacher's top-k log-probabilities here, "
+                                                            "computed once; later epochs and runs read them.")] = None,
+    top_k_logits: Annotated[int, typer.Option(help="Tokens per position the teacher cache keeps.")] = 100,
     lora: LoraOpt = False, lora_rank: LoraRankOpt = 8, lora_alpha: LoraAlphaOpt = 16,
     lora_dropout: LoraDropoutOpt = 0.05, lora_targets: LoraTargetsOpt = "all-linear", merge: MergeOpt = False,
     epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = None, batch_size: BatchSizeOpt = 8,
@@ -49,7 +53,8 @@ def distill_command(
     from slmkit.logs import quiet_libraries
 
     config = slmkit.DistillConfig(
-        data=str(data), task=task, loss=loss, temperature=temperature, alpha_ce=alpha_ce, beta=beta, lora=lora,
+        data=str(data), task=task, loss=loss, temperature=temperature, alpha_ce=alpha_ce, beta=beta,
+        teacher_cache=str(teacher_cache) if teacher_cache else None, top_k_logits=top_k_logits, lora=lora,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, merge=merge,
         epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, packing=packing, eval_data=str(eval_data) if eval_data else None,

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from slmkit.data.training import IGNORE
 from slmkit.errors import SlmError
 
 LOSSES = ("fkl", "rkl", "jsd", "tvd")
@@ -43,10 +44,12 @@ NO_MASS = -1e30
 @dataclass(frozen=True)
 class TopK:
     """A teacher's k likeliest tokens per row: ids [rows, k] and their log-probabilities [rows, k] (at the
-    distillation temperature)."""
+    distillation temperature), and the log of the mass every other token holds [rows] (None: 1 minus theirs;
+    stored, it stays exact when the k are rounded to float16 and hold nearly everything)."""
 
     ids: torch.Tensor
     logprobs: torch.Tensor
+    rest: torch.Tensor | None = None
 
 
 def check_loss(loss: str, temperature: float, beta: float) -> None:
@@ -82,10 +85,14 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(p_prob > 0, p_prob * (p - q), torch.zeros_like(p)).sum(-1)
 
 
-def teacher_with_rest(logprobs: torch.Tensor) -> torch.Tensor:
+def teacher_with_rest(logprobs: torch.Tensor, rest: torch.Tensor | None = None) -> torch.Tensor:
     """[rows, k] log-probabilities of a teacher's top k -> [rows, k + 1], the last the mass they leave."""
-    left = (-torch.expm1(torch.logsumexp(logprobs, dim=-1, keepdim=True))).clamp(min=torch.finfo(logprobs.dtype).tiny)
-    return torch.cat([logprobs, left.log()], dim=-1)
+    if rest is None:
+        left = -torch.expm1(torch.logsumexp(logprobs, dim=-1, keepdim=True))
+        rest = left.clamp(min=torch.finfo(logprobs.dtype).tiny).log()
+    else:
+        rest = rest.to(logprobs.dtype).unsqueeze(-1)
+    return torch.cat([logprobs, rest], dim=-1)
 
 
 def student_with_rest(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -97,14 +104,14 @@ def student_with_rest(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor
 
 
 def _chunk_loss(loss: str, temperature: float, beta: float, student_logits: torch.Tensor,
-                teacher_logits: torch.Tensor | None, top_ids: torch.Tensor | None,
-                top_logprobs: torch.Tensor | None) -> torch.Tensor:
+                teacher_logits: torch.Tensor | None, top_ids: torch.Tensor | None, top_logprobs: torch.Tensor | None,
+                top_rest: torch.Tensor | None) -> torch.Tensor:
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     if teacher_logits is not None:
         teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     else:
         student = student_with_rest(student, top_ids)
-        teacher = teacher_with_rest(top_logprobs.float())
+        teacher = teacher_with_rest(top_logprobs.float(), top_rest)
     return divergence(loss, student, teacher, beta).sum()
 
 
@@ -120,9 +127,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher: torch.Tensor | TopK
     for start in range(0, rows, chunk_rows):
         part = slice(start, start + chunk_rows)
         if isinstance(teacher, TopK):
-            args = (student_logits[part], None, teacher.ids[part], teacher.logprobs[part])
+            rest = None if teacher.rest is None else teacher.rest[part]
+            args = (student_logits[part], None, teacher.ids[part], teacher.logprobs[part], rest)
         else:
-            args = (student_logits[part], teacher[part], None, None)
+            args = (student_logits[part], teacher[part], None, None, None)
         if torch.is_grad_enabled() and student_logits.requires_grad:
             total = total + checkpoint(_chunk_loss, loss, temperature, beta, *args, use_reentrant=False)
         else:
@@ -131,7 +139,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher: torch.Tensor | TopK
 
 
 def top_k(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopK:
-    """The TopK of full teacher logits at `temperature` (what a teacher cache stores)."""
+    """The TopK of full teacher logits at `temperature` (what a teacher cache stores), with the exact mass of
+    the other tokens."""
     logprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-    return TopK(ids, values)
+    return TopK(ids, values, torch.logsumexp(logprobs.scatter(-1, ids, NO_MASS), dim=-1))
+
+
+def compared(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The [rows, vocab] logits where teacher and student are compared: a classifier's every row; a language
+    model's positions whose next token has a label (logits at t predict the token at t + 1), row by row."""
+    if logits.dim() == 2:
+        return logits
+    if labels is None:
+        return logits.flatten(0, 1)
+    return logits[:, :-1][labels[:, 1:] != IGNORE]

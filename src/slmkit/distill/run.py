@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.distill.config import DISTILL_TASKS, DistillConfig
-from slmkit.distill.trainer import DistillationTrainer
+from slmkit.distill.trainer import CacheSettings, DistillationTrainer
 from slmkit.distill.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
 from slmkit.finetune.run import TASK_KINDS, FinetuneResult, Teaching, train_model
@@ -32,9 +32,13 @@ def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, 
         teacher_lm = _open_teacher(teacher, task, labels, config)
         check_same_vocabulary(teacher_lm.tokenizer, lm.tokenizer, _vocab_size(teacher_lm.model),
                               _vocab_size(lm.model), [_probe_text(config.data)])
+        cache = None
+        if config.teacher_cache:
+            cache = CacheSettings(config.teacher_cache, config.top_k_logits, teacher, teacher_lm.path,
+                                  teacher_lm.tokenizer)
         return DistillationTrainer, {"teacher": teacher_lm.model, "loss": config.loss,
                                      "temperature": config.temperature, "alpha_ce": config.alpha_ce,
-                                     "beta": config.beta}
+                                     "beta": config.beta, "cache": cache}
 
     teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS)
     return train_model(student, out, config, progress=progress, teaching=teaching)

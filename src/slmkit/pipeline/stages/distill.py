@@ -26,6 +26,8 @@ class DistillStage(FinetuneStage):
     temperature: float | None = None
     alpha_ce: float | None = None
     beta: float | None = None
+    teacher_cache: str | None = None
+    top_k_logits: int | None = None
 
     def settings(self, data: str, resume: bool = False):
         from slmkit.distill import DistillConfig
