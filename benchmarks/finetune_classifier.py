@@ -226,7 +226,7 @@ def run_one(run: str, dataset: str, train: Path, evaluation: Path, work: Path, a
         shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
     result.update(run=run, dataset=dataset, lr=lr, tokens_per_s=result["tokens"] / result["train_s"])
     print(f"  accuracy {result['accuracy']:.4f}, {result['tokens_per_s']:.0f} train tokens/s, "
-          f"{result['wall_s']:.0f} s", flush=True)
+          f"{result['wall_s']:.0f} s, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MB", flush=True)
     return result
 
 
