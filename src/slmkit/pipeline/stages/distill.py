@@ -9,7 +9,7 @@ heal a structured-pruned model. An interrupted stage resumes on the next `slm ru
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -28,12 +28,12 @@ class DistillStage(FinetuneStage):
     beta: float | None = None
     teacher_cache: str | None = None
     top_k_logits: int | None = None
+    not_settings: ClassVar[set[str]] = FinetuneStage.not_settings | {"teacher"}
 
-    def settings(self, data: str, resume: bool = False):
+    def method_config(self) -> type:
         from slmkit.distill import DistillConfig
 
-        chosen = self.model_dump(exclude={"stage", "name", "data", "teacher"}, exclude_none=True)
-        return DistillConfig(data=data, resume=resume, **chosen)
+        return DistillConfig
 
 
 def run_distill(stage: DistillStage, context: StageContext) -> StageOutput:

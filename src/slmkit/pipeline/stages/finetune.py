@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -36,11 +36,17 @@ class FinetuneStage(Stage):
     save_every: int | None = None
     seed: int | None = None
 
-    def settings(self, data: str, resume: bool = False):
+    not_settings: ClassVar[set[str]] = {"stage", "name", "data"}  # fields the stage keeps for itself
+
+    def method_config(self) -> type:
+        """The config class the stage's settings fill."""
         from slmkit.finetune import FinetuneConfig
 
-        chosen = self.model_dump(exclude={"stage", "name", "data"}, exclude_none=True)
-        return FinetuneConfig(data=data, resume=resume, **chosen)
+        return FinetuneConfig
+
+    def settings(self, data: str, resume: bool = False):
+        chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
+        return self.method_config()(data=data, resume=resume, **chosen)
 
 
 def training_file(stage: FinetuneStage, context: StageContext) -> str:
