@@ -32,7 +32,8 @@ Data (from ../shared/data, relative to the repository root):
 Targets reported against: slmkit tokens/s >= 1.0x the plain Trainer's, accuracy within 0.5 points of it.
 LoRA vs full: accuracy and peak RSS. On a machine other jobs share, tokens/s moves by 10% or more from run
 to run; the runs of BANKING77 go in the opposite order from SST-2's so a drifting machine does not always
-favour the same tool.
+favour the same tool. --repeats 2 runs each of (a) and (b) twice, in the order A B B A (a drift that is linear
+in time then costs both tools the same), and compares the mean tokens/s of each tool's runs; (c) runs once.
 
 Defaults are sized for a 2-core CPU: every run under about 8 minutes, the whole script about 35 minutes.
 
@@ -64,6 +65,7 @@ REPO_ROOT = BENCH_DIR.parent
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 MODEL_ALIAS = "minilm-l6"
 RUNS = ("slmkit", "trainer", "slmkit-lora")
+COMPARED = ("slmkit", "trainer")  # the runs --repeats repeats
 RUN_NAMES = {"slmkit": "slmkit full", "trainer": "Trainer full", "slmkit-lora": "slmkit LoRA"}
 
 # Per dataset: the files, and learning rates that train well in the default number of steps. BANKING77's 77
@@ -230,22 +232,31 @@ def run_one(run: str, dataset: str, train: Path, evaluation: Path, work: Path, a
     return result
 
 
+def mean_of(rows: list[dict]) -> dict:
+    """One tool's runs of one dataset as one row: mean tokens/s, accuracy and wall time, the highest peak RSS."""
+    mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("tokens_per_s", "accuracy", "wall_s")}
+    return {**rows[0], **mean, "peak_rss_bytes": max(row["peak_rss_bytes"] for row in rows)}
+
+
 def print_table(results: list[dict], args, sizes: dict) -> None:
-    header = (f"{'dataset':<10} {'run':<13} {'lr':>7} {'accuracy':>8} {'train tok/s':>11} {'train s':>8} "
+    header = (f"{'dataset':<10} {'run':<16} {'lr':>7} {'accuracy':>8} {'train tok/s':>11} {'train s':>8} "
               f"{'wall s':>7} {'peak RSS MB':>11} {'steps':>6} {'tokens':>9}")
     print()
     print(header)
     print("-" * len(header))
     for row in results:
-        print(f"{DATASETS[row['dataset']]['name']:<10} {RUN_NAMES[row['run']]:<13} {row['lr']:>7.0e} "
+        name = RUN_NAMES[row["run"]] + (f" #{row['pass']}" if args.repeats > 1 else "")
+        print(f"{DATASETS[row['dataset']]['name']:<10} {name:<16} {row['lr']:>7.0e} "
               f"{row['accuracy'] * 100:>7.2f}% {row['tokens_per_s']:>11.0f} {row['train_s']:>8.1f} "
               f"{row['wall_s']:>7.1f} {row['peak_rss_bytes'] / 2**20:>11.0f} {row['steps']:>6} {row['tokens']:>9}")
     print()
     for dataset in dict.fromkeys(row["dataset"] for row in results):
-        by_run = {row["run"]: row for row in results if row["dataset"] == dataset}
+        by_run = {run: mean_of([row for row in results if row["dataset"] == dataset and row["run"] == run])
+                  for run in RUNS if any(row["dataset"] == dataset and row["run"] == run for row in results)}
         name = DATASETS[dataset]["name"]
         train_rows, eval_rows = sizes[dataset]
-        print(f"{name}: {train_rows} training rows, {eval_rows} evaluation rows")
+        print(f"{name}: {train_rows} training rows, {eval_rows} evaluation rows"
+              + (f"; each figure below is the mean of {args.repeats} runs" if args.repeats > 1 else ""))
         slm, peer, lora = by_run.get("slmkit"), by_run.get("trainer"), by_run.get("slmkit-lora")
         if slm and peer:
             speed = slm["tokens_per_s"] / peer["tokens_per_s"]
@@ -292,6 +303,9 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100,
                         help="steps between resumable checkpoints, in every run (default 100, slmkit's default; "
                              "0: none)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of slmkit full and Trainer full per dataset, in the order A B B A ...; their means are "
+                             "compared (default 1; LoRA runs once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="scratch directory for the data splits and outputs (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="also print all results as JSON")
@@ -311,8 +325,8 @@ def main() -> None:
         parser.error(f"--datasets: choose from {', '.join(DATASETS)}")
     if set(runs) - set(RUNS) or not runs:
         parser.error(f"--runs: choose from {', '.join(RUNS)}")
-    if min(args.train_rows, args.eval_rows, args.batch_size, args.max_length) < 1 or args.epochs <= 0:
-        parser.error("--train-rows, --eval-rows, --batch-size, --max-length and --epochs must be positive")
+    if min(args.train_rows, args.eval_rows, args.batch_size, args.max_length, args.repeats) < 1 or args.epochs <= 0:
+        parser.error("--train-rows, --eval-rows, --batch-size, --max-length, --repeats and --epochs must be positive")
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="slmkit-bench-clf-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -330,14 +344,17 @@ def main() -> None:
                          f"(e.g. {sorted(unseen)[0]!r}); train on more rows")
             sizes[dataset] = (train_rows, len(eval_rows))
             order = [run for run in RUNS if run in runs]
-            # Every other dataset runs the tools in reverse, so a machine that drifts does not always favour one.
-            for run in order if index % 2 == 0 else order[::-1]:
-                results.append(run_one(run, dataset, train, evaluation, work, args, path))
+            # Every other dataset and every other pass runs the tools in reverse, so a machine that drifts does
+            # not always favour one.
+            for repeat in range(args.repeats):
+                compared = [run for run in order if repeat == 0 or run in COMPARED]  # LoRA runs once
+                for run in compared if (index + repeat) % 2 == 0 else compared[::-1]:
+                    results.append({**run_one(run, dataset, train, evaluation, work, args, path), "pass": repeat + 1})
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     # The table lists runs in the same order for every dataset, whatever order they ran in.
-    results.sort(key=lambda row: (datasets.index(row["dataset"]), RUNS.index(row["run"])))
+    results.sort(key=lambda row: (datasets.index(row["dataset"]), RUNS.index(row["run"]), row["pass"]))
     print_table(results, args, sizes)
     print(f"total wall time {time.perf_counter() - started:.0f} s")
     if args.json:
