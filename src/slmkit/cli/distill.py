@@ -29,6 +29,14 @@ def distill_command(
     teacher_cache: Annotated[Path | None, typer.Option(help="Keep the teacher's top-k log-probabilities here, "
                                                             "computed once; later epochs and runs read them.")] = None,
     top_k_logits: Annotated[int, typer.Option(help="Tokens per position the teacher cache keeps.")] = 100,
+    hidden_loss: Annotated[str | None, typer.Option(help="mse | cosine: also match the teacher's hidden states "
+                                                         "(TinyBERT); projected when the widths differ.")] = None,
+    layer_map: Annotated[str, typer.Option(help="auto (uniform, last block to last) or student:teacher pairs "
+                                                "like 1:2,2:4,3:6 (0 is the embeddings).")] = "auto",
+    hidden_weight: Annotated[float, typer.Option(help="Weight of the hidden-state loss.")] = 1.0,
+    attention_loss: Annotated[bool, typer.Option("--attention-loss", help="Also match the mapped blocks' attention "
+                                                 "distributions (TinyBERT/MiniLM; same head count).")] = False,
+    attention_weight: Annotated[float, typer.Option(help="Weight of the attention loss.")] = 1.0,
     lora: LoraOpt = False, lora_rank: LoraRankOpt = 8, lora_alpha: LoraAlphaOpt = 16,
     lora_dropout: LoraDropoutOpt = 0.05, lora_targets: LoraTargetsOpt = "all-linear", merge: MergeOpt = False,
     epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = None, batch_size: BatchSizeOpt = 8,
@@ -48,13 +56,17 @@ def distill_command(
       slm student smollm2-135m-instruct --depth 20 --out out/student
       slm distill out/student -t smollm2-135m-instruct --data wiki.txt --max-steps 500 --out out/kd
       slm distill out/clf-student -t out/clf --data train.tsv --temperature 2 --alpha-ce 0.5 --out out/kd-clf
+      slm student out/clf --layers 0,2,4 --out out/clf-3
+      slm distill out/clf-3 -t out/clf --data train.tsv --hidden-loss mse --attention-loss --out out/kd-clf-3
     """
     import slmkit
     from slmkit.logs import quiet_libraries
 
     config = slmkit.DistillConfig(
         data=str(data), task=task, loss=loss, temperature=temperature, alpha_ce=alpha_ce, beta=beta,
-        teacher_cache=str(teacher_cache) if teacher_cache else None, top_k_logits=top_k_logits, lora=lora,
+        teacher_cache=str(teacher_cache) if teacher_cache else None, top_k_logits=top_k_logits,
+        hidden_loss=hidden_loss, layer_map=layer_map, hidden_weight=hidden_weight, attention_loss=attention_loss,
+        attention_weight=attention_weight, lora=lora,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, merge=merge,
         epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, packing=packing, eval_data=str(eval_data) if eval_data else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slmkit.distill.intermediate import HIDDEN_LOSSES, check_layer_map
 from slmkit.distill.losses import check_loss
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
@@ -23,6 +24,11 @@ class DistillConfig(FinetuneConfig):
         teacher_cache: a directory for the teacher's top-k log-probabilities, computed once over the data and
             read by every later epoch and run instead of running the teacher (None: the teacher runs live).
         top_k_logits: how many of the teacher's likeliest tokens the cache keeps per position.
+        hidden_loss: mse | cosine between the student's and the teacher's hidden states at `layer_map`'s pairs
+            (None: none), weighted by hidden_weight and added to the loss (distill.intermediate).
+        layer_map: auto, or student:teacher layer pairs (`1:2,2:4,3:6`; 0 is the embeddings).
+        attention_loss: add KL(teacher || student) of the mapped blocks' attention distributions, weighted by
+            attention_weight (TinyBERT/MiniLM; the student needs the teacher's head count).
 
     Example: `slmkit.distill("teacher", "student", "out/kd", DistillConfig(data="wiki.txt", max_steps=500))`.
     """
@@ -33,6 +39,11 @@ class DistillConfig(FinetuneConfig):
     beta: float = 0.5
     teacher_cache: str | None = None
     top_k_logits: int = 100
+    hidden_loss: str | None = None
+    layer_map: str = "auto"
+    hidden_weight: float = 1.0
+    attention_loss: bool = False
+    attention_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,5 +52,21 @@ class DistillConfig(FinetuneConfig):
             raise SlmError(f"--alpha-ce {self.alpha_ce}: must be in [0, 1]")
         if self.top_k_logits < 1:
             raise SlmError(f"--top-k-logits {self.top_k_logits}: must be at least 1")
+        if self.hidden_loss is not None and self.hidden_loss not in HIDDEN_LOSSES:
+            raise SlmError(f"--hidden-loss {self.hidden_loss}: choose one of {', '.join(HIDDEN_LOSSES)}")
+        for flag, weight in {"--hidden-weight": self.hidden_weight, "--attention-weight": self.attention_weight}.items():
+            if not weight > 0:
+                raise SlmError(f"{flag} {weight}: must be above 0")
+        check_layer_map(self.layer_map)
+        if self.layer_map.strip() != "auto" and not self.distills_internals:
+            raise SlmError("--layer-map pairs layers for --hidden-loss or --attention-loss; add one of them")
+        if self.distills_internals and self.teacher_cache:
+            raise SlmError("--teacher-cache keeps the teacher's output distributions only; --hidden-loss and "
+                           "--attention-loss need the live teacher (drop the cache or those losses)")
         if self.task is not None and self.task not in DISTILL_TASKS:
             raise SlmError(f"--task {self.task}: distillation takes {', '.join(DISTILL_TASKS)}")
+
+    @property
+    def distills_internals(self) -> bool:
+        """Whether the teacher's hidden states or attentions are distilled too."""
+        return self.hidden_loss is not None or self.attention_loss

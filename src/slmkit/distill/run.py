@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.distill.config import DISTILL_TASKS, DistillConfig
-from slmkit.distill.trainer import CacheSettings, DistillationTrainer
+from slmkit.distill.intermediate import check_attention_heads, resolve_layer_map
+from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals
 from slmkit.distill.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
 from slmkit.finetune.run import TASK_KINDS, FinetuneResult, Teaching, train_model
@@ -38,7 +39,8 @@ def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, 
                                   teacher_lm.tokenizer)
         return DistillationTrainer, {"teacher": teacher_lm.model, "loss": config.loss,
                                      "temperature": config.temperature, "alpha_ce": config.alpha_ce,
-                                     "beta": config.beta, "cache": cache}
+                                     "beta": config.beta, "cache": cache,
+                                     "internals": _internals(lm, teacher_lm, config)}
 
     teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS)
     return train_model(student, out, config, progress=progress, teaching=teaching)
@@ -57,6 +59,18 @@ def _open_teacher(spec: str, task: str, labels, config: DistillConfig):
             raise SlmError(f"{spec}: the teacher classifier's labels are {names}; the data's are {list(labels)} "
                            "(distill on data with the teacher's labels)")
     return lm
+
+
+def _internals(student, teacher, config: DistillConfig) -> Internals | None:
+    """The hidden-state / attention settings, checked against both models (None when neither is distilled)."""
+    if not config.distills_internals:
+        return None
+    layers = resolve_layer_map(config.layer_map, student.config, teacher.config)
+    if config.attention_loss:
+        check_attention_heads(student.config, teacher.config)
+        for lm in (student, teacher):
+            lm.model.set_attn_implementation("eager")  # fused attention kernels do not return the weights
+    return Internals(layers, config.hidden_loss, config.hidden_weight, config.attention_loss, config.attention_weight)
 
 
 def _vocab_size(model) -> int:

@@ -9,19 +9,26 @@ divergence (distill.losses), logged apart as `kd_loss` and `ce_loss`.
 With a teacher cache (distill.cache) the teacher's top-k comes from the cache, built before the first step
 over the training and evaluation rows (by the main process; the others wait), and the teacher is not run
 during training at all.
+
+Hidden-state and attention losses (distill.intermediate) are added to that, each with its weight, and logged
+as `hidden_loss` and `attention_loss`. The projections they may need train in the same optimizer (their own
+parameter group); each checkpoint keeps them beside the optimizer state, so a resumed run goes on with them.
 """
 
 from __future__ import annotations
 
-import torch
-
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import TrainerCallback
+
 from slmkit.distill.cache import ROW_KEY, TeacherCache, WithRowIndex, cache_key
+from slmkit.distill.intermediate import LayerPairs, attention_loss, hidden_loss, projections
 from slmkit.distill.losses import compared, distillation_loss
 from slmkit.errors import SlmError
-from slmkit.train.base import SlmTrainer
+from slmkit.train.base import LOSS_PARTS, SlmTrainer
 
 
 @dataclass(frozen=True)
@@ -33,17 +40,57 @@ class CacheSettings:
     tokenizer: object
 
 
+@dataclass(frozen=True)
+class Internals:
+    """What of the teacher's inside is distilled: hidden states (`hidden_loss` mse|cosine, None: not) and
+    attention distributions, at `layers`' pairs, each loss times its weight."""
+
+    layers: LayerPairs
+    hidden_loss: str | None
+    hidden_weight: float
+    attention: bool
+    attention_weight: float
+
+
+PROJECTIONS_FILE = "distill_projections.safetensors"  # in each checkpoint, beside the optimizer state
+
+
+class ProjectionGradients(TrainerCallback):
+    """The projections live outside the (DDP-wrapped) model, so the Trainer neither averages their gradients
+    across processes nor clears them after a step: done here, around each optimizer step."""
+
+    def __init__(self, modules: torch.nn.Module):
+        self.modules = modules
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for parameter in self.modules.parameters():
+                if parameter.grad is not None:  # gloo has no AVG
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= torch.distributed.get_world_size()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.modules.zero_grad(set_to_none=True)
+
+
 class DistillationTrainer(SlmTrainer):
     def __init__(self, *args, teacher, loss: str, temperature: float, alpha_ce: float, beta: float,
-                 cache: CacheSettings | None = None, **kwargs):
+                 cache: CacheSettings | None = None, internals: Internals | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd = {"loss": loss, "temperature": temperature, "beta": beta}
         self.alpha_ce = alpha_ce
         # The loss below is a mean over this batch's positions: the Trainer divides it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._parts: dict[str, list[float]] = {"kd_loss": [], "ce_loss": []}
+        self._parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}
         self.cache = self._open_cache(cache, temperature) if cache is not None else None
+        self.internals = internals
+        self.projections = None
+        if internals is not None and internals.hidden_loss is not None:
+            self.projections = projections(internals.layers)
+            if self.projections is not None:
+                self.projections.to(self.args.device)
+                self.add_callback(ProjectionGradients(self.projections))
 
     def _open_cache(self, settings: CacheSettings, temperature: float) -> TeacherCache:
         train, held_out = list(self.train_dataset), list(self.eval_dataset or [])
@@ -63,28 +110,77 @@ class DistillationTrainer(SlmTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cached_rows = inputs.pop(ROW_KEY, None)
-        outputs = model(**inputs)
+        wanted = self._wanted_outputs()
+        outputs = model(**inputs, **wanted)
         student_rows = compared(outputs.logits, inputs.get("labels"))
+        teacher = None
         if self.cache is not None:
             teacher_rows = self.cache.lookup(cached_rows.tolist(), outputs.logits.device)
             if len(teacher_rows.ids) != len(student_rows):
                 raise SlmError(f"the teacher cache {self.cache.directory} holds {len(teacher_rows.ids)} positions "
                                f"for this batch and it has {len(student_rows)}; remove that directory to rebuild it")
         else:
-            teacher_rows = compared(self._teacher_logits(inputs, outputs.logits.device), inputs.get("labels"))
+            teacher = self._teacher_outputs(inputs, outputs.logits.device, wanted)
+            teacher_rows = compared(teacher.logits, inputs.get("labels"))
         kd = distillation_loss(student_rows, teacher_rows, **self.kd)
         loss = kd if self.alpha_ce == 0 else self.alpha_ce * outputs.loss + (1 - self.alpha_ce) * kd
+        parts = {"kd_loss": kd, "ce_loss": outputs.loss}
+        if self.internals is not None:
+            inside = self.internals
+            mask = inputs.get("attention_mask")
+            if inside.hidden_loss is not None:
+                parts["hidden_loss"] = hidden_loss(inside.hidden_loss, outputs.hidden_states, teacher.hidden_states,
+                                                   inside.layers, self.projections, mask)
+                loss = loss + inside.hidden_weight * parts["hidden_loss"]
+            if inside.attention:
+                parts["attention_loss"] = attention_loss(outputs.attentions, teacher.attentions, inside.layers, mask)
+                loss = loss + inside.attention_weight * parts["attention_loss"]
         if model.training:
-            self._parts["kd_loss"].append(float(kd.detach()))
-            if outputs.loss is not None:
-                self._parts["ce_loss"].append(float(outputs.loss.detach()))
+            for name, value in parts.items():
+                if value is not None:
+                    self._parts[name].append(float(value.detach()))
+        if return_outputs and self.internals is not None:
+            # Evaluation reads every output but the loss as the predictions: the logits alone, as without these.
+            outputs = type(outputs)(**{k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")})
         return (loss, outputs) if return_outputs else loss
 
-    def _teacher_logits(self, inputs: dict, device) -> torch.Tensor:
+    def _wanted_outputs(self) -> dict:
+        if self.internals is None:
+            return {}
+        return {"output_hidden_states": self.internals.hidden_loss is not None,
+                "output_attentions": self.internals.attention}
+
+    def _teacher_outputs(self, inputs: dict, device, wanted: dict):
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         with torch.no_grad():
-            return self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            return self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}, **wanted)
+
+    def create_optimizer(self, model=None):
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if created and self.projections is not None:
+            optimizer.add_param_group({"params": list(self.projections.parameters()), "weight_decay": 0.0})
+        return optimizer
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.projections is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in self.projections.state_dict().items()},
+                      os.path.join(output_dir, PROJECTIONS_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and self.projections is not None:
+            from safetensors.torch import load_file
+
+            saved = Path(checkpoint) / PROJECTIONS_FILE
+            if not saved.is_file():
+                raise SlmError(f"{checkpoint}: has no {PROJECTIONS_FILE} for the hidden-state projections; "
+                               "resume with the settings of the interrupted run")
+            self.projections.load_state_dict(load_file(saved, device=str(self.args.device)))
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: the mean of each part since the last one

@@ -28,6 +28,11 @@ class DistillStage(FinetuneStage):
     beta: float | None = None
     teacher_cache: str | None = None
     top_k_logits: int | None = None
+    hidden_loss: str | None = None
+    layer_map: str | None = None
+    hidden_weight: float | None = None
+    attention_loss: bool | None = None
+    attention_weight: float | None = None
     not_settings: ClassVar[set[str]] = FinetuneStage.not_settings | {"teacher"}
 
     def method_config(self) -> type:
