@@ -37,6 +37,10 @@ def distill_command(
     attention_loss: Annotated[bool, typer.Option("--attention-loss", help="Also match the mapped blocks' attention "
                                                  "distributions (TinyBERT/MiniLM; same head count).")] = False,
     attention_weight: Annotated[float, typer.Option(help="Weight of the attention loss.")] = 1.0,
+    on_policy_ratio: Annotated[float, typer.Option(help="Share of batches the student answers itself, scored by "
+                                                        "the teacher (GKD; chat/completion data).")] = 0.0,
+    on_policy_max_new_tokens: Annotated[int, typer.Option(help="Longest on-policy answer.")] = 128,
+    on_policy_temperature: Annotated[float, typer.Option(help="Sampling temperature of on-policy answers.")] = 1.0,
     lora: LoraOpt = False, lora_rank: LoraRankOpt = 8, lora_alpha: LoraAlphaOpt = 16,
     lora_dropout: LoraDropoutOpt = 0.05, lora_targets: LoraTargetsOpt = "all-linear", merge: MergeOpt = False,
     epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = None, batch_size: BatchSizeOpt = 8,
@@ -58,6 +62,7 @@ def distill_command(
       slm distill out/clf-student -t out/clf --data train.tsv --temperature 2 --alpha-ce 0.5 --out out/kd-clf
       slm student out/clf --layers 0,2,4 --out out/clf-3
       slm distill out/clf-3 -t out/clf --data train.tsv --hidden-loss mse --attention-loss --out out/kd-clf-3
+      slm distill out/student -t smollm2-135m-instruct --data chats.jsonl --loss jsd --on-policy-ratio 0.5 --out out/gkd
     """
     import slmkit
     from slmkit.logs import quiet_libraries
@@ -66,7 +71,8 @@ def distill_command(
         data=str(data), task=task, loss=loss, temperature=temperature, alpha_ce=alpha_ce, beta=beta,
         teacher_cache=str(teacher_cache) if teacher_cache else None, top_k_logits=top_k_logits,
         hidden_loss=hidden_loss, layer_map=layer_map, hidden_weight=hidden_weight, attention_loss=attention_loss,
-        attention_weight=attention_weight, lora=lora,
+        attention_weight=attention_weight, on_policy_ratio=on_policy_ratio,
+        on_policy_max_new_tokens=on_policy_max_new_tokens, on_policy_temperature=on_policy_temperature, lora=lora,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, merge=merge,
         epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, packing=packing, eval_data=str(eval_data) if eval_data else None,

@@ -10,6 +10,7 @@ from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
 
 DISTILL_TASKS = ("chat", "completion", "text", "classification")
+ON_POLICY_TASKS = ("chat", "completion")  # data with prompts for the student to answer
 
 
 @dataclass
@@ -29,6 +30,9 @@ class DistillConfig(FinetuneConfig):
         layer_map: auto, or student:teacher layer pairs (`1:2,2:4,3:6`; 0 is the embeddings).
         attention_loss: add KL(teacher || student) of the mapped blocks' attention distributions, weighted by
             attention_weight (TinyBERT/MiniLM; the student needs the teacher's head count).
+        on_policy_ratio: the share of training batches whose answers the student samples itself for the
+            batch's prompts, scored by the teacher (GKD's lambda; chat and completion data, unpacked).
+        on_policy_max_new_tokens / on_policy_temperature: how long and how hot those answers are sampled.
 
     Example: `slmkit.distill("teacher", "student", "out/kd", DistillConfig(data="wiki.txt", max_steps=500))`.
     """
@@ -44,6 +48,9 @@ class DistillConfig(FinetuneConfig):
     hidden_weight: float = 1.0
     attention_loss: bool = False
     attention_weight: float = 1.0
+    on_policy_ratio: float = 0.0
+    on_policy_max_new_tokens: int = 128
+    on_policy_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +70,18 @@ class DistillConfig(FinetuneConfig):
         if self.distills_internals and self.teacher_cache:
             raise SlmError("--teacher-cache keeps the teacher's output distributions only; --hidden-loss and "
                            "--attention-loss need the live teacher (drop the cache or those losses)")
+        if not 0 <= self.on_policy_ratio <= 1:
+            raise SlmError(f"--on-policy-ratio {self.on_policy_ratio}: must be in [0, 1]")
+        if self.on_policy_max_new_tokens < 1:
+            raise SlmError(f"--on-policy-max-new-tokens {self.on_policy_max_new_tokens}: must be at least 1")
+        if not self.on_policy_temperature > 0:
+            raise SlmError(f"--on-policy-temperature {self.on_policy_temperature}: must be above 0")
+        if self.on_policy_ratio > 0 and self.packing:
+            raise SlmError("--on-policy-ratio replaces each row's answer with the student's; it cannot with "
+                           "--packing (drop one of them)")
+        if self.on_policy_ratio > 0 and self.teacher_cache:
+            raise SlmError("--teacher-cache holds the teacher's view of the data's answers; on-policy answers are "
+                           "new each time and need the live teacher (drop the cache or --on-policy-ratio)")
         if self.task is not None and self.task not in DISTILL_TASKS:
             raise SlmError(f"--task {self.task}: distillation takes {', '.join(DISTILL_TASKS)}")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.distill.config import DISTILL_TASKS, DistillConfig
+from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS, DistillConfig
 from slmkit.distill.intermediate import check_attention_heads, resolve_layer_map
-from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals
+from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals, OnPolicy
 from slmkit.distill.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
 from slmkit.finetune.run import TASK_KINDS, FinetuneResult, Teaching, train_model
@@ -40,8 +40,11 @@ def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, 
         return DistillationTrainer, {"teacher": teacher_lm.model, "loss": config.loss,
                                      "temperature": config.temperature, "alpha_ce": config.alpha_ce,
                                      "beta": config.beta, "cache": cache,
-                                     "internals": _internals(lm, teacher_lm, config)}
+                                     "internals": _internals(lm, teacher_lm, config),
+                                     "on_policy": _on_policy(lm, config)}
 
+    if config.on_policy_ratio > 0:
+        _check_prompts(config)
     teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS)
     return train_model(student, out, config, progress=progress, teaching=teaching)
 
@@ -71,6 +74,28 @@ def _internals(student, teacher, config: DistillConfig) -> Internals | None:
         for lm in (student, teacher):
             lm.model.set_attn_implementation("eager")  # fused attention kernels do not return the weights
     return Internals(layers, config.hidden_loss, config.hidden_weight, config.attention_loss, config.attention_weight)
+
+
+def _check_prompts(config: DistillConfig) -> None:
+    from slmkit.data.training import infer_train_task
+
+    task = config.task or infer_train_task(config.data)
+    if task not in ON_POLICY_TASKS:
+        raise SlmError(f"--on-policy-ratio: the student answers the data's prompts, so it needs "
+                       f"{' or '.join(ON_POLICY_TASKS)} data; {config.data} is {task} data")
+
+
+def _on_policy(student, config: DistillConfig) -> OnPolicy | None:
+    from slmkit.data.training import pad_token_id
+
+    if config.on_policy_ratio == 0:
+        return None
+    ends = student.model.generation_config.eos_token_id
+    ends = set(ends if isinstance(ends, list) else [] if ends is None else [ends])
+    if student.tokenizer.eos_token_id is not None:
+        ends.add(student.tokenizer.eos_token_id)
+    return OnPolicy(config.on_policy_ratio, config.on_policy_max_new_tokens, config.on_policy_temperature,
+                    pad_token_id(student.tokenizer), frozenset(ends), config.max_length, config.seed)
 
 
 def _vocab_size(model) -> int:

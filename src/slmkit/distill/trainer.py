@@ -11,7 +11,9 @@ over the training and evaluation rows (by the main process; the others wait), an
 during training at all.
 
 Hidden-state and attention losses (distill.intermediate) are added to that, each with its weight, and logged
-as `hidden_loss` and `attention_loss`. The projections they may need train in the same optimizer (their own
+as `hidden_loss` and `attention_loss`. With on-policy batches (distill.on_policy, GKD) a drawn share of the
+batches carry the student's own sampled answers in place of the data's, before the step computes its loss;
+the share drawn is logged as `on_policy_share`. The projections they may need train in the same optimizer (their own
 parameter group); each checkpoint keeps them beside the optimizer state, so a resumed run goes on with them.
 """
 
@@ -27,6 +29,7 @@ from transformers import TrainerCallback
 from slmkit.distill.cache import ROW_KEY, TeacherCache, WithRowIndex, cache_key
 from slmkit.distill.intermediate import LayerPairs, attention_loss, hidden_loss, projections
 from slmkit.distill.losses import compared, distillation_loss
+from slmkit.distill.on_policy import draws_on_policy, on_policy_batch
 from slmkit.errors import SlmError
 from slmkit.train.base import LOSS_PARTS, SlmTrainer
 
@@ -52,6 +55,19 @@ class Internals:
     attention_weight: float
 
 
+@dataclass(frozen=True)
+class OnPolicy:
+    """GKD's on-policy batches (distill.on_policy): their share, how the student samples, how rows end."""
+
+    ratio: float
+    max_new_tokens: int
+    temperature: float
+    pad_id: int
+    end_ids: frozenset[int]
+    max_length: int
+    seed: int
+
+
 PROJECTIONS_FILE = "distill_projections.safetensors"  # in each checkpoint, beside the optimizer state
 
 
@@ -75,7 +91,8 @@ class ProjectionGradients(TrainerCallback):
 
 class DistillationTrainer(SlmTrainer):
     def __init__(self, *args, teacher, loss: str, temperature: float, alpha_ce: float, beta: float,
-                 cache: CacheSettings | None = None, internals: Internals | None = None, **kwargs):
+                 cache: CacheSettings | None = None, internals: Internals | None = None,
+                 on_policy: OnPolicy | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd = {"loss": loss, "temperature": temperature, "beta": beta}
@@ -85,6 +102,9 @@ class DistillationTrainer(SlmTrainer):
         self._parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}
         self.cache = self._open_cache(cache, temperature) if cache is not None else None
         self.internals = internals
+        self.on_policy = on_policy
+        self._micro_batch = (-1, 0)  # (step, micro-batches drawn in it): what on-policy draws are seeded by
+        self._on_policy_draws: list[float] = []
         self.projections = None
         if internals is not None and internals.hidden_loss is not None:
             self.projections = projections(internals.layers)
@@ -144,6 +164,41 @@ class DistillationTrainer(SlmTrainer):
             outputs = type(outputs)(**{k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")})
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.on_policy is not None:
+            step, drawn = self._micro_batch
+            drawn = drawn if step == self.state.global_step else 0
+            self._micro_batch = (self.state.global_step, drawn + 1)
+            chosen = draws_on_policy(self.on_policy.ratio, self.on_policy.seed, self.state.global_step, drawn)
+            if chosen:
+                inputs = on_policy_batch(inputs, lambda prompts, budget: self._sample(model, prompts, budget),
+                                         pad_id=self.on_policy.pad_id, end_ids=set(self.on_policy.end_ids),
+                                         max_length=self.on_policy.max_length,
+                                         max_new_tokens=self.on_policy.max_new_tokens)
+            self._on_policy_draws.append(1.0 if chosen else 0.0)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _sample(self, model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """The student's sampled answers to left-padded `prompts` (in eval mode: no dropout while it answers)."""
+        from transformers import GenerationConfig
+
+        student = self.accelerator.unwrap_model(model)
+        device = next(student.parameters()).device
+        width, pad = max(len(prompt) for prompt in prompts), self.on_policy.pad_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        sampling = GenerationConfig(do_sample=True, temperature=self.on_policy.temperature, top_k=0, top_p=1.0,
+                                    max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                    eos_token_id=sorted(self.on_policy.end_ids), use_cache=True)
+        was_training = student.training
+        student.eval()
+        try:
+            with torch.no_grad():
+                out = student.generate(input_ids=ids, attention_mask=mask, generation_config=sampling)
+        finally:
+            student.train(was_training)
+        return [row[width:].tolist() for row in out]
+
     def _wanted_outputs(self) -> dict:
         if self.internals is None:
             return {}
@@ -184,7 +239,7 @@ class DistillationTrainer(SlmTrainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: the mean of each part since the last one
-            for name, values in self._parts.items():
+            for name, values in [*self._parts.items(), ("on_policy_share", self._on_policy_draws)]:
                 if values:
                     logs[name] = sum(values) / len(values)
                     values.clear()

@@ -179,16 +179,18 @@ def _keep_newest(run_dir: Path, limit: int | None) -> None:
 
 
 LOSS_PARTS = ("kd_loss", "ce_loss", "hidden_loss", "attention_loss")  # what a trainer's loss is made of, logged
+CURVE_PARTS = (*LOSS_PARTS, "on_policy_share")  # logged beside the loss and kept in the curve
 
 
 def loss_curve(log_history: list[dict]) -> dict:
     """The logged losses as [step, value] pairs: training loss, and eval loss (with the task metric); under
-    `parts`, the logged parts of a loss made of several (distillation's), when there are any."""
+    `parts`, the logged parts of a loss made of several (distillation's) and the on-policy share, when there
+    are any."""
     train = [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry]
     evals = [[entry["step"], entry["eval_loss"]] + ([entry["eval_accuracy"]] if "eval_accuracy" in entry else [])
              for entry in log_history if "eval_loss" in entry]
     curve: dict = {"train": train, "eval": evals}
-    parts = {name: [[entry["step"], entry[name]] for entry in log_history if name in entry] for name in LOSS_PARTS}
+    parts = {name: [[entry["step"], entry[name]] for entry in log_history if name in entry] for name in CURVE_PARTS}
     if any(parts.values()):
         curve["parts"] = {name: points for name, points in parts.items() if points}
     return curve

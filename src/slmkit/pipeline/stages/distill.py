@@ -33,6 +33,9 @@ class DistillStage(FinetuneStage):
     hidden_weight: float | None = None
     attention_loss: bool | None = None
     attention_weight: float | None = None
+    on_policy_ratio: float | None = None
+    on_policy_max_new_tokens: int | None = None
+    on_policy_temperature: float | None = None
     not_settings: ClassVar[set[str]] = FinetuneStage.not_settings | {"teacher"}
 
     def method_config(self) -> type:
