@@ -166,7 +166,7 @@ def test_a_full_vocabulary_cache_trains_as_the_live_teacher_and_is_built_once(tm
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran although the cache holds every row")
 
-    monkeypatch.setattr(DistillationTrainer, "_teacher_logits", no_teacher)
+    monkeypatch.setattr(DistillationTrainer, "_teacher_outputs", no_teacher)
     again = run("again", teacher_cache=str(tmp_path / "cache"), top_k_logits=VOCAB)
     assert all(torch.equal(again[name], cached[name]) for name in cached)
     assert {path.name: path.stat().st_mtime_ns for path in entry.iterdir()} == stamps

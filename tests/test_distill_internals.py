@@ -28,6 +28,7 @@ def test_auto_maps_blocks_uniformly_and_the_last_meets_the_last():
     assert resolve_layer_map("auto", blocks(3), blocks(6)).pairs == ((1, 2), (2, 4), (3, 6))
     assert resolve_layer_map("auto", blocks(4), blocks(6)).pairs == ((1, 2), (2, 3), (3, 4), (4, 6))
     assert resolve_layer_map("0:0,1:3", blocks(1), blocks(3)).pairs == ((0, 0), (1, 3))
+    assert resolve_layer_map("auto", blocks(4), blocks(2)).pairs == ((1, 1), (2, 1), (3, 2), (4, 2))  # never 0
     assert not resolve_layer_map("auto", blocks(2, 16), blocks(2, 16)).needs_projection
     assert resolve_layer_map("auto", blocks(2, 16), blocks(2, 32)).needs_projection
 
@@ -36,6 +37,7 @@ def test_auto_maps_blocks_uniformly_and_the_last_meets_the_last():
     ("1-2", "expected auto or student:teacher"),
     ("1:2,1:3", "each student layer may be paired once"),
     ("a:1", "expected auto or student:teacher"),
+    ("\u00b2:1", "expected auto or student:teacher"),  # a digit to str.isdigit, not to int()
 ])
 def test_malformed_layer_maps_are_refused(text, message):
     with pytest.raises(SlmError, match=message):
@@ -92,6 +94,32 @@ def test_attention_loss_is_the_kl_per_head_and_real_query():
     assert attention_loss(teacher, teacher, layers, mask).abs() < 1e-6
 
 
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "llama", "gpt2"])
+def test_the_students_attention_weights_are_not_dropped_out(model_type):
+    from conftest import tiny_model
+
+    from slmkit.distill.intermediate import without_attention_dropout
+
+    model = tiny_model(model_type)
+    model.set_attn_implementation("eager")
+    for name in ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"):  # every family's field
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.5)
+    for name in ("hidden_dropout_prob", "dropout", "resid_pdrop", "embd_pdrop"):  # not the attention's: off
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+    model = type(model)(model.config).eval()  # rebuilt: its attention modules hold the dropout of 0.5
+    model.set_attn_implementation("eager")
+    without_attention_dropout(model)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 8]])
+    with torch.no_grad():
+        expected = model(ids, output_attentions=True).attentions
+        model.train()
+        torch.manual_seed(0)
+        got = model(ids, output_attentions=True).attentions
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, got))
+
+
 ROWS = ["small models run on a phone\tpositive", "large models need a data centre\tnegative"] * 16
 
 
@@ -130,7 +158,8 @@ def test_a_narrower_student_learns_hidden_states_and_attention_and_resumes_exact
     manifest = json.loads((tmp_path / "whole" / "slmkit.json").read_text())
     assert manifest["config"]["hidden_loss"] == "mse" and manifest["config"]["layer_map"] == "0:0,1:2"
     saved = load_file(tmp_path / "whole" / "model.safetensors")
-    assert not any("projection" in name for name in saved) and saved["bert.embeddings.word_embeddings.weight"].shape[1] == 16
+    assert not any("projection" in name for name in saved)
+    assert saved["bert.embeddings.word_embeddings.weight"].shape[1] == 16
 
     def stop_at_step_3(step, total, facts):
         if step == 3:
@@ -154,6 +183,10 @@ def test_bad_internal_settings_are_one_line(tmp_path, tiny_tokenizer, tiny_llama
         DistillConfig(data=str(data), hidden_loss="l1")
     with pytest.raises(SlmError, match="--layer-map pairs layers for --hidden-loss or --attention-loss"):
         DistillConfig(data=str(data), layer_map="1:2")
+    from slmkit.pipeline.recipe import parse_recipe
+
+    with pytest.raises(SlmError, match=r"stages\[0\].layer_map: write layer_map in quotes.*YAML read 186"):
+        parse_recipe("name: kd\nstages:\n  - stage: distill\n    hidden_loss: mse\n    layer_map: 3:6\n", "r.yaml")
     with pytest.raises(SlmError, match="--hidden-loss and --attention-loss need the live teacher"):
         DistillConfig(data=str(data), hidden_loss="mse", teacher_cache=str(tmp_path / "cache"))
     text = tmp_path / "docs.txt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_an_on_policy_run_trains_on_the_students_samples(tmp_path, tiny_llama_di
     def config(**overrides):
         return DistillConfig(**{**dict(data=str(data), max_steps=3, batch_size=4, max_length=64, lr=1e-3,
                                        device="cpu", loss="jsd", on_policy_ratio=1.0, on_policy_max_new_tokens=6,
-                                       save_every=1), **overrides})
+                                       save_every=1, alpha_ce=0.5), **overrides})
 
     result = slmkit.distill(str(teacher), str(tiny_llama_dir), tmp_path / "gkd", config())
     assert result.completed and len(seen) == 3
@@ -94,6 +95,8 @@ def test_an_on_policy_run_trains_on_the_students_samples(tmp_path, tiny_llama_di
             assert tuple(ids[labelled].tolist()) not in answers  # not the data's own answer
             assert tiny_tokenizer.decode(ids[:int(labelled[0])]).startswith(prompt.split("x")[0])
     assert [share for _, share in result.curve["parts"]["on_policy_share"]] == [1.0, 1.0, 1.0]
+    assert "ce_loss" not in result.curve["parts"]  # no cross-entropy on the student's own samples
+    assert result.metrics["eval_perplexity"] == pytest.approx(math.exp(result.metrics["eval_ce_loss"]))
 
     def stop_at_step_2(step, total, facts):
         if step == 2:

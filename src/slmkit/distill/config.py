@@ -61,7 +61,8 @@ class DistillConfig(FinetuneConfig):
             raise SlmError(f"--top-k-logits {self.top_k_logits}: must be at least 1")
         if self.hidden_loss is not None and self.hidden_loss not in HIDDEN_LOSSES:
             raise SlmError(f"--hidden-loss {self.hidden_loss}: choose one of {', '.join(HIDDEN_LOSSES)}")
-        for flag, weight in {"--hidden-weight": self.hidden_weight, "--attention-weight": self.attention_weight}.items():
+        weights = {"--hidden-weight": self.hidden_weight, "--attention-weight": self.attention_weight}
+        for flag, weight in weights.items():
             if not weight > 0:
                 raise SlmError(f"{flag} {weight}: must be above 0")
         check_layer_map(self.layer_map)

@@ -3,10 +3,10 @@ batch's prompts itself and the teacher scores those answers, so the student lear
 actually produce instead of only on the data's (the mismatch between the two is what on-policy KD removes).
 
 A prompt is a row's tokens before its first label (a chat's conversation up to the first assistant turn, a
-completion's prompt); the student samples at most `max_new_tokens` after it, stopping after an end token, and
-the sampled tokens become the row's labels. A row whose prompt leaves no room under max_length keeps its own
-answer. Whether a batch is on-policy is drawn from the run's seed and the step, so a resumed run draws the
-same batches.
+completion's prompt); the student samples at most `max_new_tokens` after it, within max_length, stopping after
+an end token, and the sampled tokens become the row's labels. A row without a prompt or without a label has
+nothing to answer and stays as it is. Whether a batch is on-policy is drawn from the run's seed and the step,
+so a resumed run draws the same batches.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def draws_on_policy(ratio: float, seed: int, step: int, micro_batch: int) -> boo
     return ratio > 0 and random.Random(f"{seed}:{step}:{micro_batch}").random() < ratio
 
 
-def on_policy_batch(inputs: dict, sample: Sampler, *, pad_id: int, end_ids: set[int], max_length: int,
+def on_policy_batch(inputs: dict, sample: Sampler, *, pad_id: int, end_ids: frozenset[int], max_length: int,
                     max_new_tokens: int) -> dict:
     """`inputs` (right-padded input_ids, attention_mask, labels) with each row's answer replaced by the
     student's: prompt tokens and padding labelled IGNORE, the sampled tokens (through the first end token)
@@ -39,15 +39,14 @@ def on_policy_batch(inputs: dict, sample: Sampler, *, pad_id: int, end_ids: set[
         rows.append((ids[row, :length].tolist(), labels[row, :length].tolist()))
         labelled = (labels[row, :length] != IGNORE).nonzero()
         start = int(labelled[0]) if len(labelled) else 0
-        if 0 < start < max_length:
+        if start > 0:  # rows are at most max_length long: a prompt always leaves room for an answer
             prompts.append(ids[row, :start].tolist())
             answering.append(row)
     if prompts:
         budget = min(max_new_tokens, max_length - min(len(prompt) for prompt in prompts))
         for row, prompt, answer in zip(answering, prompts, sample(prompts, budget)):
             answer = _through_first_end(answer[:max_length - len(prompt)], end_ids)
-            if answer:
-                rows[row] = (prompt + answer, [IGNORE] * len(prompt) + answer)
+            rows[row] = (prompt + answer, [IGNORE] * len(prompt) + answer)
     width = max(len(tokens) for tokens, _ in rows)
     batch = {
         "input_ids": torch.tensor([t + [pad_id] * (width - len(t)) for t, _ in rows]),
@@ -59,7 +58,7 @@ def on_policy_batch(inputs: dict, sample: Sampler, *, pad_id: int, end_ids: set[
     return {key: value.to(ids.device) for key, value in batch.items()}
 
 
-def _through_first_end(tokens: list[int], end_ids: set[int]) -> list[int]:
+def _through_first_end(tokens: list[int], end_ids: frozenset[int]) -> list[int]:
     for index, token in enumerate(tokens):
         if token in end_ids:
             return tokens[:index + 1]

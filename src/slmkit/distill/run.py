@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS, DistillConfig
-from slmkit.distill.intermediate import check_attention_heads, resolve_layer_map
+from slmkit.distill.intermediate import check_attention, resolve_layer_map, without_attention_dropout
 from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals, OnPolicy
 from slmkit.distill.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
@@ -70,9 +70,10 @@ def _internals(student, teacher, config: DistillConfig) -> Internals | None:
         return None
     layers = resolve_layer_map(config.layer_map, student.config, teacher.config)
     if config.attention_loss:
-        check_attention_heads(student.config, teacher.config)
+        check_attention(student.config, teacher.config, layers)
         for lm in (student, teacher):
             lm.model.set_attn_implementation("eager")  # fused attention kernels do not return the weights
+        without_attention_dropout(student.model)
     return Internals(layers, config.hidden_loss, config.hidden_weight, config.attention_loss, config.attention_weight)
 
 

@@ -13,8 +13,9 @@ during training at all.
 Hidden-state and attention losses (distill.intermediate) are added to that, each with its weight, and logged
 as `hidden_loss` and `attention_loss`. With on-policy batches (distill.on_policy, GKD) a drawn share of the
 batches carry the student's own sampled answers in place of the data's, before the step computes its loss;
-the share drawn is logged as `on_policy_share`. The projections they may need train in the same optimizer (their own
-parameter group); each checkpoint keeps them beside the optimizer state, so a resumed run goes on with them.
+the share drawn is logged as `on_policy_share`. Projections from the student's width to the teacher's, when the widths
+differ, train in the same optimizer (their own parameter group), are clipped with the model, and are kept in
+each checkpoint beside the optimizer state, so a resumed run goes on with them.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import GenerationConfig, TrainerCallback
 
 from slmkit.distill.cache import ROW_KEY, TeacherCache, WithRowIndex, cache_key
 from slmkit.distill.intermediate import LayerPairs, attention_loss, hidden_loss, projections
 from slmkit.distill.losses import compared, distillation_loss
 from slmkit.distill.on_policy import draws_on_policy, on_policy_batch
 from slmkit.errors import SlmError
-from slmkit.train.base import LOSS_PARTS, SlmTrainer
+from slmkit.train.base import SlmTrainer
+
+LOSS_PARTS = ("kd_loss", "ce_loss", "hidden_loss", "attention_loss")  # what the loss is made of, each logged
 
 
 @dataclass(frozen=True)
@@ -71,25 +74,19 @@ class OnPolicy:
 PROJECTIONS_FILE = "distill_projections.safetensors"  # in each checkpoint, beside the optimizer state
 
 
-class ProjectionGradients(TrainerCallback):
-    """The projections live outside the (DDP-wrapped) model, so the Trainer neither averages their gradients
-    across processes nor clears them after a step: done here, around each optimizer step."""
+class ClearProjectionGradients(TrainerCallback):
+    """The Trainer clears the model's gradients after each optimizer step; the projections live outside it."""
 
     def __init__(self, modules: torch.nn.Module):
         self.modules = modules
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for parameter in self.modules.parameters():
-                if parameter.grad is not None:  # gloo has no AVG
-                    torch.distributed.all_reduce(parameter.grad)
-                    parameter.grad /= torch.distributed.get_world_size()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.modules.zero_grad(set_to_none=True)
 
 
 class DistillationTrainer(SlmTrainer):
+    logged_parts = (*LOSS_PARTS, "on_policy_share")
+
     def __init__(self, *args, teacher, loss: str, temperature: float, alpha_ce: float, beta: float,
                  cache: CacheSettings | None = None, internals: Internals | None = None,
                  on_policy: OnPolicy | None = None, **kwargs):
@@ -99,18 +96,23 @@ class DistillationTrainer(SlmTrainer):
         self.alpha_ce = alpha_ce
         # The loss below is a mean over this batch's positions: the Trainer divides it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}
+        self._parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}  # training batches since the last log
+        self._eval_parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}  # this evaluation's batches
         self.cache = self._open_cache(cache, temperature) if cache is not None else None
         self.internals = internals
         self.on_policy = on_policy
         self._micro_batch = (-1, 0)  # (step, micro-batches drawn in it): what on-policy draws are seeded by
         self._on_policy_draws: list[float] = []
+        self._batch_on_policy = False
+        if (on_policy is not None or internals is not None) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise SlmError("--hidden-loss, --attention-loss and --on-policy-ratio run under DDP, not FSDP or "
+                           "DeepSpeed (their projections and sampling are outside the sharded model)")
         self.projections = None
         if internals is not None and internals.hidden_loss is not None:
             self.projections = projections(internals.layers)
             if self.projections is not None:
                 self.projections.to(self.args.device)
-                self.add_callback(ProjectionGradients(self.projections))
+                self.add_callback(ClearProjectionGradients(self.projections))
 
     def _open_cache(self, settings: CacheSettings, temperature: float) -> TeacherCache:
         train, held_out = list(self.train_dataset), list(self.eval_dataset or [])
@@ -143,8 +145,11 @@ class DistillationTrainer(SlmTrainer):
             teacher = self._teacher_outputs(inputs, outputs.logits.device, wanted)
             teacher_rows = compared(teacher.logits, inputs.get("labels"))
         kd = distillation_loss(student_rows, teacher_rows, **self.kd)
-        loss = kd if self.alpha_ce == 0 else self.alpha_ce * outputs.loss + (1 - self.alpha_ce) * kd
-        parts = {"kd_loss": kd, "ce_loss": outputs.loss}
+        # The labels of an on-policy batch are the student's own samples: only the teacher's view of them teaches.
+        on_policy = model.training and self._batch_on_policy
+        alpha_ce = 0 if on_policy else self.alpha_ce
+        loss = kd if alpha_ce == 0 else alpha_ce * outputs.loss + (1 - alpha_ce) * kd
+        parts = {"kd_loss": kd, "ce_loss": None if on_policy else outputs.loss}
         if self.internals is not None:
             inside = self.internals
             mask = inputs.get("attention_mask")
@@ -155,34 +160,50 @@ class DistillationTrainer(SlmTrainer):
             if inside.attention:
                 parts["attention_loss"] = attention_loss(outputs.attentions, teacher.attentions, inside.layers, mask)
                 loss = loss + inside.attention_weight * parts["attention_loss"]
-        if model.training:
-            for name, value in parts.items():
-                if value is not None:
-                    self._parts[name].append(float(value.detach()))
+        kept = self._parts if model.training else self._eval_parts
+        for name, value in parts.items():
+            if value is not None:
+                kept[name].append(float(value.detach()))
         if return_outputs and self.internals is not None:
             # Evaluation reads every output but the loss as the predictions: the logits alone, as without these.
             outputs = type(outputs)(**{k: v for k, v in outputs.items() if k not in ("hidden_states", "attentions")})
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self._batch_on_policy = False
         if self.on_policy is not None:
             step, drawn = self._micro_batch
             drawn = drawn if step == self.state.global_step else 0
             self._micro_batch = (self.state.global_step, drawn + 1)
-            chosen = draws_on_policy(self.on_policy.ratio, self.on_policy.seed, self.state.global_step, drawn)
-            if chosen:
+            self._batch_on_policy = draws_on_policy(self.on_policy.ratio, self.on_policy.seed, self.state.global_step,
+                                                    drawn)
+            if self._batch_on_policy:
                 inputs = on_policy_batch(inputs, lambda prompts, budget: self._sample(model, prompts, budget),
-                                         pad_id=self.on_policy.pad_id, end_ids=set(self.on_policy.end_ids),
+                                         pad_id=self.on_policy.pad_id, end_ids=self.on_policy.end_ids,
                                          max_length=self.on_policy.max_length,
                                          max_new_tokens=self.on_policy.max_new_tokens)
-            self._on_policy_draws.append(1.0 if chosen else 0.0)
-        return super().training_step(model, inputs, num_items_in_batch)
+            self._on_policy_draws.append(1.0 if self._batch_on_policy else 0.0)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.projections is not None and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+            # Outside the DDP-wrapped model, the projections' gradients are averaged here, before clipping.
+            for parameter in self.projections.parameters():
+                if parameter.grad is not None:  # gloo has no AVG
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= torch.distributed.get_world_size()
+        return loss
+
+    def _clip_grad_norm(self, model):
+        if self.projections is None:
+            return super()._clip_grad_norm(model)
+        both = [*model.parameters(), *self.projections.parameters()]  # clipped as one, as the Trainer clips the model
+        return self.accelerator.clip_grad_norm_(both, self.args.max_grad_norm)
 
     def _sample(self, model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """The student's sampled answers to left-padded `prompts` (in eval mode: no dropout while it answers)."""
-        from transformers import GenerationConfig
-
+        """The student's answers to left-padded `prompts`, sampled from its own distribution at the on-policy
+        temperature: in eval mode (no dropout), and with none of the sampling settings its generation_config may
+        ship (a repetition penalty, top-p), which `generate` would otherwise fill in."""
         student = self.accelerator.unwrap_model(model)
+        model_itself = student.get_base_model() if hasattr(student, "get_base_model") else student  # under LoRA
         device = next(student.parameters()).device
         width, pad = max(len(prompt) for prompt in prompts), self.on_policy.pad_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
@@ -190,12 +211,14 @@ class DistillationTrainer(SlmTrainer):
         sampling = GenerationConfig(do_sample=True, temperature=self.on_policy.temperature, top_k=0, top_p=1.0,
                                     max_new_tokens=max_new_tokens, pad_token_id=pad,
                                     eos_token_id=sorted(self.on_policy.end_ids), use_cache=True)
-        was_training = student.training
+        shipped, was_training = model_itself.generation_config, student.training
+        model_itself.generation_config = GenerationConfig()
         student.eval()
         try:
             with torch.no_grad():
                 out = student.generate(input_ids=ids, attention_mask=mask, generation_config=sampling)
         finally:
+            model_itself.generation_config = shipped
             student.train(was_training)
         return [row[width:].tolist() for row in out]
 
@@ -242,5 +265,10 @@ class DistillationTrainer(SlmTrainer):
             for name, values in [*self._parts.items(), ("on_policy_share", self._on_policy_draws)]:
                 if values:
                     logs[name] = sum(values) / len(values)
+                    values.clear()
+        if "eval_loss" in logs:  # an evaluation's: eval_ce_loss is what the student's perplexity comes from
+            for name, values in self._eval_parts.items():
+                if values:
+                    logs[f"eval_{name}"] = sum(values) / len(values)
                     values.clear()
         super().log(logs, *args, **kwargs)

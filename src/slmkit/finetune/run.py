@@ -105,7 +105,7 @@ def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if config.resume else None)
     seconds = time.perf_counter() - started
-    curve = loss_curve(trainer.state.log_history)
+    curve = loss_curve(trainer.state.log_history, trainer.logged_parts)
     if trainer.stopped_by_signal:
         return FinetuneResult(out, task, completed=False, curve=curve, checkpoints=checkpoints,
                               step=trainer.state.global_step, main_process=trainer.is_world_process_zero())
@@ -296,7 +296,9 @@ def _final_metrics(trainer: SlmTrainer, task: str, held_out, seconds: float) -> 
     if task == "classification":
         metrics["eval_accuracy"] = evaluation.get("eval_accuracy")
     elif metrics["eval_loss"] is not None:
-        metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
+        if "eval_ce_loss" in evaluation:  # a distillation's eval_loss holds more than the cross-entropy
+            metrics["eval_ce_loss"] = evaluation["eval_ce_loss"]
+        metrics["eval_perplexity"] = perplexity(evaluation.get("eval_ce_loss", metrics["eval_loss"]))
     return metrics
 
 

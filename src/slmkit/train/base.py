@@ -110,6 +110,8 @@ class SlmTrainer(Trainer):
     `trainer.stopped_by_signal` then says whether SIGTERM cut the run short (a checkpoint was saved).
     """
 
+    logged_parts: tuple[str, ...] = ()  # values a subclass logs beside the loss, kept in the loss curve
+
     def __init__(self, *args, progress: TrainProgress | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # it prints every log dict to stdout; progress() reports instead
@@ -178,21 +180,17 @@ def _keep_newest(run_dir: Path, limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-LOSS_PARTS = ("kd_loss", "ce_loss", "hidden_loss", "attention_loss")  # what a trainer's loss is made of, logged
-CURVE_PARTS = (*LOSS_PARTS, "on_policy_share")  # logged beside the loss and kept in the curve
-
-
-def loss_curve(log_history: list[dict]) -> dict:
+def loss_curve(log_history: list[dict], parts: tuple[str, ...] = ()) -> dict:
     """The logged losses as [step, value] pairs: training loss, and eval loss (with the task metric); under
-    `parts`, the logged parts of a loss made of several (distillation's) and the on-policy share, when there
-    are any."""
+    `parts`, the other logged values a trainer names (SlmTrainer.logged_parts: distillation's loss parts), when
+    there are any."""
     train = [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry]
     evals = [[entry["step"], entry["eval_loss"]] + ([entry["eval_accuracy"]] if "eval_accuracy" in entry else [])
              for entry in log_history if "eval_loss" in entry]
     curve: dict = {"train": train, "eval": evals}
-    parts = {name: [[entry["step"], entry[name]] for entry in log_history if name in entry] for name in CURVE_PARTS}
-    if any(parts.values()):
-        curve["parts"] = {name: points for name, points in parts.items() if points}
+    logged = {name: [[entry["step"], entry[name]] for entry in log_history if name in entry] for name in parts}
+    if any(logged.values()):
+        curve["parts"] = {name: points for name, points in logged.items() if points}
     return curve
 
 

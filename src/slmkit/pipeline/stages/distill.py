@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slmkit.pipeline.registry import StageContext, StageOutput, register_stage
 from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
@@ -37,6 +37,13 @@ class DistillStage(FinetuneStage):
     on_policy_max_new_tokens: int | None = None
     on_policy_temperature: float | None = None
     not_settings: ClassVar[set[str]] = FinetuneStage.not_settings | {"teacher"}
+
+    @field_validator("layer_map", mode="before")
+    @classmethod
+    def _quoted_layer_map(cls, value):
+        if value is not None and not isinstance(value, str):  # YAML reads an unquoted 3:6 as the number 186
+            raise ValueError(f"write layer_map in quotes, e.g. '1:2,2:4,3:6' (YAML read {value!r})")
+        return value
 
     def method_config(self) -> type:
         from slmkit.distill import DistillConfig
