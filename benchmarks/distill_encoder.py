@@ -60,11 +60,13 @@ def training_config(config_class, args, lr: float, **extra):
                         device="cpu", dtype="float32", **extra)
 
 
-def worker_teacher(args) -> dict:
+def worker_finetune(args) -> dict:
+    """The teacher (MiniLM itself), or with --student the student, fine-tuned on the hard labels alone."""
     import slmkit
     from slmkit.finetune import FinetuneConfig
 
-    metrics = slmkit.finetune(MODEL_ALIAS, args.out, training_config(FinetuneConfig, args, args.lr)).metrics
+    model = args.student or MODEL_ALIAS
+    metrics = slmkit.finetune(model, args.out, training_config(FinetuneConfig, args, args.lr)).metrics
     return {"accuracy": metrics["eval_accuracy"], "train_s": metrics["seconds"], "steps": metrics["steps"]}
 
 
@@ -76,14 +78,6 @@ def worker_student(args) -> dict:
     slmkit.student(lm, StudentConfig(layers=STUDENT_LAYERS))
     slmkit.save(lm, args.out, stage="student", parent=MODEL_ALIAS)
     return {}
-
-
-def worker_no_kd(args) -> dict:
-    import slmkit
-    from slmkit.finetune import FinetuneConfig
-
-    metrics = slmkit.finetune(args.student, args.out, training_config(FinetuneConfig, args, args.lr)).metrics
-    return {"accuracy": metrics["eval_accuracy"], "train_s": metrics["seconds"], "steps": metrics["steps"]}
 
 
 def worker_kd(args) -> dict:
@@ -117,7 +111,7 @@ def worker_latency(args) -> dict:
     return {"latency_ms": statistics.median(times) * 1000, "parameters": sum(p.numel() for p in lm.model.parameters())}
 
 
-WORKERS = {"teacher": worker_teacher, "student": worker_student, "no-kd": worker_no_kd, "kd": worker_kd,
+WORKERS = {"finetune": worker_finetune, "student": worker_student, "kd": worker_kd,
            "latency": worker_latency}
 
 
@@ -143,19 +137,19 @@ def run_dataset(dataset: str, work: Path, args) -> dict:
     train, evaluation, train_rows = prepare(dataset, work, args)
     name = settings["name"]
     teacher, student = work / f"{dataset}-teacher", work / f"{dataset}-student"
+    no_kd, kd = work / f"{dataset}-no-kd", work / f"{dataset}-kd"
     results = {"train_rows": train_rows, "eval_rows": len(read_rows(str(evaluation))), "epochs": epochs}
     files = {"train": train, "eval": evaluation}
     print(f"{name}: teacher (6 blocks) fine-tuned, lr {settings['lr']:g} ...", flush=True)
-    results["teacher"] = worker("teacher", run_args, out=teacher, lr=settings["lr"], **files)
+    results["teacher"] = worker("finetune", run_args, out=teacher, lr=settings["lr"], **files)
     worker("student", run_args, out=student)
     student_lr = args.student_lr or settings["student_lr"]
     print(f"{name}: student (blocks {','.join(map(str, STUDENT_LAYERS))}) fine-tuned without KD, lr {student_lr:g} ...",
           flush=True)
-    results["no_kd"] = worker("no-kd", run_args, out=work / f"{dataset}-no-kd", student=student, lr=student_lr, **files)
+    results["no_kd"] = worker("finetune", run_args, out=no_kd, student=student, lr=student_lr, **files)
     print(f"{name}: the same student distilled from the teacher ...", flush=True)
-    results["kd"] = worker("kd", run_args, out=work / f"{dataset}-kd", student=student, teacher=teacher,
-                           lr=student_lr, **files)
-    for role, path in (("teacher", teacher), ("no_kd", work / f"{dataset}-no-kd"), ("kd", work / f"{dataset}-kd")):
+    results["kd"] = worker("kd", run_args, out=kd, student=student, teacher=teacher, lr=student_lr, **files)
+    for role, path in (("teacher", teacher), ("no_kd", no_kd), ("kd", kd)):
         results[role].update(worker("latency", run_args, model_path=path, eval=evaluation))
         print(f"  {role}: accuracy {results[role]['accuracy']:.4f}, {results[role]['parameters'] / 1e6:.1f}M "
               f"parameters, {results[role]['latency_ms']:.1f} ms, trained {results[role]['train_s']:.0f} s", flush=True)

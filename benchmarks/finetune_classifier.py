@@ -304,8 +304,8 @@ def main() -> None:
                         help="steps between resumable checkpoints, in every run (default 100, slmkit's default; "
                              "0: none)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of slmkit full and Trainer full per dataset, in the order A B B A ...; their means are "
-                             "compared (default 1; LoRA runs once)")
+                        help="runs of slmkit full and Trainer full per dataset, in the order A B B A ...; their "
+                             "means are compared (default 1; LoRA runs once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="scratch directory for the data splits and outputs (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="also print all results as JSON")

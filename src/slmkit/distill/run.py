@@ -91,12 +91,8 @@ def _on_policy(student, config: DistillConfig) -> OnPolicy | None:
 
     if config.on_policy_ratio == 0:
         return None
-    ends = student.model.generation_config.eos_token_id
-    ends = set(ends if isinstance(ends, list) else [] if ends is None else [ends])
-    if student.tokenizer.eos_token_id is not None:
-        ends.add(student.tokenizer.eos_token_id)
     return OnPolicy(config.on_policy_ratio, config.on_policy_max_new_tokens, config.on_policy_temperature,
-                    pad_token_id(student.tokenizer), frozenset(ends), config.max_length, config.seed)
+                    pad_token_id(student.tokenizer), frozenset(student.stop_tokens()), config.max_length, config.seed)
 
 
 def _vocab_size(model) -> int:

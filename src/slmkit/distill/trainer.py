@@ -262,13 +262,15 @@ class DistillationTrainer(SlmTrainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: the mean of each part since the last one
-            for name, values in [*self._parts.items(), ("on_policy_share", self._on_policy_draws)]:
-                if values:
-                    logs[name] = sum(values) / len(values)
-                    values.clear()
+            _add_means(logs, {**self._parts, "on_policy_share": self._on_policy_draws})
         if "eval_loss" in logs:  # an evaluation's: eval_ce_loss is what the student's perplexity comes from
-            for name, values in self._eval_parts.items():
-                if values:
-                    logs[f"eval_{name}"] = sum(values) / len(values)
-                    values.clear()
+            _add_means(logs, self._eval_parts, prefix="eval_")
         super().log(logs, *args, **kwargs)
+
+
+def _add_means(logs: dict, collected: dict[str, list[float]], prefix: str = "") -> None:
+    """Each collected value list's mean into `logs` (under `prefix`), emptied for the next log."""
+    for name, values in collected.items():
+        if values:
+            logs[prefix + name] = sum(values) / len(values)
+            values.clear()

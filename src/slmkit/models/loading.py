@@ -58,6 +58,13 @@ class LoadedModel:
         """One-line refusal when a task gets the wrong kind of model."""
         require_kind(self.spec, kind, self.kind, self.config.model_type, task)
 
+    def stop_tokens(self) -> set[int]:
+        """The end-of-generation tokens: the model's generation config (which may list several) and the tokenizer's."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        stops = set(configured if isinstance(configured, list) else [configured])
+        stops.add(self.tokenizer.eos_token_id)
+        return {token for token in stops if token is not None}
+
 
 def is_onnx(spec: str | Path) -> bool:
     """A .onnx file, or a directory with model.onnx in it."""

@@ -152,13 +152,6 @@ class TorchModel(LoadedModel, RuntimeBase):
     def _step(self):
         return self.model.get_compiled_call(decode_compile_config()) if self.compiled else self.model
 
-    def stop_tokens(self) -> set[int]:
-        """The end-of-generation tokens: the model's generation config (which may list several) and the tokenizer's."""
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        stops = set(configured if isinstance(configured, list) else [configured])
-        stops.add(self.tokenizer.eos_token_id)
-        return {token for token in stops if token is not None}
-
     def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
                cache_tokens: int | None = None) -> Iterator[str]:
         if self.kind != "seq2seq":
