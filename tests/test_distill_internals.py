@@ -201,3 +201,32 @@ def test_bad_internal_settings_are_one_line(tmp_path, tiny_tokenizer, tiny_llama
         slmkit.distill(str(tiny_llama_dir), str(student), tmp_path / "kd", DistillConfig(
             data=str(text), hidden_loss="cosine", layer_map="3:2", max_steps=1, device="cpu"))
     assert not (tmp_path / "kd").exists()
+
+
+def test_a_lora_classifier_learns_soft_labels_and_hidden_states_and_a_cached_teacher_trains_alike(
+        tmp_path, tiny_tokenizer):
+    data = tmp_path / "train.tsv"
+    data.write_text("text\tlabel\n" + "\n".join(ROWS) + "\n")
+    teacher = tmp_path / "teacher"  # trained until it is sure: a KL of near-uniform rows is float16 noise
+    slmkit.finetune(str(encoder(tmp_path, tiny_tokenizer, "bert")), teacher,
+                    FinetuneConfig(data=str(data), max_steps=12, batch_size=8, lr=1e-2, max_length=32, device="cpu"))
+    student = encoder(tmp_path, tiny_tokenizer, "student", num_hidden_layers=1)  # the teacher's width
+    settings = dict(data=str(data), max_steps=8, batch_size=8, max_length=32, save_every=0, device="cpu",
+                    temperature=2.0)
+
+    lora = slmkit.distill(str(teacher), str(student), tmp_path / "lora", DistillConfig(
+        **settings, lora=True, lora_rank=4, lr=2e-2, hidden_loss="cosine", layer_map="1:2"))
+    parts = lora.curve["parts"]
+    assert parts["kd_loss"][-1][1] < parts["kd_loss"][0][1]
+    assert parts["hidden_loss"][-1][1] < parts["hidden_loss"][0][1]
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()  # an adapter on the student, as a LoRA fine-tune
+    assert json.loads((tmp_path / "lora" / "slmkit.json").read_text())["config"]["hidden_loss"] == "cosine"
+
+    # Two labels: a top-2 cache holds the teacher's whole distribution, so training on it is training on the
+    # live teacher, up to the cache's float16 log-probabilities.
+    live = slmkit.distill(str(teacher), str(student), tmp_path / "live", DistillConfig(**settings, lr=1e-2))
+    cached = slmkit.distill(str(teacher), str(student), tmp_path / "cached", DistillConfig(
+        **settings, lr=1e-2, teacher_cache=str(tmp_path / "cache"), top_k_logits=2))
+    assert [loss for _, loss in cached.curve["train"]] == pytest.approx(
+        [loss for _, loss in live.curve["train"]], rel=5e-3)
+    assert live.curve["train"][-1][1] < live.curve["train"][0][1]
