@@ -8,15 +8,20 @@ In one run, on smollm2-135m-instruct:
      tensor types slmkit writes, so the files have the same size and differ only in values);
   3. `slm quantize --method gptq --target gguf-q4_0` (the q4_0 grid: symmetric, groups of 32,
      float16 scales) then `slm export --quant q4_0`  -> slmkit-gptq-q4_0.gguf;
-  4. every file scored with llama.cpp itself: `slm eval FILE --backend llamacpp` (llama-cpp-python
-     logits, non-overlapping --max-length windows of WikiText-2 raw test).
+  4. `slm quantize --method qat --target gguf-q4_0` (trained on the q4_0 grid against the float model, on
+     --qat-samples x --qat-seq-len tokens the model samples itself: no WikiText) then `slm export --quant
+     q4_0` -> slmkit-qat-q4_0.gguf (skipped with --qat-steps 0);
+  5. every file scored with llama.cpp itself: `slm eval FILE --backend llamacpp` (llama-cpp-python
+     logits, non-overlapping --max-length windows of WikiText-2 raw test), and the two slmkit files'
+     ARC-Easy accuracy (../shared/data/arc_easy_test.jsonl, --arc-limit questions) on llama.cpp.
 
-Prints file size and perplexity per file; exits 1 when slmkit's q4_0 is not below llama.cpp's
-q4_0 of the same size. Calibration: --calib-samples x --calib-seq-len tokens of
+Prints file size and perplexity per file, and the share of llama.cpp q4_0's perplexity loss over f16 that
+QAT wins back (in perplexity, as the issue's target is stated); exits 1 when slmkit's GPTQ q4_0 is not
+below llama.cpp's q4_0 of the same size. GPTQ calibration: --calib-samples x --calib-seq-len tokens of
 ../shared/data/wikitext-2-valid-tokenized.txt.
 
     .venv/bin/python benchmarks/gguf_quality.py                       # full test set (long on 2 cores)
-    .venv/bin/python benchmarks/gguf_quality.py --limit 8 --calib-samples 16   # minutes
+    .venv/bin/python benchmarks/gguf_quality.py --limit 8 --calib-samples 16 --qat-steps 20 --arc-limit 100
 """
 
 from __future__ import annotations
@@ -85,6 +90,12 @@ def main() -> None:
     parser.add_argument("--eval-data", default=str(DATA / "wikitext-2-raw-test.txt"))
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--limit", type=int, default=None, help="only the first N eval windows")
+    parser.add_argument("--qat-steps", type=int, default=200, help="QAT steps (0: no QAT file)")
+    parser.add_argument("--qat-lr", type=float, default=None, help="QAT learning rate (default: slmkit's)")
+    parser.add_argument("--qat-batch-size", type=int, default=4)
+    parser.add_argument("--qat-samples", type=int, default=64, help="self-sampled QAT sequences")
+    parser.add_argument("--qat-seq-len", type=int, default=256)
+    parser.add_argument("--arc-limit", type=int, default=None, help="ARC-Easy questions (default all 2376)")
     parser.add_argument("--work-dir", default=None, help="keep the files here (default: a temp dir, removed)")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -112,6 +123,18 @@ def main() -> None:
     stdout, export_s = run([SLM, "export", calibrated, "--quant", "q4_0", "--out", ours, "--force", "--json"], log)
     exported = json.loads(stdout)
     files[f"q4_0 slmkit {args.method} (calibrated, exact)"] = (ours, quantize_s + export_s)
+    if args.qat_steps:
+        trained = work / "slmkit-qat"
+        command = [SLM, "quantize", args.model, "--method", "qat", "--target", "gguf-q4_0", "--steps",
+                   args.qat_steps, "--batch-size", args.qat_batch_size, "--calib-samples", args.qat_samples,
+                   "--seq-len", args.qat_seq_len, "--out", trained, "--force", "--json"]
+        stdout, qat_s = run(command + (["--lr", args.qat_lr] if args.qat_lr else []), log)
+        qat = json.loads(stdout)
+        print(f"QAT: {qat['steps']} steps, {qat['tokens']} tokens, KL to the float model on held-out sequences "
+              f"{qat['kl_before']:.4f} -> {qat['kl_after']:.4f}, {qat_s:.0f} s", flush=True)
+        qat_file = work / "slmkit-qat-q4_0.gguf"
+        _, export_s = run([SLM, "export", trained, "--quant", "q4_0", "--out", qat_file, "--force"], log)
+        files["q4_0 slmkit QAT (data-free, exact)"] = (qat_file, qat_s + export_s)
 
     rows = []
     for label, (path, seconds) in files.items():
@@ -133,6 +156,20 @@ def main() -> None:
               f"{row['make_s']:9.1f}{row['eval_s']:9.1f}  {row['tensor_types']}")
     print(f"slmkit wrote {exported['calibrated_exact_layers']} calibrated layers exactly "
           f"({exported['calibrated_requantized_layers']} re-rounded)")
+
+    if args.qat_steps:
+        lost = rows[1]["token_perplexity"] - reference
+        won = (rows[1]["token_perplexity"] - rows[3]["token_perplexity"]) / lost if lost > 0 else float("nan")
+        print(f"QAT q4_0 wins back {100 * won:.1f}% of llama.cpp q4_0's perplexity loss over f16 "
+              f"(target >= 50%: {'met' if won >= 0.5 else 'NOT met'})")
+    for row in rows[2:]:
+        print(f"scoring {Path(row['path']).name} on ARC-Easy with llama.cpp ...", flush=True)
+        command = [SLM, "eval", row["path"], "--backend", "llamacpp", "--data", DATA / "arc_easy_test.jsonl", "--json"]
+        stdout, _ = run(command + (["--limit", args.arc_limit] if args.arc_limit else []), log)
+        arc = json.loads(stdout)
+        row.update(arc_acc=arc["acc"], arc_acc_norm=arc["acc_norm"], arc_examples=arc["examples"])
+        print(f"  {row['file']}: ARC-Easy acc {arc['acc']:.4f}, acc_norm {arc['acc_norm']:.4f} "
+              f"({arc['examples']} questions)", flush=True)
 
     same_size, ours_row = rows[1], rows[2]
     ok = ours_row["token_perplexity"] < same_size["token_perplexity"] and \

@@ -18,7 +18,8 @@ _CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFCo
             "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
             "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",
-            "AWQConfig": "slmkit.compress", "StructuredConfig": "slmkit.compress.structured",
+            "AWQConfig": "slmkit.compress", "QATConfig": "slmkit.distill.qat",
+            "StructuredConfig": "slmkit.compress.structured",
             "LoadedModel": "slmkit.models", "FinetuneConfig": "slmkit.finetune",
             "SynthConfig": "slmkit.synth", "FilterConfig": "slmkit.synth",
             "StudentConfig": "slmkit.distill", "DistillConfig": "slmkit.distill"}

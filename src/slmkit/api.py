@@ -205,11 +205,14 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
     """
     from slmkit.compress import quantize as quantize_layers
     from slmkit.compress.formats import check_compressed_tensors
+    from slmkit.distill.qat import QATConfig
     from slmkit.models.devices import resolve_device
 
     if not fake_quant:
         check_compressed_tensors(config)  # before any slow work
     _require_float32_on_cpu(lm, "quantization")
+    if isinstance(config, QATConfig):
+        return _quantization_aware(lm, config, calibration, fake_quant, target, progress)
     ids, record = _calibration_for(lm, config, calibration)
     target_device = resolve_device(device) if device else None
     layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
@@ -219,6 +222,30 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
     return CompressResult("quantize", settings, {"mean_weight_mse": mse, "layers": layers},
                           {**settings, "mean_weight_mse": mse, "quantized_layers": len(layers)},
                           getattr(calibration, "seed", None), config, params, fake_quant)
+
+
+def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None,
+                        progress: Progress) -> CompressResult:
+    """QAT (distill.qat): the model trained onto the grid against its own float distributions."""
+    from slmkit.compress.quantize import check_group_size
+    from slmkit.distill.qat import quantization_aware_training
+
+    model = _model_of(lm)
+    if not isinstance(lm, LoadedModel) or lm.tokenizer is None:
+        raise SlmError("QAT trains on token sequences: pass a model opened by slmkit.load, with its tokenizer")
+    check_group_size(model, config)
+    if isinstance(calibration, torch.Tensor):  # token ids given
+        ids, record, seed = calibration, {}, None
+    else:
+        calibration = calibration or Calibration()
+        config.held_out_count(calibration.samples)  # before the sequences are read or sampled
+        ids, record, seed = calibration.ids(lm), calibration.record(), calibration.seed
+    metrics, params = quantization_aware_training(model, lm.tokenizer, config, ids, progress=progress)
+    curve = metrics.pop("loss_curve")
+    settings = {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
+                **({"target": target} if target else {}), **record, "loss_curve": curve}
+    summary = {**{k: v for k, v in settings.items() if k != "loss_curve"}, **metrics, "quantized_layers": len(params)}
+    return CompressResult("quantize", settings, metrics, summary, seed, config, params, fake_quant)
 
 
 @dataclass

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ComputeDeviceOpt, DtypeOpt,
+from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
                                ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
                                load_model, print_json, print_table, progress_bar)
+from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.targets import GGUF_TARGETS
 
@@ -16,7 +17,8 @@ from slmkit.targets import GGUF_TARGETS
 def quantize_command(
     model: ModelArg = DEFAULT_MODEL,
     out: OutOpt = ...,
-    method: Annotated[str, typer.Option(help="rtn | gptq | awq")] = "gptq",
+    method: Annotated[str, typer.Option(help="rtn | gptq | awq | qat (trained on the grid against the float "
+                                              "model; needs --target gguf-q4_0)")] = "gptq",
     bits: Annotated[int | None, typer.Option(help="4 or 8 [default: 4].")] = None,
     group_size: Annotated[int | None, typer.Option(help="Input columns per scale; 0 = one scale per row. "
                                                       "Must divide every layer's input width [default: 64].")] = None,
@@ -31,9 +33,15 @@ def quantize_command(
     fake_quant: Annotated[bool, typer.Option("--fake-quant", "--dry-run",
                                              help="Save float weights on the grid instead of packed "
                                                   "compressed-tensors (quick quality checks).")] = False,
+    steps: Annotated[int | None, typer.Option(help="QAT: optimizer steps [default: 200].")] = None,
+    lr: Annotated[float | None, typer.Option(help="QAT: peak learning rate [default: 1e-5].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="QAT: sequences per step [default: 4].")] = None,
+    start: Annotated[str | None, typer.Option(help="QAT: the one-shot solution it starts from: gptq | rtn "
+                                                   "[default: gptq].")] = None,
     calib: CalibOpt = None,
     calib_samples: CalibSamplesOpt = 128,
-    calib_seq_len: CalibSeqLenOpt = 512,
+    calib_seq_len: Annotated[int, typer.Option("--calib-seq-len", "--seq-len",
+                                               help="Tokens per calibration (QAT: training) sequence.")] = 512,
     seed: SeedOpt = 0,
     device: ComputeDeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -52,6 +60,7 @@ def quantize_command(
       slm quantize ./pruned --method rtn --bits 8 --group-size 0 --out out/int8
       slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out out/gptq-q4_0  # then slm export
+      slm quantize --method qat --target gguf-q4_0 --steps 200 --out out/qat-q4_0  # trained on the model's own text
     """
     import slmkit
     from slmkit.compress.formats import check_compressed_tensors
@@ -59,15 +68,24 @@ def quantize_command(
     from slmkit.models.checkpoint import check_destination
     from slmkit.models.devices import resolve_device
 
-    config = quant_config(method, bits=bits, group_size=group_size, symmetric=sym, target=target,
-                          act_order=act_order, observer=observer)
+    grid = dict(bits=bits, group_size=group_size, symmetric=sym, target=target, observer=observer)
+    training = {"steps": steps, "lr": lr, "batch_size": batch_size, "start": start}
+    if method == "qat":
+        from slmkit.distill.qat import qat_config
+
+        config = qat_config(**grid, **training, device=device)
+    elif any(value is not None for value in training.values()):
+        raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
+    else:
+        config = quant_config(method, **grid, act_order=act_order)
     if not fake_quant:
         check_compressed_tensors(config)
     resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
     calibration = calibration_for(lm, config, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
-    with progress_bar(f"{method} w{config.bits} quantization, block") as progress:
+    description = "QAT on q4_0's grid, step" if method == "qat" else f"{method} w{config.bits} quantization, block"
+    with progress_bar(description) as progress:
         result = slmkit.quantize(lm, config, calibration, fake_quant=fake_quant, target=target, device=device,
                                  progress=progress)
     slmkit.save(lm, out, result=result, parent=model, force=force)

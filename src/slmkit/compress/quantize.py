@@ -195,6 +195,13 @@ def register(config_class: type[QuantConfig], quantizer_class) -> None:
     METHODS[config_class.method] = config_class
 
 
+def check_group_size(model, config: QuantConfig) -> None:
+    """Refuse a group size some block's input width cannot take, before any slow calibration."""
+    for _, blocks in block_lists(model):
+        for name, layer in linear_layers(blocks[0]).items():
+            _group_size(config, name, weight_matrix(layer).shape[1])
+
+
 def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None, *,
              progress=None, device=None) -> tuple[dict, dict]:
     """Quantize every Linear layer in the model's blocks in place (weights keep float values on the grid).
@@ -207,9 +214,7 @@ def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None
     if quantizer_class is None:
         raise SlmError(f"unknown quantization config {type(config).__name__}; use one of "
                        f"{', '.join(c.__name__ for c in QUANTIZERS)}")
-    for _, blocks in block_lists(model):  # a bad group size fails before any slow calibration
-        for name, layer in linear_layers(blocks[0]).items():
-            _group_size(config, name, weight_matrix(layer).shape[1])
+    check_group_size(model, config)
     quantizer = quantizer_class(config)
     if hasattr(quantizer, "bind"):
         quantizer.bind(model)

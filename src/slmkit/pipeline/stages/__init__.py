@@ -9,6 +9,7 @@ from slmkit.pipeline.stages import distill  # noqa: F401, I001
 from slmkit.pipeline.stages import prune  # noqa: F401
 from slmkit.pipeline.stages import structured  # noqa: F401
 from slmkit.pipeline.stages import quantize  # noqa: F401
+from slmkit.pipeline.stages import qat  # noqa: F401
 from slmkit.pipeline.stages import export  # noqa: F401
 from slmkit.pipeline.stages import eval  # noqa: F401
 from slmkit.pipeline.stages import bench  # noqa: F401

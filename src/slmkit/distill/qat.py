@@ -1,0 +1,240 @@
+"""Quantization-aware training on q4_0's grid: a 4-bit model healed by distilling from its own float weights,
+ending on values llama.cpp's q4_0 blocks hold exactly.
+
+The model starts from a one-shot solution on the grid (GPTQ, or RTN): blocks of 32 weights, one float16 scale
+each, codes -8..7. Every quantized Linear then keeps a latent float weight and its blocks' scales, both trained,
+and computes with codes x scale: the rounding to codes passes the weight's gradient straight through (STE), the
+clamp to -8..7 does not; a scale's gradient is taken with its codes held (d value / d scale = code, as
+EfficientQAT trains step sizes; LSQ's estimate, code - weight / scale, raised the KL on a tiny model where
+this lowered it), through the rounding to float16 straight. The loss
+is the KL from the float model's next-token distributions (self-distillation, as Gemma 3's QAT and LLM-QAT),
+through DistillationTrainer. At the end each weight is snapped to its codes x float16 scale, so the checkpoint
+is on the grid and `slm export --quant q4_0` writes its blocks bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
+from slmkit.errors import SlmError
+
+START_METHODS = {"gptq": GPTQConfig, "rtn": RTNConfig}
+GROUP = 32  # q4_0's block
+
+
+@dataclass
+class QATConfig(QuantConfig):
+    """q4_0's grid (what `--target gguf-q4_0` picks), trained.
+
+    Args:
+        start: the one-shot solution training starts from: gptq (calibrated on the same sequences) or rtn.
+        steps: optimizer steps; batch_size: sequences per step; lr: peak learning rate (linear decay after a
+            3% warm-up) of the latent weights and the scales.
+        held_out: sequences kept out of training, on which the KL to the float model is measured before and
+            after (recorded in the manifest); None: an eighth of them, 1 to 8.
+        device: where training runs (auto: a GPU when there is one).
+    """
+
+    method: ClassVar[str] = "qat"
+    group_size: int = GROUP
+    float16_scales: bool = True
+    observer: str = "mse"
+    start: str = "gptq"
+    steps: int = 200
+    lr: float = 1e-5
+    batch_size: int = 4
+    held_out: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.bits, self.group_size, self.symmetric, self.float16_scales) != (4, GROUP, True, True):
+            raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0 (4 bits, blocks of 32, "
+                           "symmetric, float16 scales)")
+        if self.start not in START_METHODS:
+            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        if self.steps < 1 or self.batch_size < 1 or (self.held_out is not None and self.held_out < 1):
+            raise SlmError(f"--steps, --batch-size and the held-out sequences must be at least 1 (got {self.steps}, "
+                           f"{self.batch_size}, {self.held_out})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SlmError(f"--lr {self.lr}: must be a positive number")
+
+    def held_out_count(self, sequences: int) -> int:
+        """How many of `sequences` are held out; refuses too few to train on the rest."""
+        held = self.held_out if self.held_out is not None else min(8, max(1, sequences // 8))
+        if sequences <= held:
+            raise SlmError(f"QAT holds {held} of its {sequences} sequences out to measure the KL and trains on the "
+                           f"rest: give more (--calib-samples)")
+        return held
+
+    def start_config(self) -> QuantConfig:
+        grid = dict(bits=self.bits, group_size=self.group_size, symmetric=True, float16_scales=True)
+        return START_METHODS[self.start](**grid, **({"observer": self.observer} if self.start == "gptq" else {}))
+
+
+def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | None, target: str | None,
+               observer: str | None, device: str = "auto", **training) -> QATConfig:
+    """The QATConfig `slm quantize --method qat` and the qat stage ask for: the target's grid, and the training
+    settings given (None: the default)."""
+    from slmkit.compress.quantize import resolve_grid
+
+    if target != "gguf-q4_0":
+        raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0")
+    grid = resolve_grid(bits, group_size, symmetric, target)
+    given = {name: value for name, value in {**training, "observer": observer}.items() if value is not None}
+    return QATConfig(**grid, **given, device=device)
+
+
+def straight_through_round(values: torch.Tensor) -> torch.Tensor:
+    """round(values) forward, the identity backward."""
+    return values + (values.round() - values).detach()
+
+
+def straight_through_float16(values: torch.Tensor) -> torch.Tensor:
+    """values rounded to float16 (as a q4_0 block stores its scale) forward, the identity backward."""
+    return values + (values.half().float() - values).detach()
+
+
+def grid_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """codes x float16(scale) for a [rows, cols] weight and [rows, cols / 32] scales: the values a q4_0 block
+    dequantizes to, computed as the exporter's codes are (weight / scale, rounded half to even, clamped)."""
+    rows, cols = weight.shape
+    scale16 = straight_through_float16(scale)
+    blocks = weight.reshape(rows, cols // GROUP, GROUP)
+    # scale16 detached here: the scale's gradient is taken with the codes held
+    codes = straight_through_round(blocks / scale16.detach().unsqueeze(-1)).clamp(-(2 ** (bits - 1)),
+                                                                                  2 ** (bits - 1) - 1)
+    return (codes * scale16.unsqueeze(-1)).reshape(rows, cols)
+
+
+class GridLinear(nn.Module):
+    """A Linear that computes with its weight read through the grid; weight and scale both learn."""
+
+    def __init__(self, linear: nn.Linear, scale: torch.Tensor, bits: int):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().float().clone())
+        self.scale = nn.Parameter(scale.detach().float().clone().to(self.weight.device))
+        self.bias = linear.bias
+        self.bits = bits
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(inputs, grid_weight(self.weight, self.scale, self.bits), self.bias)
+
+    def snapped(self) -> tuple[nn.Linear, torch.Tensor]:
+        """A plain Linear holding codes x float16 scale, and those scales (what is exported)."""
+        out_features, in_features = self.weight.shape
+        linear = nn.Linear(in_features, out_features, bias=self.bias is not None, device=self.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(grid_weight(self.weight, self.scale, self.bits))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear, self.scale.detach().half().float().cpu()
+
+
+def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def check_linear(model: nn.Module) -> None:
+    """QAT swaps nn.Linear layers; GPT-2's Conv1D (its weight transposed) is refused before any slow work."""
+    from slmkit.compress.layers import block_lists, linear_layers
+
+    for _, blocks in block_lists(model):
+        for name, layer in linear_layers(blocks[0]).items():
+            if not isinstance(layer, nn.Linear):
+                raise SlmError(f"QAT trains nn.Linear layers; {name} is a {type(layer).__name__} (GPT-2 style)")
+
+
+def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, ids: torch.Tensor, *,
+                                progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+    """Train `model` in place onto the grid (see the module's docstring) on `ids` [sequences, tokens]; returns
+    (metrics, per-layer (scale, zero point)) as `compress.quantize` does, for the compressed-tensors writer."""
+    from slmkit.compress.quantize import quantize as quantize_layers
+    from slmkit.models.devices import resolve_device
+
+    held = config.held_out_count(len(ids))
+    device = resolve_device(config.device)
+    check_linear(model)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    held_out, train = ids[:held], ids[held:]
+    _, params = quantize_layers(model, config.start_config(), train, device=device)
+    for name, (scale, _) in params.items():
+        _swap(model, name, GridLinear(model.get_submodule(name), scale, config.bits))
+    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if embedding is not None:  # written at q8_0 by the export: trained in float they would not stay
+            embedding.weight.requires_grad_(False)
+
+    with tempfile.TemporaryDirectory(prefix="slmkit-qat-") as scratch:
+        trainer = _trainer(model, teacher, tokenizer, config, train, held_out, device, scratch, progress)
+        before = trainer.evaluate()["eval_kd_loss"]
+        trainer.train()
+        if trainer.stopped_by_signal:
+            raise SlmError(f"QAT stopped by a signal at step {trainer.state.global_step} of {config.steps}; "
+                           "nothing was written")
+        after = trainer.evaluate()["eval_kd_loss"]
+        curve = _curve(trainer)
+    model.to("cpu")
+    trained = {}
+    for name in params:
+        linear, scale = model.get_submodule(name).snapped()
+        _swap(model, name, linear)
+        trained[name] = (scale, torch.zeros_like(scale))
+    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if embedding is not None:
+            embedding.weight.requires_grad_(True)
+    seq_len = ids.shape[1]
+    metrics = {"kl_before": before, "kl_after": after, "steps": trainer.state.global_step,
+               "tokens": trainer.state.global_step * config.batch_size * seq_len,
+               "train_sequences": len(train), "held_out_sequences": len(held_out), "loss_curve": curve}
+    return metrics, trained
+
+
+def _rows(ids: torch.Tensor) -> list[dict]:
+    return [{"input_ids": row.tolist()} for row in ids]
+
+
+def _trainer(model, teacher, tokenizer, config: QATConfig, train: torch.Tensor, held_out: torch.Tensor, device,
+             scratch: str, progress):
+    from transformers import TrainingArguments
+
+    from slmkit.data.training import collator
+    from slmkit.distill.trainer import DistillationTrainer
+
+    args = TrainingArguments(
+        output_dir=scratch,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0.03,
+        max_steps=config.steps,
+        logging_steps=max(1, config.steps // 100),
+        save_strategy="no",
+        seed=0,
+        report_to="none",
+        disable_tqdm=True,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=device.type == "cpu",
+    )
+    report = None if progress is None else (lambda step, total, facts: progress(step, total))
+    return DistillationTrainer(model=model, args=args, train_dataset=_rows(train), eval_dataset=_rows(held_out),
+                               data_collator=collator("text", tokenizer), processing_class=tokenizer, progress=report,
+                               teacher=teacher, loss="fkl", temperature=1.0, alpha_ce=0.0, beta=0.5)
+
+
+def _curve(trainer) -> dict:
+    from slmkit.train.base import loss_curve
+
+    return loss_curve(trainer.state.log_history, ("kd_loss",))
