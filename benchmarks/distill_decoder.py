@@ -181,7 +181,8 @@ def print_summary(results: dict, args) -> None:
           f"{fmt(cached_epoch2 and live_speed and cached_epoch2 / live_speed, '.2f')}x")
     print(f"settings: {args.epochs:g} epochs x {per_epoch} steps of {args.batch_size} packed rows x {args.max_length} "
           f"tokens ({kd_run['tokens']} tokens per heal, CE {results['ce']['tokens']}), lr {args.lr:g}, KD "
-          f"{args.alpha_ce:g} x CE + {1 - args.alpha_ce:g} x fkl at temperature 1, top-k {args.top_k}; pruned to {args.target_params} "
+          f"{args.alpha_ce:g} x CE + {1 - args.alpha_ce:g} x fkl at temperature 1, top-k {args.top_k}; "
+          f"pruned to {args.target_params} "
           f"(FFN {results['pruned_facts']['ffn']}, removed blocks {results['pruned_facts']['removed_blocks']}); "
           f"test: {results['teacher']['scored_tokens']} tokens in windows of {args.eval_length}; "
           f"device {args.device}, torch threads {os.cpu_count()}")
