@@ -170,9 +170,12 @@ def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, 
     _, params = quantize_layers(model, config.start_config(), train, device=device)
     for name, (scale, _) in params.items():
         _swap(model, name, GridLinear(model.get_submodule(name), scale, config.bits))
-    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
-        if embedding is not None:  # written at q8_0 by the export: trained in float they would not stay
-            embedding.weight.requires_grad_(False)
+    # Written at q8_0 by the export, the embedding and output matrices stay as they are.
+    embeddings = {id(e.weight): e.weight for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                  if e is not None}
+    trainable = {key: weight.requires_grad for key, weight in embeddings.items()}
+    for weight in embeddings.values():
+        weight.requires_grad_(False)
 
     with tempfile.TemporaryDirectory(prefix="slmkit-qat-") as scratch:
         trainer = _trainer(model, teacher, tokenizer, config, train, held_out, device, scratch, progress)
@@ -189,12 +192,10 @@ def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, 
         linear, scale = model.get_submodule(name).snapped()
         _swap(model, name, linear)
         trained[name] = (scale, torch.zeros_like(scale))
-    for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
-        if embedding is not None:
-            embedding.weight.requires_grad_(True)
-    seq_len = ids.shape[1]
+    for key, weight in embeddings.items():
+        weight.requires_grad_(trainable[key])
     metrics = {"kl_before": before, "kl_after": after, "steps": trainer.state.global_step,
-               "tokens": trainer.state.global_step * config.batch_size * seq_len,
+               "tokens": trainer.state.num_input_tokens_seen,
                "train_sequences": len(train), "held_out_sequences": len(held_out), "loss_curve": curve}
     return metrics, trained
 
@@ -205,29 +206,14 @@ def _rows(ids: torch.Tensor) -> list[dict]:
 
 def _trainer(model, teacher, tokenizer, config: QATConfig, train: torch.Tensor, held_out: torch.Tensor, device,
              scratch: str, progress):
-    from transformers import TrainingArguments
-
     from slmkit.data.training import collator
     from slmkit.distill.trainer import DistillationTrainer
+    from slmkit.train.base import training_arguments
 
-    args = TrainingArguments(
-        output_dir=scratch,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        lr_scheduler_type="linear",
-        warmup_steps=0.03,
-        max_steps=config.steps,
-        logging_steps=max(1, config.steps // 100),
-        save_strategy="no",
-        seed=0,
-        report_to="none",
-        disable_tqdm=True,
-        prediction_loss_only=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_cpu=device.type == "cpu",
-    )
+    args = training_arguments(scratch, per_device_train_batch_size=config.batch_size,
+                              per_device_eval_batch_size=config.batch_size, learning_rate=config.lr,
+                              max_steps=config.steps, logging_steps=max(1, config.steps // 100), save_strategy="no",
+                              seed=0, prediction_loss_only=True, use_cpu=device.type == "cpu")
     report = None if progress is None else (lambda step, total, facts: progress(step, total))
     return DistillationTrainer(model=model, args=args, train_dataset=_rows(train), eval_dataset=_rows(held_out),
                                data_collator=collator("text", tokenizer), processing_class=tokenizer, progress=report,

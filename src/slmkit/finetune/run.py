@@ -231,20 +231,17 @@ def _trainer(model, tokenizer, task: str, config: FinetuneConfig, train, held_ou
              progress, trainer_class: type = SlmTrainer, trainer_options: dict | None = None) -> SlmTrainer:
     import math
 
-    from transformers import TrainingArguments
-
     from slmkit.data.training import collator
+    from slmkit.train.base import training_arguments
 
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
     total = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
+    args = training_arguments(
+        str(checkpoints),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=0.03,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         logging_steps=max(1, total // 100),  # about a hundred points on the loss curve
@@ -255,12 +252,7 @@ def _trainer(model, tokenizer, task: str, config: FinetuneConfig, train, held_ou
         save_total_limit=1,  # each checkpoint is complete before the older one goes (SlmTrainer)
         seed=config.seed,
         data_seed=config.seed,
-        report_to="none",
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,  # packed rows carry `seq_lengths` for the collator
         prediction_loss_only=task != "classification",  # a language model's eval logits are vocabulary-sized
-        dataloader_num_workers=0,
         **_precision(config),
     )
     extra = dict(trainer_options or {})

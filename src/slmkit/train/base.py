@@ -180,6 +180,18 @@ def _keep_newest(run_dir: Path, limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def training_arguments(output_dir: str, **settings):
+    """transformers' TrainingArguments with what every slmkit trainer sets alike: a linear schedule after a 3%
+    warm-up, no reporting or progress bars (progress() reports), the rows' own columns kept (packed rows carry
+    `seq_lengths` for the collator), the non-padding tokens counted, data loaded in the main process."""
+    from transformers import TrainingArguments
+
+    house = dict(lr_scheduler_type="linear", warmup_steps=0.03, report_to="none", disable_tqdm=True,
+                 remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
+                 dataloader_num_workers=0)
+    return TrainingArguments(output_dir=output_dir, **{**house, **settings})
+
+
 def loss_curve(log_history: list[dict], parts: tuple[str, ...] = ()) -> dict:
     """The logged losses as [step, value] pairs: training loss, and eval loss (with the task metric); under
     `parts`, the other logged values a trainer names (SlmTrainer.logged_parts: distillation's loss parts), when
