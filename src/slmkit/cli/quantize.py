@@ -34,7 +34,7 @@ def quantize_command(
                                              help="Save float weights on the grid instead of packed "
                                                   "compressed-tensors (quick quality checks).")] = False,
     steps: Annotated[int | None, typer.Option(help="QAT: optimizer steps [default: 200].")] = None,
-    lr: Annotated[float | None, typer.Option(help="QAT: peak learning rate [default: 1e-5].")] = None,
+    lr: Annotated[float | None, typer.Option(help="QAT: peak learning rate [default: 5e-5].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="QAT: sequences per step [default: 4].")] = None,
     start: Annotated[str | None, typer.Option(help="QAT: the one-shot solution it starts from: gptq | rtn "
                                                    "[default: gptq].")] = None,

@@ -50,7 +50,7 @@ class QATConfig(QuantConfig):
     observer: str = "mse"
     start: str = "gptq"
     steps: int = 200
-    lr: float = 1e-5
+    lr: float = 5e-5  # measured on SmolLM2: 100 steps at 5e-5 beat 1e-5 (held-out KL 0.081 vs 0.100)
     batch_size: int = 4
     held_out: int | None = None
     device: str = "auto"
