@@ -216,12 +216,17 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
     ids, record = _calibration_for(lm, config, calibration)
     target_device = resolve_device(device) if device else None
     layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
-    settings = {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
-                **({"target": target} if target else {}), **record}
+    settings = _quantize_settings(config, fake_quant, target, record)
     mse = sum(m["weight_mse"] for m in layers.values()) / len(layers)
     return CompressResult("quantize", settings, {"mean_weight_mse": mse, "layers": layers},
                           {**settings, "mean_weight_mse": mse, "quantized_layers": len(layers)},
                           getattr(calibration, "seed", None), config, params, fake_quant)
+
+
+def _quantize_settings(config, fake_quant: bool, target: str | None, record: dict) -> dict:
+    """What a quantize result's manifest records of how it was made."""
+    return {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
+            **({"target": target} if target else {}), **record}
 
 
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None,
@@ -242,8 +247,7 @@ def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str |
         ids, record, seed = calibration.ids(lm), calibration.record(), calibration.seed
     metrics, params = quantization_aware_training(model, lm.tokenizer, config, ids, progress=progress)
     curve = metrics.pop("loss_curve")
-    settings = {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
-                **({"target": target} if target else {}), **record, "loss_curve": curve}
+    settings = {**_quantize_settings(config, fake_quant, target, record), "loss_curve": curve}
     summary = {**{k: v for k, v in settings.items() if k != "loss_curve"}, **metrics, "quantized_layers": len(params)}
     return CompressResult("quantize", settings, metrics, summary, seed, config, params, fake_quant)
 

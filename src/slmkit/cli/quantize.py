@@ -74,6 +74,7 @@ def quantize_command(
         from slmkit.distill.qat import qat_config
 
         config = qat_config(**grid, **training, device=device)
+        config.held_out_count(calib_samples)  # too few sequences: refused before they are sampled
     elif any(value is not None for value in training.values()):
         raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
     else:

@@ -83,12 +83,10 @@ class QATConfig(QuantConfig):
 
 def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | None, target: str | None,
                observer: str | None, device: str = "auto", **training) -> QATConfig:
-    """The QATConfig `slm quantize --method qat` and the qat stage ask for: the target's grid, and the training
-    settings given (None: the default)."""
+    """The QATConfig `slm quantize --method qat` and the qat stage ask for: the target's grid (QATConfig refuses
+    any but q4_0's), and the training settings given (None: the default)."""
     from slmkit.compress.quantize import resolve_grid
 
-    if target != "gguf-q4_0":
-        raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0")
     grid = resolve_grid(bits, group_size, symmetric, target)
     given = {name: value for name, value in {**training, "observer": observer}.items() if value is not None}
     return QATConfig(**grid, **given, device=device)
