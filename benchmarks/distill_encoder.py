@@ -130,6 +130,20 @@ def worker(kind: str, args, **paths) -> dict:
     return run_worker(__file__, arguments)
 
 
+def kept_or_run(work: Path, name: str, settings: dict, run) -> dict:
+    """A training run's result kept in --work-dir by an earlier invocation with the same settings, or `run()`'s
+    (then kept): trying KD settings need not re-train the teacher and the no-KD student each time."""
+    record = work / f"{name}.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept["settings"] == settings:
+            print(f"  {name}: kept from an earlier run in {work}", flush=True)
+            return kept["result"]
+    result = run()
+    record.write_text(json.dumps({"settings": settings, "result": result}))
+    return result
+
+
 def run_dataset(dataset: str, work: Path, args) -> dict:
     settings = DATASETS[dataset]
     epochs = args.epochs or settings["epochs"]
@@ -140,14 +154,20 @@ def run_dataset(dataset: str, work: Path, args) -> dict:
     no_kd, kd = work / f"{dataset}-no-kd", work / f"{dataset}-kd"
     results = {"train_rows": train_rows, "eval_rows": len(read_rows(str(evaluation))), "epochs": epochs}
     files = {"train": train, "eval": evaluation}
-    print(f"{name}: teacher (6 blocks) fine-tuned, lr {settings['lr']:g} ...", flush=True)
-    results["teacher"] = worker("finetune", run_args, out=teacher, lr=settings["lr"], **files)
-    worker("student", run_args, out=student)
     student_lr = args.student_lr or settings["student_lr"]
+    # What the teacher and the no-KD student depend on; the KD settings are not among them.
+    shared = {"train_rows": train_rows, "epochs": epochs, "batch_size": args.batch_size,
+              "max_length": args.max_length, "seed": args.seed, "lr": settings["lr"], "student_lr": student_lr}
+    print(f"{name}: teacher (6 blocks) fine-tuned, lr {settings['lr']:g} ...", flush=True)
+    results["teacher"] = kept_or_run(work, f"{dataset}-teacher", shared, lambda: worker(
+        "finetune", run_args, out=teacher, lr=settings["lr"], **files))
+    kept_or_run(work, f"{dataset}-student", shared, lambda: worker("student", run_args, out=student))
     print(f"{name}: student (blocks {','.join(map(str, STUDENT_LAYERS))}) fine-tuned without KD, lr {student_lr:g} ...",
           flush=True)
-    results["no_kd"] = worker("finetune", run_args, out=no_kd, student=student, lr=student_lr, **files)
+    results["no_kd"] = kept_or_run(work, f"{dataset}-no-kd", shared, lambda: worker(
+        "finetune", run_args, out=no_kd, student=student, lr=student_lr, **files))
     print(f"{name}: the same student distilled from the teacher ...", flush=True)
+    shutil.rmtree(kd, ignore_errors=True)  # an earlier KD try's student in a kept --work-dir
     results["kd"] = worker("kd", run_args, out=kd, student=student, teacher=teacher, lr=student_lr, **files)
     for role, path in (("teacher", teacher), ("no_kd", no_kd), ("kd", kd)):
         results[role].update(worker("latency", run_args, model_path=path, eval=evaluation))
@@ -205,7 +225,8 @@ def main() -> None:
     parser.add_argument("--attention-loss", action="store_true", help="also distill attention distributions")
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", help="scratch directory (default: a temp dir, removed at the end)")
+    parser.add_argument("--work-dir", help="scratch directory, kept: a later run with the same settings reuses its "
+                        "teacher and no-KD student (default: a temp dir, removed at the end)")
     parser.add_argument("--json", action="store_true", help="also print all results as JSON")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     for hidden in ("--train", "--eval", "--out", "--model-path", "--student", "--teacher"):

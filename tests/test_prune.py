@@ -154,9 +154,11 @@ def test_calibration_windows(tiny_llama_dir, tmp_path):
 
 def test_data_free_sampler_draws_from_the_softmax():
     from slmkit.compress.calibration import _InverseCdfSampler
+    from slmkit.runtime.sampling import row_generators
 
     logits = torch.tensor([0.0, 1.0, 2.0, float("-inf"), 0.5, float("-inf")])
-    scores = _InverseCdfSampler(seed=0)(None, logits.repeat(40_000, 1))
+    generators = row_generators(torch.Generator().manual_seed(0), 40_000)
+    scores = _InverseCdfSampler(generators)(torch.zeros(40_000, 3, dtype=torch.long), logits.repeat(40_000, 1))
     assert torch.equal(torch.isfinite(scores).sum(dim=1), torch.ones(40_000, dtype=torch.long))
     frequencies = torch.bincount(scores.argmax(dim=1), minlength=6) / 40_000
     assert frequencies[3] == 0 and frequencies[5] == 0  # masked tokens (e.g. EOS before min length)

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from slmkit.errors import SlmError
+
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -26,8 +28,12 @@ TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code",
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new checkpoint.")]
 CalibOpt = Annotated[Path | None, typer.Option(help="Calibration text (any file `slm eval` reads); "
                                                "default: text sampled from the model itself.")]
-CalibSamplesOpt = Annotated[int, typer.Option(help="Calibration sequences.")]
-CalibSeqLenOpt = Annotated[int, typer.Option(help="Tokens per calibration sequence.")]
+CalibSamplesOpt = Annotated[int | None, typer.Option(help="Calibration sequences [default: 128 windows of --calib; "
+                                                     "without it, the data-free default the README gives].")]
+CalibSeqLenOpt = Annotated[int | None, typer.Option(help="Tokens per calibration sequence [default: 512 with "
+                                                    "--calib; without it, the data-free default].")]
+CalibCacheOpt = Annotated[str, typer.Option("--calib-cache", help="on | off: keep the text a model samples for "
+                                            "data-free calibration, per model and settings, and reuse it.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for choosing or sampling calibration text.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
 BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp | onnx. auto runs a .gguf file with llama.cpp "
@@ -47,15 +53,49 @@ CompileOpt = Annotated[bool, typer.Option("--compile", help="torch backend: comp
                                           "compilation, ~10-50 s on a CPU).")]
 
 
+def calibration_options(calib: Path | None, samples: int | None, seq_len: int | None, seed: int,
+                        calib_cache: str):
+    """The `Calibration` the --calib* options ask for."""
+    import slmkit
+
+    if calib_cache not in ("on", "off"):
+        raise SlmError(f"--calib-cache {calib_cache}: choose on or off")
+    return slmkit.Calibration(calib, samples, seq_len, seed, cache=calib_cache == "on")
+
+
 def calibration_for(lm, config, calibration):
-    """`calibration` with its token ids made under a status line when the method reads data."""
+    """`calibration` with its token ids made when the method reads data: under a status line for a file's
+    windows, under a bar showing tokens/s while the model samples them."""
     from slmkit.compress import needs_calibration
 
-    if needs_calibration(config):
-        with stderr.status("preparing calibration data" + ("" if calibration.data else
-                                                           " (sampling text from the model)")):
+    if not needs_calibration(config):
+        return calibration
+    if calibration.data:
+        with stderr.status("preparing calibration data"):
             calibration.ids(lm)
+        return calibration
+    with sampling_bar() as progress:
+        calibration.ids(lm, progress=progress)
     return calibration
+
+
+@contextmanager
+def sampling_bar():
+    """Yields a `progress(tokens, total)` callback drawing tokens sampled, tokens/s and the time left."""
+    import time
+
+    columns = (TextColumn("sampling calibration text from the model"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task("sampling", total=None, rate="")
+        started = time.perf_counter()
+
+        def update(tokens: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            progress.update(task, completed=tokens, total=total,
+                            rate=f"{tokens / elapsed:.0f} tokens/s" if elapsed > 0 else "")
+
+        yield update
 
 
 def load_model(spec: str, *, backend: str = "torch", **options):

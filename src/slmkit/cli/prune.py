@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ComputeDeviceOpt, DtypeOpt,
-                               ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
-                               load_model, print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt,
+                               ComputeDeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt,
+                               TrustRemoteCodeOpt, calibration_for, calibration_options, load_model, print_json,
+                               print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -26,9 +27,10 @@ def prune_command(
         help="--structured: what to keep per block, e.g. ffn=1024,heads=6.")] = None,
     target_params: Annotated[str | None, typer.Option(help="--structured: total size wanted, e.g. 90M.")] = None,
     calib: CalibOpt = None,
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seq_len: CalibSeqLenOpt = 512,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seq_len: CalibSeqLenOpt = None,
     seed: SeedOpt = 0,
+    calib_cache: CalibCacheOpt = "on",
     device: ComputeDeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
@@ -65,7 +67,8 @@ def prune_command(
     resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
-    calibration = calibration_for(lm, config, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
+    calibration = calibration_for(lm, config,
+                                  calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache))
     with progress_bar(bar) as progress:
         result = slmkit.prune(lm, config, calibration, device=device, progress=progress)
     slmkit.save(lm, out, result=result, parent=model, force=force)

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
+from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
                                ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
-                               load_model, print_json, print_table, progress_bar)
+                               calibration_options, load_model, print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.targets import GGUF_TARGETS
@@ -39,10 +39,12 @@ def quantize_command(
     start: Annotated[str | None, typer.Option(help="QAT: the one-shot solution it starts from: gptq | rtn "
                                                    "[default: gptq].")] = None,
     calib: CalibOpt = None,
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seq_len: Annotated[int, typer.Option("--calib-seq-len", "--seq-len",
-                                               help="Tokens per calibration (QAT: training) sequence.")] = 512,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seq_len: Annotated[int | None, typer.Option(
+        "--calib-seq-len", "--seq-len", help="Tokens per calibration (QAT: training) sequence [default: 512 with "
+        "--calib; without it, the data-free default; QAT: 256].")] = None,
     seed: SeedOpt = 0,
+    calib_cache: CalibCacheOpt = "on",
     device: ComputeDeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
@@ -68,13 +70,18 @@ def quantize_command(
     from slmkit.models.checkpoint import check_destination
     from slmkit.models.devices import resolve_device
 
+    if method == "qat":
+        from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
+
+        calib_samples, calib_seq_len = calib_samples or QAT_SAMPLES, calib_seq_len or QAT_SEQ_LEN
+    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     grid = dict(bits=bits, group_size=group_size, symmetric=sym, target=target, observer=observer)
     training = {"steps": steps, "lr": lr, "batch_size": batch_size, "start": start}
     if method == "qat":
         from slmkit.distill.qat import qat_config
 
         config = qat_config(**grid, **training, device=device)
-        config.held_out_count(calib_samples)  # too few sequences: refused before they are sampled
+        config.held_out_count(calibration.samples)  # too few sequences: refused before they are sampled
     elif any(value is not None for value in training.values()):
         raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
     else:
@@ -84,7 +91,7 @@ def quantize_command(
     resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
-    calibration = calibration_for(lm, config, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
+    calibration = calibration_for(lm, config, calibration)
     description = "QAT on q4_0's grid, step" if method == "qat" else f"{method} w{config.bits} quantization, block"
     with progress_bar(description) as progress:
         result = slmkit.quantize(lm, config, calibration, fake_quant=fake_quant, target=target, device=device,

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt, JsonOpt, ModelArg,
-                               OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, load_model, print_json,
-                               print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt, ForceOpt,
+                               JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
+                               calibration_options, load_model, print_json, print_table, progress_bar)
 from slmkit.cli.prune import parse_width
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -24,9 +24,10 @@ def student_command(
     width: Annotated[str | None, typer.Option(help="Structured: what each block keeps, e.g. ffn=1024,heads=6.")] = None,
     target_params: Annotated[str | None, typer.Option(help="Structured: the student's size, e.g. 90M.")] = None,
     calib: CalibOpt = None,
-    calib_samples: CalibSamplesOpt = 128,
-    calib_seq_len: CalibSeqLenOpt = 512,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seq_len: CalibSeqLenOpt = None,
     seed: SeedOpt = 0,
+    calib_cache: CalibCacheOpt = "on",
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -55,7 +56,8 @@ def student_command(
     if structured is None:  # blocks kept or a fresh config: nothing to score, seconds
         report = slmkit.student(lm, settings)
     else:
-        calibration = calibration_for(lm, structured, slmkit.Calibration(calib, calib_samples, calib_seq_len, seed))
+        calibration = calibration_for(
+            lm, structured, calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache))
         with progress_bar("scoring blocks, channels and heads") as progress:
             report = slmkit.student(lm, settings, calibration, progress=progress)
     slmkit.save(lm, out, stage="student", parent=teacher, config=settings.to_dict(), metrics=report, force=force)

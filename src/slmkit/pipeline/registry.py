@@ -89,8 +89,10 @@ def known_method(methods: dict, method: str) -> str:
 
 
 class CalibratedStage(Stage):
-    calib_samples: int = 128
-    calib_seq_len: int = 512
+    calib_samples: int | None = Field(None, description="Sequences [default: 128 windows of data; without data, "
+                                      "the data-free default].")
+    calib_seq_len: int | None = Field(None, description="Tokens per sequence [default: 512 with data; without, "
+                                      "the data-free default].")
     seed: int = 0
 
     def calibration(self, context: StageContext):

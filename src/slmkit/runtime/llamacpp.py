@@ -31,7 +31,7 @@ from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import write_atomic
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
                                       torch_only_flag)
-from slmkit.runtime.sampling import SamplingConfig
+from slmkit.runtime.sampling import SamplingConfig, inverse_cdf_draw, row_generators
 
 PROBE = """
 import sys, llama_cpp
@@ -165,6 +165,76 @@ class LlamaLog:
         C function that logged it."""
         lines = [line.strip() for line in "".join(self.errors).splitlines() if line.strip()]
         return re.sub(r"^\w+: ", "", lines[0]) if lines else ""
+
+
+def sample_together(path: str | Path, prefixes: list[list[int]], length: int, generator: torch.Generator, *,
+                    wave: int = 32, banned: tuple[int, ...] = (), progress=None) -> torch.Tensor:
+    """[rows, length] token ids: each prefix continued by plain sampling at temperature 1 (never a `banned`
+    token), `wave` rows decoded together in one llama.cpp context (one sequence id per row, a KV stream each),
+    one forward pass per token for the whole wave. `progress(tokens, total)` after every step.
+
+    Written against llama.cpp's batch API because llama-cpp-python's `Llama` decodes one sequence at a time.
+    Tokens are drawn here from the logits (`inverse_cdf_draw`, a generator per row seeded from `generator`), so
+    a seed gives the same rows whatever the wave, and the rows torch samples from the same weights."""
+    llama_cpp = llama_cpp_module()
+    wave = max(1, min(wave, len(prefixes), llama_cpp.llama_max_parallel_sequences()))
+    llm = open_gguf(path, n_ctx=min(length, 512), n_batch=64)  # this context only loads the model
+    trained = llama_cpp.llama_model_n_ctx_train(llm.model)
+    if length > trained:
+        raise SlmError(f"{length} tokens per sequence exceed {path}'s trained context ({trained})")
+    params = llama_cpp.llama_context_default_params()
+    widest = max(map(len, prefixes))
+    params.n_ctx, params.n_seq_max, params.kv_unified = wave * length, wave, False
+    params.n_batch = params.n_ubatch = max(wave * widest, 64)
+    params.n_threads = params.n_threads_batch = llm.n_threads
+    with LlamaLog(llama_cpp) as log:  # kept off the terminal, as while the model opens
+        context = llama_cpp.llama_init_from_model(llm.model, params)
+    if not context:
+        llm.close()
+        raise SlmError(f"llama.cpp cannot make a context for {wave} sequences of {length} tokens"
+                       + (f" ({log.first_error()})" if log.first_error() else ""))
+    batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+    vocab, total = llm.n_vocab(), len(prefixes) * length
+    rows: list[list[int]] = []
+    generators = row_generators(generator, len(prefixes))
+    try:
+        for first in range(0, len(prefixes), wave):
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
+            group = [list(prefix) for prefix in prefixes[first:first + wave]]
+            # The prefill: every prefix token, logits only at each row's last one.
+            entries = [(token, position, row, position == len(ids) - 1)
+                       for row, ids in enumerate(group) for position, token in enumerate(ids)]
+            while True:
+                _decode(llama_cpp, context, batch, entries)
+                logits = torch.from_numpy(np.ctypeslib.as_array(llama_cpp.llama_get_logits(context),
+                                                                shape=(len(group), vocab)).copy())
+                logits[:, list(banned)] = float("-inf")
+                draws = inverse_cdf_draw(logits, generators[first:first + len(group)])
+                for ids, token in zip(group, draws.tolist()):
+                    if len(ids) < length:
+                        ids.append(token)
+                if progress is not None:
+                    progress(len(rows) * length + sum(map(len, group)), total)
+                if all(len(ids) == length for ids in group):
+                    break
+                entries = [(ids[-1], len(ids) - 1, row, True) for row, ids in enumerate(group) if len(ids) < length]
+            rows += group
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(context)
+        llm.close()
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _decode(llama_cpp, context, batch, entries: list[tuple[int, int, int, bool]]) -> None:
+    """One llama_decode of (token, position, sequence, wants logits) entries."""
+    for index, (token, position, sequence, logits) in enumerate(entries):
+        batch.token[index], batch.pos[index], batch.logits[index] = token, position, logits
+        batch.n_seq_id[index], batch.seq_id[index][0] = 1, sequence
+    batch.n_tokens = len(entries)
+    status = llama_cpp.llama_decode(context, batch)
+    if status != 0:
+        raise SlmError(f"llama.cpp could not decode a batch of {len(entries)} tokens (llama_decode returned {status})")
 
 
 class OneSequence:

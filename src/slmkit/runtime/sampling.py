@@ -15,6 +15,25 @@ import torch
 from slmkit.errors import SlmError
 
 
+def row_generators(generator: torch.Generator, rows: int) -> list[torch.Generator]:
+    """A CPU generator per row, seeded from `generator`: a row's draws do not depend on which rows share
+    its batch, or on the engine that computes its logits."""
+    seeds = torch.randint(0, 2**62, (rows,), generator=generator).tolist()
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def inverse_cdf_draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row, sampled exactly from softmax(logits) with one uniform number from the row's generator.
+
+    torch.multinomial draws a random number per vocabulary entry from a serial generator: for 32 rows of a
+    49k-word vocabulary that is a quarter of each generation step on a CPU."""
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum_(dim=-1)
+    uniforms = torch.cat([torch.rand(1, generator=generator) for generator in generators]).to(cdf.device)
+    # side="right": tokens of zero probability (an empty CDF step) are never chosen.
+    choice = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), side="right")
+    return choice.clamp_(max=logits.shape[-1] - 1).squeeze(1)
+
+
 @dataclass
 class SamplingConfig:
     """How to pick each next token. temperature 0 means greedy decoding.

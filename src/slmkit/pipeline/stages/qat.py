@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.pipeline.registry import CalibratedStage, StageContext, StageOutput, register_stage
 
 
@@ -19,8 +20,8 @@ class QATStage(CalibratedStage):
     """QATConfig's training settings; one left out takes QATConfig's default (kept there only)."""
 
     stage: Literal["qat"]
-    calib_samples: int = 64  # training sequences: a model sampling its own takes a while per token
-    calib_seq_len: int = 256
+    calib_samples: int = QAT_SAMPLES
+    calib_seq_len: int = QAT_SEQ_LEN
     target: Literal["gguf-q4_0"] = "gguf-q4_0"
     start: str | None = None
     steps: int | None = None
