@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--eval-data", default=str(DATA / "wikitext-2-raw-test.txt"))
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--limit", type=int, default=None, help="only the first N eval windows")
-    parser.add_argument("--qat-steps", type=int, default=200, help="QAT steps (0: no QAT file)")
+    parser.add_argument("--qat-steps", type=int, default=120, help="QAT steps (0: no QAT file; default 120)")
     parser.add_argument("--qat-lr", type=float, default=None, help="QAT learning rate (default: slmkit's)")
     parser.add_argument("--qat-batch-size", type=int, default=4)
     parser.add_argument("--qat-samples", type=int, default=64, help="self-sampled QAT sequences")

@@ -83,7 +83,8 @@ def test_recipe_validation_errors_name_file_and_key(text, message):
 
 def test_ready_recipes_validate():
     names = sorted(path.stem for path in RECIPES.glob("*.yaml"))
-    assert {"edge-chat", "sparse-2of4", "int8-server", "classifier", "domain-chat", "distill-student"} <= set(names)
+    assert {"edge-chat", "sparse-2of4", "int8-server", "classifier", "domain-chat", "distill-student",
+            "edge-chat-qat"} <= set(names)
     for path in RECIPES.glob("*.yaml"):
         assert load_recipe(path).name == path.stem
 

@@ -62,7 +62,7 @@ def quantize_command(
       slm quantize ./pruned --method rtn --bits 8 --group-size 0 --out out/int8
       slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out out/gptq-q4_0  # then slm export
-      slm quantize --method qat --target gguf-q4_0 --steps 200 --out out/qat-q4_0  # trained on the model's own text
+      slm quantize --method qat --target gguf-q4_0 --out out/qat-q4_0  # trained on the model's own text
     """
     import slmkit
     from slmkit.compress.formats import check_compressed_tensors
