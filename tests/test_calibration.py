@@ -77,6 +77,9 @@ def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path,
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert len(list(cache.iterdir())) == 1
+    next(cache.iterdir()).write_bytes(b"not a tensor")  # a damaged entry is sampled again, not a crash
+    with pytest.raises(AssertionError, match="sampled again"):
+        self_generated(lm, 3, 12, seed=0)
 
 
 def test_calibration_defaults_and_the_cache_switch():

@@ -90,8 +90,14 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
     engine = engine or sampling_engine(lm)
     cached = _cache_path(lm, engine, samples, seq_len, seed) if cache else None
     if cached is not None and cached.exists():
-        ids = torch.load(cached, weights_only=True)
-        if ids.shape == (samples, seq_len):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            ids = load_file(cached).get("ids")
+        except (OSError, SafetensorError):  # an unreadable entry is sampled again
+            ids = None
+        if isinstance(ids, torch.Tensor) and ids.shape == (samples, seq_len):
             return ids
     generator = torch.Generator().manual_seed(seed)
     tokenizer = lm.tokenizer
@@ -126,18 +132,16 @@ def _cache_path(lm, engine: str, samples: int, seq_len: int, seed: int) -> Path 
     # The weights' names, sizes and modification times: a file rewritten in place gets new ids.
     identity = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     key = json.dumps([SAMPLER_VERSION, engine, identity, samples, seq_len, seed])
-    return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
 def _keep(path: Path, ids: torch.Tensor) -> None:
-    import io
+    from safetensors.torch import save
 
     from slmkit.models.checkpoint import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(ids, buffer)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, save({"ids": ids.contiguous()}))
 
 
 class _InverseCdfSampler:
