@@ -46,11 +46,13 @@ def test_llama_cpp_samples_the_rows_torch_samples_from_the_same_weights(tiny_ggu
 def test_a_rows_tokens_do_not_depend_on_the_sequences_decoded_beside_it(tiny_gguf):
     from slmkit.runtime.llamacpp import sample_together
 
-    prefixes = [[1, token] for token in (5, 9, 17, 33, 40)]
+    prefixes = [[1, 5], [1, 9, 17, 33], [1], [1, 40, 41], [1, 7]]  # rows of a batch finish at different steps
     alone = [sample_together(tiny_gguf, prefixes, 20, torch.Generator().manual_seed(0), wave=wave)
              for wave in (1, 2, 5)]
     assert torch.equal(alone[0], alone[1]) and torch.equal(alone[0], alone[2])
-    assert alone[0][:, :2].tolist() == prefixes
+    assert [row[:len(prefix)] for row, prefix in zip(alone[0].tolist(), prefixes)] == prefixes
+    with pytest.raises(slmkit.SlmError, match="every prefix must hold 1 to 19 tokens"):
+        sample_together(tiny_gguf, [[1] * 20], 20, torch.Generator())
 
 
 def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path, cache, monkeypatch):

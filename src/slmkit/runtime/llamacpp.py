@@ -178,12 +178,15 @@ def sample_together(path: str | Path, prefixes: list[list[int]], length: int, ge
     a seed gives the same rows whatever the wave, and the rows torch samples from the same weights."""
     llama_cpp = llama_cpp_module()
     wave = max(1, min(wave, len(prefixes), llama_cpp.llama_max_parallel_sequences()))
+    widest = max(map(len, prefixes))
+    if not 0 < min(map(len, prefixes)) <= widest < length:
+        raise SlmError(f"every prefix must hold 1 to {length - 1} tokens to sample {length}")
     llm = open_gguf(path, n_ctx=min(length, 512), n_batch=64)  # this context only loads the model
     trained = llama_cpp.llama_model_n_ctx_train(llm.model)
     if length > trained:
+        llm.close()
         raise SlmError(f"{length} tokens per sequence exceed {path}'s trained context ({trained})")
     params = llama_cpp.llama_context_default_params()
-    widest = max(map(len, prefixes))
     params.n_ctx, params.n_seq_max, params.kv_unified = wave * length, wave, False
     params.n_batch = params.n_ubatch = max(wave * widest, 64)
     params.n_threads = params.n_threads_batch = llm.n_threads
@@ -201,23 +204,22 @@ def sample_together(path: str | Path, prefixes: list[list[int]], length: int, ge
         for first in range(0, len(prefixes), wave):
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
             group = [list(prefix) for prefix in prefixes[first:first + wave]]
+            growing = list(range(len(group)))  # the rows still short of `length`, as their logits come back
             # The prefill: every prefix token, logits only at each row's last one.
             entries = [(token, position, row, position == len(ids) - 1)
                        for row, ids in enumerate(group) for position, token in enumerate(ids)]
-            while True:
+            while growing:
                 _decode(llama_cpp, context, batch, entries)
                 logits = torch.from_numpy(np.ctypeslib.as_array(llama_cpp.llama_get_logits(context),
-                                                                shape=(len(group), vocab)).copy())
+                                                                shape=(len(growing), vocab)).copy())
                 logits[:, list(banned)] = float("-inf")
-                draws = inverse_cdf_draw(logits, generators[first:first + len(group)])
-                for ids, token in zip(group, draws.tolist()):
-                    if len(ids) < length:
-                        ids.append(token)
+                draws = inverse_cdf_draw(logits, [generators[first + row] for row in growing])
+                for row, token in zip(growing, draws.tolist()):
+                    group[row].append(token)
                 if progress is not None:
                     progress(len(rows) * length + sum(map(len, group)), total)
-                if all(len(ids) == length for ids in group):
-                    break
-                entries = [(ids[-1], len(ids) - 1, row, True) for row, ids in enumerate(group) if len(ids) < length]
+                growing = [row for row in growing if len(group[row]) < length]
+                entries = [(group[row][-1], len(group[row]) - 1, row, True) for row in growing]
             rows += group
     finally:
         llama_cpp.llama_batch_free(batch)
