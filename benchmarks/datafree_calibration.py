@@ -52,8 +52,9 @@ def sampler_throughput(samples: int, seq_len: int) -> dict[str, float]:
     rates = {}
     lm = slmkit.load(MODEL)
     engines = {"hf-generate": lambda: self_generated(lm, samples, seq_len, engine="torch", cache=False),
-               "hf-static": lambda: _generate(lm.model, lm, samples, seq_len, cache_implementation="static"),
-               "hf-int8": lambda: _generate(open_model(MODEL, weights="int8").model, lm, samples, seq_len),
+               "hf-static": lambda: _generate_static(lm, samples, seq_len),
+               "hf-int8": lambda: self_generated(open_model(MODEL, weights="int8"), samples, seq_len, engine="torch",
+                                                 cache=False),
                "llamacpp": lambda: self_generated(lm, samples, seq_len, engine="llamacpp", cache=False)}
     for name, sample in engines.items():
         started = time.perf_counter()
@@ -66,22 +67,22 @@ def sampler_throughput(samples: int, seq_len: int) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def _generate(model, lm, samples: int, seq_len: int, **settings) -> torch.Tensor:
-    """The torch sampler's own generate call (same prefixes, per-row draws) on another model or cache."""
+def _generate_static(lm, samples: int, seq_len: int) -> torch.Tensor:
+    """The torch sampler's generate call (same prefixes, per-row draws) with the static KV cache."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from slmkit.compress.calibration import _InverseCdfSampler
+    from slmkit.compress.calibration import _InverseCdfSampler, data_free_prefixes
     from slmkit.runtime.sampling import row_generators
 
     generator = torch.Generator().manual_seed(0)
-    first = torch.randint(0, lm.config.vocab_size, (samples, 1), generator=generator)
-    prefix = torch.cat([torch.full((samples, 1), lm.tokenizer.bos_token_id), first], dim=1)
+    prefix = data_free_prefixes(lm, samples, generator)
     eos = lm.tokenizer.eos_token_id
-    config = GenerationConfig(do_sample=False, max_new_tokens=seq_len - 2, min_new_tokens=seq_len - 2,
-                              eos_token_id=eos, pad_token_id=eos, **settings)
+    config = GenerationConfig(do_sample=False, max_new_tokens=seq_len - prefix.shape[1],
+                              min_new_tokens=seq_len - prefix.shape[1], eos_token_id=eos, pad_token_id=eos,
+                              cache_implementation="static")
     sampler = _InverseCdfSampler(row_generators(generator, samples))
-    return model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), generation_config=config,
-                          logits_processor=LogitsProcessorList([sampler]))
+    return lm.model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), generation_config=config,
+                             logits_processor=LogitsProcessorList([sampler]))
 
 
 def wikitext_perplexity(lm, windows: int) -> float:

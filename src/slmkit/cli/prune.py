@@ -64,11 +64,11 @@ def prune_command(
 
         config = prune_config(method, sparsity=sparsity, pattern=pattern)
         title, bar = "pruned", f"{method} pruning, block"
+    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force)
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
-    calibration = calibration_for(lm, config,
-                                  calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache))
+    calibration = calibration_for(lm, config, calibration)
     with progress_bar(bar) as progress:
         result = slmkit.prune(lm, config, calibration, device=device, progress=progress)
     slmkit.save(lm, out, result=result, parent=model, force=force)

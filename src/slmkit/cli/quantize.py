@@ -70,22 +70,20 @@ def quantize_command(
     from slmkit.models.checkpoint import check_destination
     from slmkit.models.devices import resolve_device
 
-    if method == "qat":
-        from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
-
-        calib_samples, calib_seq_len = calib_samples or QAT_SAMPLES, calib_seq_len or QAT_SEQ_LEN
-    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     grid = dict(bits=bits, group_size=group_size, symmetric=sym, target=target, observer=observer)
     training = {"steps": steps, "lr": lr, "batch_size": batch_size, "start": start}
     if method == "qat":
+        from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
         from slmkit.distill.qat import qat_config
 
+        calib_samples, calib_seq_len = calib_samples or QAT_SAMPLES, calib_seq_len or QAT_SEQ_LEN
         config = qat_config(**grid, **training, device=device)
-        config.held_out_count(calibration.samples)  # too few sequences: refused before they are sampled
+        config.held_out_count(calib_samples)  # too few sequences: refused before they are sampled
     elif any(value is not None for value in training.values()):
         raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
     else:
         config = quant_config(method, **grid, act_order=act_order)
+    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     if not fake_quant:
         check_compressed_tensors(config)
     resolve_device(device)  # a device that is not there: before the slow load

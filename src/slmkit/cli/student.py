@@ -49,6 +49,7 @@ def student_command(
     settings = StudentConfig(layers=parse_layers(layers) if layers is not None else None, depth=depth,
                              config=str(config) if config else None, width=parse_width(width) or None,
                              target_params=parse_count(target_params), seed=seed)
+    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     check_destination(out, force)
     lm = load_model(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
                     dtype="float32")
@@ -56,8 +57,7 @@ def student_command(
     if structured is None:  # blocks kept or a fresh config: nothing to score, seconds
         report = slmkit.student(lm, settings)
     else:
-        calibration = calibration_for(
-            lm, structured, calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache))
+        calibration = calibration_for(lm, structured, calibration)
         with progress_bar("scoring blocks, channels and heads") as progress:
             report = slmkit.student(lm, settings, calibration, progress=progress)
     slmkit.save(lm, out, stage="student", parent=teacher, config=settings.to_dict(), metrics=report, force=force)

@@ -31,7 +31,6 @@ DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN = 32, 256
 QAT_SAMPLES, QAT_SEQ_LEN = 64, 256
 # Bump when the sampling itself changes, so no cached ids from an older sampler are reused.
 SAMPLER_VERSION = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 
 def calibration_ids(lm, path: str | Path | None, *, samples: int = 128, seq_len: int = 512, seed: int = 0,
@@ -74,21 +73,36 @@ def source_gguf(lm) -> Path | None:
 
 def sampling_engine(lm) -> str:
     """llamacpp when the model came from a GGUF and llama-cpp-python is installed, else torch."""
-    import importlib.util
+    return _engine_for(source_gguf(lm))
 
-    if source_gguf(lm) is not None and importlib.util.find_spec("llama_cpp") is not None:
-        return "llamacpp"
-    return "torch"
+
+def _engine_for(gguf: Path | None) -> str:
+    from slmkit.runtime.llamacpp import has_llama_cpp
+
+    return "llamacpp" if gguf is not None and has_llama_cpp() else "torch"
+
+
+def data_free_prefixes(lm, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """[samples, 2] (or [samples, 1] without BOS/EOS): BOS, then a random first token per row (as LLM-QAT
+    diversifies its samples)."""
+    tokenizer = lm.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    first = torch.randint(0, lm.config.get_text_config().vocab_size, (samples, 1), generator=generator)
+    return first if start is None else torch.cat([torch.full((samples, 1), start), first], dim=1)
 
 
 def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str | None = None, cache: bool = True,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """[samples, seq_len] ids the model samples itself at temperature 1, each row after BOS and a random
-    first token (as LLM-QAT diversifies its samples). `engine`: llamacpp | torch (default `sampling_engine`)."""
+    """[samples, seq_len] ids the model samples itself at temperature 1 after `data_free_prefixes`.
+    `engine`: llamacpp | torch (default `sampling_engine`)."""
     if lm.kind != "causal-lm":
         raise SlmError(f"{lm.spec}: data-free calibration needs a causal LM; pass --calib PATH")
-    engine = engine or sampling_engine(lm)
-    cached = _cache_path(lm, engine, samples, seq_len, seed) if cache else None
+    gguf = source_gguf(lm)
+    engine = engine or _engine_for(gguf)
+    if engine == "llamacpp" and gguf is None:
+        raise SlmError(f"{lm.spec}: sampling on llama.cpp needs the GGUF its weights came from")
+    source = gguf if engine == "llamacpp" else getattr(lm, "path", None)
+    cached = _cache_path(source, engine, samples, seq_len, seed) if cache and source is not None else None
     if cached is not None and cached.exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -100,19 +114,14 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
         if isinstance(ids, torch.Tensor) and ids.shape == (samples, seq_len):
             return ids
     generator = torch.Generator().manual_seed(seed)
-    tokenizer = lm.tokenizer
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    first = torch.randint(0, lm.config.get_text_config().vocab_size, (samples, 1), generator=generator)
-    prefix = first if start is None else torch.cat([torch.full((samples, 1), start), first], dim=1)
+    prefix = data_free_prefixes(lm, samples, generator)
     if engine == "llamacpp":
         from slmkit.runtime.llamacpp import sample_together
 
-        gguf = source_gguf(lm)
-        if gguf is None:
-            raise SlmError(f"{lm.spec}: sampling on llama.cpp needs the GGUF its weights came from")
+        eos = lm.tokenizer.eos_token_id
         # No end-of-text token, as generate's min_new_tokens on torch: every row runs the full length.
         ids = sample_together(gguf, prefix.tolist(), seq_len, generator, progress=progress,
-                              banned=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+                              banned=() if eos is None else (eos,))
     else:
         ids = _sample_on_torch(lm, prefix, seq_len, generator, progress)
     if cached is not None:
@@ -120,18 +129,13 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
     return ids
 
 
-def _cache_path(lm, engine: str, samples: int, seq_len: int, seed: int) -> Path | None:
-    """Where these settings' ids for this model's weights are kept, or None for a model with no files."""
+def _cache_path(source: Path, engine: str, samples: int, seq_len: int, seed: int) -> Path:
+    """Where these settings' ids for the weights in `source` (a file or directory) are kept."""
+    from slmkit.models.checkpoint import files_identity
     from slmkit.models.loading import cache_dir
 
-    source = source_gguf(lm) if engine == "llamacpp" else getattr(lm, "path", None)
-    if source is None:
-        return None
     source = Path(source).resolve()
-    files = [source] if source.is_file() else sorted(f for f in source.iterdir() if f.suffix in WEIGHT_SUFFIXES)
-    # The weights' names, sizes and modification times: a file rewritten in place gets new ids.
-    identity = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = json.dumps([SAMPLER_VERSION, engine, identity, samples, seq_len, seed])
+    key = json.dumps([SAMPLER_VERSION, engine, str(source), files_identity(source), samples, seq_len, seed])
     return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 

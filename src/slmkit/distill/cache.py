@@ -24,7 +24,7 @@ import torch
 
 from slmkit.distill.losses import TopK, compared, top_k
 from slmkit.errors import SlmError
-from slmkit.models.checkpoint import write_atomic
+from slmkit.models.checkpoint import files_identity, write_atomic
 
 SHARD_ROWS = 256
 INDEX_FILE = "cache.json"
@@ -34,10 +34,7 @@ ROW_KEY = "teacher_row"  # the example key, and the batch key, naming cached row
 def cache_key(teacher_spec: str, teacher_path: Path | None, tokenizer, rows: list[dict], temperature: float,
               k: int) -> tuple[str, dict]:
     """(hex key, what it was made from)."""
-    files = []
-    if teacher_path is not None:
-        found = [teacher_path] if teacher_path.is_file() else sorted(p for p in teacher_path.rglob("*") if p.is_file())
-        files = [[str(p.relative_to(teacher_path.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in found]
+    files = files_identity(teacher_path) if teacher_path is not None else []
     vocabulary = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     digest = hashlib.sha256()
     for row in rows:

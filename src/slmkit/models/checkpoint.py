@@ -64,6 +64,13 @@ def new_manifest(stage: str, parent: str | None = None, config: dict[str, Any] |
     }
 
 
+def files_identity(path: Path) -> list[list]:
+    """[name relative to the parent, size, modification time] of a file or of every file under a directory:
+    what a cache keyed on a model's files compares, so a file rewritten in place is a new key."""
+    found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [[str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in found]
+
+
 def check_destination(out_dir: Path, force: bool) -> None:
     """Refuse to write over a user's files, or where nothing can be written, before any slow work starts."""
     out_dir = Path(out_dir)

@@ -400,7 +400,7 @@ def open_llamacpp(spec: str, options: OpenOptions) -> LlamaCppModel:
     return LlamaCppModel(Path(spec).expanduser(), n_ctx=options.n_ctx, logits_all=options.logits_all)
 
 
-def _has_llama_cpp() -> bool:
+def has_llama_cpp() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
@@ -408,5 +408,5 @@ def _has_llama_cpp() -> bool:
 
 register_backend(Backend(
     name="llamacpp", handles=lambda spec: spec.endswith(".gguf"),
-    preferred=lambda spec: spec.endswith(".gguf") and _has_llama_cpp(), open=open_llamacpp,
+    preferred=lambda spec: spec.endswith(".gguf") and has_llama_cpp(), open=open_llamacpp,
     refusal="--backend llamacpp runs .gguf files and {spec} is not one; make one with `slm export`"))
