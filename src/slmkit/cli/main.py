@@ -8,7 +8,7 @@ import sys
 import typer
 
 from slmkit.cli import bench, eval, export, finetune, generate, info, models_cmd, prune, quantize, run
-from slmkit.cli import distill, student, synth
+from slmkit.cli import distill, serve, student, synth
 
 app = typer.Typer(
     name="slm",
@@ -30,6 +30,7 @@ app.command("student")(student.student_command)
 app.command("distill")(distill.distill_command)
 app.command("generate")(generate.generate_command)
 app.command("chat")(generate.chat_command)
+app.command("serve")(serve.serve_command)
 app.command("run")(run.run_command)
 app.command("report")(run.report_command)
 

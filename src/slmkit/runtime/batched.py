@@ -65,6 +65,51 @@ def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention_mask
 
 
+class TorchBatch:
+    """Rows of prompt ids decoded together on a torch causal LM: `start` prefills them (left-padded, each row's
+    positions counting from its own first token), `step` feeds one token per live row, `keep` drops finished
+    rows and their KV cache. Both return the live rows' next-token logits [rows, vocab]."""
+
+    def __init__(self, lm: TorchModel):
+        self.lm, self.rows = lm, 0
+        self._cache_name = lm._cache_argument()
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in lm._forward_arguments else {}
+
+    @torch.inference_mode()
+    def start(self, rows: list[list[int]]) -> torch.Tensor:
+        input_ids, self.attention_mask = (tensor.to(self.lm.device) for tensor in left_padded(rows))
+        self.positions = (self.attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        output = self.lm.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.positions,
+                               use_cache=True, **self._keep_last)
+        self.rows = len(rows)
+        return self._next_logits(output)
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(self.rows, 1)], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.lm.device).unsqueeze(1)
+        output = self.lm.model(input_ids=input_ids, attention_mask=self.attention_mask, position_ids=self.positions,
+                               use_cache=True, **{self._cache_name: self.cache})
+        return self._next_logits(output)
+
+    def keep(self, staying: list[int]) -> None:
+        """Keep only these rows (indices into the live rows, in order)."""
+        if len(staying) == self.rows:
+            return
+        self.rows = len(staying)
+        if not staying:
+            self.cache = None
+            return
+        kept = torch.tensor(staying, device=self.lm.device)
+        self.cache.batch_select_indices(kept)
+        self.attention_mask, self.positions = self.attention_mask[kept], self.positions[kept]
+
+    def _next_logits(self, output) -> torch.Tensor:
+        self.cache = getattr(output, self._cache_name)
+        return output.logits[:, -1]
+
+
 @torch.inference_mode()
 def _decode_together(lm: TorchModel, rows: list[list[int]], samplings: list[SamplingConfig]) -> list[Answer]:
     device, stops = lm.device, lm.stop_tokens()
@@ -72,15 +117,10 @@ def _decode_together(lm: TorchModel, rows: list[list[int]], samplings: list[Samp
     written = [torch.tensor([ids], dtype=torch.long, device=device) for ids in rows]  # the repetition window
     generated: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)
-    input_ids, attention_mask = (tensor.to(device) for tensor in left_padded(rows))
-    positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    cache_name = lm._cache_argument()
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in lm._forward_arguments else {}
-    output = lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                      **keep_last)
+    batch = TorchBatch(lm)
+    logits = batch.start(rows)
     active = list(range(len(rows)))  # the original row of each batch row
     while True:
-        logits = output.logits[:, -1]
         staying, next_tokens = [], []
         for batch_row, row in enumerate(active):
             token = pickers[row](written[row], logits[batch_row:batch_row + 1])
@@ -91,18 +131,11 @@ def _decode_together(lm: TorchModel, rows: list[list[int]], samplings: list[Samp
             written[row] = torch.cat([written[row], token], dim=1)
             if len(generated[row]) < samplings[row].max_new_tokens:
                 staying.append(batch_row)
-                next_tokens.append(token)
+                next_tokens.append(int(token))
         if not staying:
             break
-        cache = getattr(output, cache_name)
-        if len(staying) < len(active):
-            kept = torch.tensor(staying, device=device)
-            cache.batch_select_indices(kept)
-            attention_mask, positions = attention_mask[kept], positions[kept]
-            active = [active[batch_row] for batch_row in staying]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        output = lm.model(input_ids=torch.cat(next_tokens), attention_mask=attention_mask, position_ids=positions,
-                          use_cache=True, **{cache_name: cache})
+        batch.keep(staying)
+        active = [active[batch_row] for batch_row in staying]
+        logits = batch.step(next_tokens)
     return [Answer(lm.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), done)
             for tokens, done in zip(generated, finished)]

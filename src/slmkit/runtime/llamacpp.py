@@ -167,13 +167,66 @@ class LlamaLog:
         return re.sub(r"^\w+: ", "", lines[0]) if lines else ""
 
 
+class LlamaBatch:
+    """Sequences decoded together in one llama.cpp context, each with its own sequence id (`slots` of them) and
+    KV stream of up to `length` tokens: one llama_decode advances every row given to `advance`.
+
+    Written against llama.cpp's batch API because llama-cpp-python's `Llama` decodes one sequence at a time."""
+
+    def __init__(self, llm, slots: int, length: int, n_batch: int = 512):
+        self.llama_cpp = llama_cpp = llama_cpp_module()
+        self.llm, self.slots, self.length = llm, slots, length
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_seq_max, params.kv_unified = slots * length, slots, False
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = llm.n_threads
+        with LlamaLog(llama_cpp) as log:  # kept off the terminal, as while the model opens
+            self.context = llama_cpp.llama_init_from_model(llm.model, params)
+        if not self.context:
+            raise SlmError(f"llama.cpp cannot make a context for {slots} sequences of {length} tokens"
+                           + (f" ({log.first_error()})" if log.first_error() else ""))
+        self.n_batch, self.vocab = n_batch, llm.n_vocab()
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.positions = [0] * slots  # the next position of each sequence
+
+    def advance(self, rows: list[tuple[int, list[int]]]) -> torch.Tensor:
+        """Append tokens to sequences ((sequence id, tokens): a prompt, or the one token just chosen) and return
+        the logits after each row's last token [rows, vocab], in the order given."""
+        for sequence, tokens in rows:
+            if self.positions[sequence] + len(tokens) > self.length:
+                raise SlmError(f"sequence {sequence} would exceed its {self.length} tokens")
+        entries = []
+        for sequence, tokens in rows:
+            first = self.positions[sequence]
+            entries += [(token, first + offset, sequence, offset == len(tokens) - 1)
+                        for offset, token in enumerate(tokens)]
+            self.positions[sequence] += len(tokens)
+        logits = []
+        for begin in range(0, len(entries), self.n_batch):
+            chunk = entries[begin:begin + self.n_batch]
+            _decode(self.llama_cpp, self.context, self.batch, chunk)
+            outputs = sum(wants for *_, wants in chunk)
+            if outputs:
+                logits.append(torch.from_numpy(np.ctypeslib.as_array(
+                    self.llama_cpp.llama_get_logits(self.context), shape=(outputs, self.vocab)).copy()))
+        return torch.cat(logits)
+
+    def release(self, sequence: int) -> None:
+        """Forget a sequence's tokens: its id is free for another row."""
+        self.llama_cpp.llama_memory_seq_rm(self.llama_cpp.llama_get_memory(self.context), sequence, -1, -1)
+        self.positions[sequence] = 0
+
+    def close(self) -> None:
+        self.llama_cpp.llama_batch_free(self.batch)
+        self.llama_cpp.llama_free(self.context)
+
+
 def sample_together(path: str | Path, prefixes: list[list[int]], length: int, generator: torch.Generator, *,
                     wave: int = 32, banned: tuple[int, ...] = (), progress=None) -> torch.Tensor:
     """[rows, length] token ids: each prefix continued by plain sampling at temperature 1 (never a `banned`
-    token), `wave` rows decoded together in one llama.cpp context (one sequence id per row, a KV stream each),
-    one forward pass per token for the whole wave. `progress(tokens, total)` after every step.
+    token), `wave` rows decoded together (`LlamaBatch`), one forward pass per token for the whole wave.
+    `progress(tokens, total)` after every step.
 
-    Written against llama.cpp's batch API because llama-cpp-python's `Llama` decodes one sequence at a time.
     Tokens are drawn here from the logits (`inverse_cdf_draw`, a generator per row seeded from `generator`), so
     a seed gives the same rows whatever the wave, and the rows torch samples from the same weights."""
     llama_cpp = llama_cpp_module()
@@ -186,32 +239,22 @@ def sample_together(path: str | Path, prefixes: list[list[int]], length: int, ge
     if length > trained:
         llm.close()
         raise SlmError(f"{length} tokens per sequence exceed {path}'s trained context ({trained})")
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx, params.n_seq_max, params.kv_unified = wave * length, wave, False
-    params.n_batch = params.n_ubatch = max(wave * widest, 64)
-    params.n_threads = params.n_threads_batch = llm.n_threads
-    with LlamaLog(llama_cpp) as log:  # kept off the terminal, as while the model opens
-        context = llama_cpp.llama_init_from_model(llm.model, params)
-    if not context:
+    try:
+        batch = LlamaBatch(llm, wave, length, n_batch=max(wave * widest, 64))
+    except SlmError:
         llm.close()
-        raise SlmError(f"llama.cpp cannot make a context for {wave} sequences of {length} tokens"
-                       + (f" ({log.first_error()})" if log.first_error() else ""))
-    batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
-    vocab, total = llm.n_vocab(), len(prefixes) * length
+        raise
+    total = len(prefixes) * length
     rows: list[list[int]] = []
     generators = row_generators(generator, len(prefixes))
     try:
         for first in range(0, len(prefixes), wave):
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
             group = [list(prefix) for prefix in prefixes[first:first + wave]]
+            for row in range(len(group)):
+                batch.release(row)
             growing = list(range(len(group)))  # the rows still short of `length`, as their logits come back
-            # The prefill: every prefix token, logits only at each row's last one.
-            entries = [(token, position, row, position == len(ids) - 1)
-                       for row, ids in enumerate(group) for position, token in enumerate(ids)]
+            logits = batch.advance([(row, ids) for row, ids in enumerate(group)])
             while growing:
-                _decode(llama_cpp, context, batch, entries)
-                logits = torch.from_numpy(np.ctypeslib.as_array(llama_cpp.llama_get_logits(context),
-                                                                shape=(len(growing), vocab)).copy())
                 logits[:, list(banned)] = float("-inf")
                 draws = inverse_cdf_draw(logits, [generators[first + row] for row in growing])
                 for row, token in zip(growing, draws.tolist()):
@@ -219,11 +262,11 @@ def sample_together(path: str | Path, prefixes: list[list[int]], length: int, ge
                 if progress is not None:
                     progress(len(rows) * length + sum(map(len, group)), total)
                 growing = [row for row in growing if len(group[row]) < length]
-                entries = [(group[row][-1], len(group[row]) - 1, row, True) for row in growing]
+                if growing:
+                    logits = batch.advance([(row, group[row][-1:]) for row in growing])
             rows += group
     finally:
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(context)
+        batch.close()
         llm.close()
     return torch.tensor(rows, dtype=torch.long)
 
@@ -363,6 +406,12 @@ class LlamaCppModel(RuntimeBase):
                     yield chunk["choices"][0]["text"]
             finally:
                 chunks.close()
+
+    def stop_tokens(self) -> set[int]:
+        """The tokens that end generation (llama.cpp's end-of-generation set: EOS, EOT, <|im_end|> ...)."""
+        llama_cpp = llama_cpp_module()
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        return {token for token in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)}
 
     def _greedy_next(self) -> int:
         # Without logits_all, llama-cpp-python no longer copies logits into llm.scores: read the context's.

@@ -1,0 +1,339 @@
+"""The server's decoding loop: requests wait in a bounded queue, and the rows admitted are decoded together,
+one forward pass per token for all of them, in one thread that owns the model.
+
+- torch, causal LM: static batches (`runtime.batched.TorchBatch`): the waiting rows are admitted together when
+  the batch is empty, and each row leaves it as soon as it ends;
+- llama.cpp: continuous batching (`runtime.llamacpp.LlamaBatch`): one context with a sequence per slot, and a
+  new row joins the running ones at the next step; no row ever cancels another;
+- other models that write text (seq2seq on torch): rows take turns, one token each per step.
+
+Every row picks its tokens the same way whatever runs it (`RowSampler`): penalties, the grammar's mask, the
+request's own seeded generator, stop strings, logprobs. A row whose `cancel` is set (the client went away, or
+its time ran out) leaves at the next step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.runtime.interface import Model
+from slmkit.runtime.sampling import SamplingConfig, TextPieces, TokenPicker
+from slmkit.serve.grammar import Grammar
+
+
+class QueueFull(Exception):
+    """More rows wait than --max-queue allows."""
+
+
+@dataclass
+class Piece:
+    """Text a row produced since its last piece, with the logprobs of the tokens behind it (when asked)."""
+
+    text: str
+    logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Done:
+    finish_reason: str  # stop | length
+    tokens: int  # tokens generated, an end-of-generation token not counted
+
+
+@dataclass
+class Failed:
+    status: int
+    message: str
+
+
+@dataclass
+class Row:
+    """One answer to write: a prompt, how to pick its tokens, where its events go."""
+
+    ids: list[int]
+    sampler: RowSampler
+    max_tokens: int
+    emit: Callable[[Piece | Done | Failed], None]  # called from the engine's thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class RowSampler:
+    """How one row picks each token, and the text it has written so far.
+
+    Logprobs are the model's own (log-softmax of its raw logits), as vLLM reports them by default, not those
+    of the distribution after penalties and temperature."""
+
+    def __init__(self, lm: Model, sampling: SamplingConfig, *, presence: float = 0.0, frequency: float = 0.0,
+                 stops: list[str] = (), grammar: Grammar | None = None, top_logprobs: int | None = None):
+        self.lm, self.tokenizer = lm, lm.tokenizer
+        self.picker = TokenPicker(sampling, torch.device("cpu"))
+        self.presence, self.frequency, self.stop_strings = presence, frequency, list(stops)
+        self.matcher = grammar.matcher() if grammar is not None else None
+        self.top_logprobs = top_logprobs
+        self.end_tokens = stop_tokens(lm)
+        self.tokens: list[int] = []
+        self.written: torch.Tensor | None = None  # prompt + answer: the repetition penalty's window
+        self.text, self.sent = "", 0  # the answer's text, and how much of it went out
+        self.pending_logprobs: list[dict] = []
+        self.pieces = TextPieces(self.tokenizer)
+
+    def begin(self, ids: list[int]) -> None:
+        self.written = torch.tensor([ids], dtype=torch.long)
+
+    def choose(self, logits: torch.Tensor) -> int | None:
+        """The next token from this row's logits [vocab] (None: the model ended the answer)."""
+        raw = logits.float().unsqueeze(0).cpu()
+        scores = raw.clone()
+        if self.tokens and (self.presence or self.frequency):
+            counts = Counter(self.tokens)
+            ids = torch.tensor(list(counts))
+            seen = torch.tensor([float(count) for count in counts.values()])
+            scores[0, ids] -= self.presence + self.frequency * seen
+        if self.matcher is not None:
+            self.matcher.mask(scores)
+        token = int(self.picker(self.written, scores))
+        if self.top_logprobs is not None:
+            self.pending_logprobs.append(self._logprob_entry(raw, token))
+        if token in self.end_tokens:
+            return None
+        if self.matcher is not None:
+            self.matcher.consume(token)
+        self.tokens.append(token)
+        self.written = torch.cat([self.written, torch.tensor([[token]])], dim=1)
+        self.text += "".join(self.pieces.add(token))
+        return token
+
+    def _logprob_entry(self, raw: torch.Tensor, token: int) -> dict:
+        logprobs = torch.log_softmax(raw[0], dim=-1)
+        top = torch.topk(logprobs, self.top_logprobs) if self.top_logprobs else None
+        alternatives = [] if top is None else [(self._token_text(int(i)), float(v))
+                                               for v, i in zip(top.values, top.indices)]
+        return {"token": self._token_text(token), "logprob": float(logprobs[token]), "top": alternatives}
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+    def stopped_by_string(self) -> bool:
+        """Whether a stop string appeared; the text is cut before it."""
+        cuts = [self.text.find(stop) for stop in self.stop_strings if stop in self.text]
+        if not cuts:
+            return False
+        self.text = self.text[:min(cuts)]
+        return True
+
+    def grammar_finished(self) -> bool:
+        return self.matcher is not None and self.matcher.finished()
+
+    def piece(self, final: bool = False) -> Piece | None:
+        """The text that may go out now: all of it at the end; before that, never a tail that could be the
+        start of a stop string."""
+        end = len(self.text)
+        if not final:
+            for stop in self.stop_strings:
+                for size in range(min(len(stop) - 1, end), 0, -1):
+                    if self.text.endswith(stop[:size]):
+                        end = min(end, len(self.text) - size)
+                        break
+        if end <= self.sent and not (final and self.pending_logprobs):
+            return None
+        piece = Piece(self.text[self.sent:end], self.pending_logprobs)
+        self.sent, self.pending_logprobs = end, []
+        return piece
+
+    def flush(self) -> None:
+        self.text += "".join(self.pieces.end())
+
+
+def stop_tokens(lm: Model) -> set[int]:
+    """The tokens that end an answer: the model's (torch) or the tokenizer's end of sequence."""
+    if hasattr(lm, "stop_tokens"):
+        return lm.stop_tokens()
+    return {lm.tokenizer.eos_token_id} - {None}
+
+
+class TorchRows:
+    """Static batches on a torch causal LM: new rows only when none is running."""
+
+    def __init__(self, lm, slots: int):
+        from slmkit.runtime.batched import TorchBatch
+
+        self.batch, self.slots, self.order = TorchBatch(lm), slots, []
+
+    def admits(self, running: int) -> bool:
+        return running == 0
+
+    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
+        if new:
+            self.order = [slot for slot, _ in new]
+            return self.batch.start([ids for _, ids in new])
+        live = {slot: index for index, slot in enumerate(self.order)}
+        self.batch.keep([live[slot] for slot, _ in going])
+        self.order = [slot for slot, _ in going]
+        return self.batch.step([token for _, token in going])
+
+    def release(self, slot: int) -> None:
+        """A finished row leaves at the next `advance` (it is not among the rows going on)."""
+
+
+class LlamaRows:
+    """Continuous batching on llama.cpp: a row joins whenever a slot is free."""
+
+    def __init__(self, lm, slots: int, length: int):
+        from slmkit.runtime.llamacpp import LlamaBatch
+
+        self.batch, self.slots = LlamaBatch(lm.llm, slots, length), slots
+
+    def admits(self, running: int) -> bool:
+        return running < self.slots
+
+    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
+        return self.batch.advance(new + [(slot, [token]) for slot, token in going])
+
+    def release(self, slot: int) -> None:
+        self.batch.release(slot)
+
+
+class TurnRows:
+    """Rows that cannot share a forward pass (a seq2seq model): each keeps its own state and steps in turn."""
+
+    def __init__(self, lm, slots: int, length: int):
+        self.lm, self.slots, self.length, self.states = lm, slots, length, {}
+
+    def admits(self, running: int) -> bool:
+        return running < self.slots
+
+    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
+        rows = []
+        for slot, ids in new:
+            self.states[slot] = self.lm.prefill(ids, self.length)
+            rows.append(self.states[slot].logits)
+        for slot, token in going:
+            state = self.states[slot]
+            self.lm.decode(state, torch.tensor([[token]], device=state.next_token.device))
+            rows.append(state.logits)
+        return torch.cat(rows)
+
+    def release(self, slot: int) -> None:
+        self.states.pop(slot, None)
+
+
+def rows_for(lm: Model, slots: int, length: int):
+    """The way this model's rows are decoded together."""
+    if lm.backend == "llamacpp":
+        return LlamaRows(lm, slots, length)
+    if lm.backend == "torch" and lm.kind == "causal-lm":
+        return TorchRows(lm, slots)
+    if lm.backend == "torch" and lm.kind == "seq2seq":
+        return TurnRows(lm, slots, length)
+    raise SlmError(f"{lm.spec}: slm serve writes text with the torch and llama.cpp backends, not {lm.backend}")
+
+
+class Engine:
+    """The decoding thread: `submit` rows (all or none of a request's), they run as slots free up."""
+
+    def __init__(self, lm: Model, *, slots: int, max_queue: int, length: int):
+        self.lm, self.slots, self.max_queue, self.length = lm, slots, max_queue, length
+        self.rows = rows_for(lm, slots, length)
+        self._waiting: queue.Queue[Row] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self.busy = 0  # rows being decoded
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slm-serve-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def submit(self, rows: list[Row]) -> None:
+        with self._lock:
+            if self._queued + len(rows) > self.max_queue:
+                raise QueueFull()
+            self._queued += len(rows)
+        for row in rows:
+            self._waiting.put(row)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=10)
+
+    def _take(self, block: bool) -> Row | None:
+        try:
+            row = self._waiting.get(timeout=0.1) if block else self._waiting.get_nowait()
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._queued -= 1
+        return row
+
+    def _run(self) -> None:
+        live: dict[int, Row] = {}  # slot -> row
+        while not self._closing.is_set():
+            new: list[tuple[int, Row]] = []
+            if self.rows.admits(len(live)):
+                free = [slot for slot in range(self.slots) if slot not in live]
+                while free:
+                    row = self._take(block=not live and not new)
+                    if row is None:
+                        break
+                    if not row.cancel.is_set():
+                        new.append((free.pop(0), row))
+            for slot in [slot for slot, row in live.items() if row.cancel.is_set()]:
+                self.rows.release(slot)
+                del live[slot]
+            self.busy = len(live) + len(new)
+            if not new and not live:
+                continue
+            order = new + list(live.items())
+            try:
+                for _, row in new:
+                    row.sampler.begin(row.ids)
+                logits = self.rows.advance([(slot, row.ids) for slot, row in new],
+                                           [(slot, row.sampler.tokens[-1]) for slot, row in live.items()])
+            except Exception as exc:  # a failed step fails its rows, not the server
+                for slot, row in order:
+                    row.emit(Failed(500, f"decoding failed: {exc}"))
+                    self.rows.release(slot)
+                live.clear()
+                continue
+            live = {}
+            for (slot, row), row_logits in zip(order, logits):
+                if self._step(row, row_logits):
+                    live[slot] = row
+                else:
+                    self.rows.release(slot)
+            self.busy = len(live)
+
+    def _step(self, row: Row, logits: torch.Tensor) -> bool:
+        """Pick the row's next token and send what it wrote; False when the row is done."""
+        sampler = row.sampler
+        try:
+            token = sampler.choose(logits)
+        except SlmError as exc:
+            row.emit(Failed(500, str(exc)))
+            return False
+        if token is None or sampler.grammar_finished():
+            reason = "stop"
+        elif len(sampler.tokens) >= row.max_tokens:
+            reason = "length"
+        else:
+            reason = None
+        if reason is not None:
+            sampler.flush()
+        if sampler.stopped_by_string():
+            reason = "stop"
+        piece = sampler.piece(final=reason is not None)
+        if piece is not None:
+            row.emit(piece)
+        if reason is not None:
+            row.emit(Done(reason, len(sampler.tokens)))
+            return False
+        return True
