@@ -360,3 +360,67 @@ def test_a_port_in_use_is_one_line_at_start_up(tiny_llama_dir):
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: already in use; choose another " \
                                     "--port or --host"
+
+
+def test_a_gguf_on_llama_cpp_answers_as_torch_and_batches_rows_that_arrive_apart(tiny_llama_dir, server, tmp_path):
+    pytest.importorskip("llama_cpp")
+    gguf = tmp_path / "tiny.f32.gguf"
+    slmkit.export(slmkit.load(str(tiny_llama_dir)), gguf, slmkit.GGUFConfig(quant="f32"))
+    lm = open_model(str(gguf))
+    assert lm.backend == "llamacpp"
+    running = start(lm, max_concurrency=3)
+    try:
+        prompts = [f"row {number} of small models" for number in range(5)]
+        on_torch = [server.client().completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+                    .choices[0].text for prompt in prompts]
+        answers = [None] * len(prompts)
+
+        def ask(number):
+            answers[number] = running.client().completions.create(
+                model="tiny", prompt=prompts[number], max_tokens=10 + 5 * number, temperature=0).choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(number,)) for number in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.01)  # rows join the running ones at the next step
+        for thread in threads:
+            thread.join()
+        # Longer answers start with the 10 tokens torch wrote (greedy, the same float32 weights).
+        assert [answer[:len(expected)] for answer, expected in zip(answers, on_torch)] == on_torch
+        assert chat(running.client(), n=2, seed=1).choices[1].message.content  # seeded rows on llama.cpp too
+        schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": BOUNDED_SCHEMA}}
+        jsonschema.validate(json.loads(chat(running.client(), max_tokens=40, response_format=schema)
+                                       .choices[0].message.content), BOUNDED_SCHEMA)
+    finally:
+        running.stop()
+
+
+def test_rows_joining_a_running_torch_batch_decode_as_they_would_alone(lm):
+    from slmkit.runtime.batched import TorchBatch
+
+    def greedy(batch, logits, rows):
+        return [int(logits[row].argmax()) for row in range(rows)]
+
+    def alone(ids, steps):
+        batch = TorchBatch(lm)
+        tokens = greedy(batch, batch.start([ids]), 1)
+        for _ in range(steps - 1):
+            tokens += greedy(batch, batch.step(tokens[-1:]), 1)
+        return tokens
+
+    short, wide = lm.tokenizer("row two").input_ids, lm.tokenizer("a wider prompt than the running row " * 3).input_ids
+    batch = TorchBatch(lm)
+    first = greedy(batch, batch.start([short]), 1)
+    first += greedy(batch, batch.step(first[-1:]), 1)
+    second = greedy(batch, batch.join([wide]), 1)  # wider: the running row is padded on the left
+    for _ in range(3):
+        logits = batch.step([first[-1], second[-1]])
+        first.append(int(logits[0].argmax()))
+        second.append(int(logits[1].argmax()))
+    batch.keep([1, 0])  # reordered
+    logits = batch.step([second[-1], first[-1]])
+    second.append(int(logits[0].argmax()))
+    batch.keep([0])  # the short row leaves: the columns only it used go
+    assert batch.attention_mask.shape[1] == len(wide) + 4 == batch.cache.layers[0].keys.shape[2]
+    second.append(int(batch.step(second[-1:])[0].argmax()))
+    assert first == alone(short, 5) and second == alone(wide, 6)

@@ -68,10 +68,11 @@ def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 class TorchBatch:
     """Rows of prompt ids decoded together on a torch causal LM: `start` prefills them (left-padded, each row's
     positions counting from its own first token), `step` feeds one token per live row, `keep` drops finished
-    rows and their KV cache. Both return the live rows' next-token logits [rows, vocab]."""
+    rows and their KV cache, `join` adds rows to a running batch (when `joins`). Each returns next-token logits
+    [rows, vocab] of the rows it ran."""
 
     def __init__(self, lm: TorchModel):
-        self.lm, self.rows = lm, 0
+        self.lm, self.rows, self.cache = lm, 0, None
         self._cache_name = lm._cache_argument()
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in lm._forward_arguments else {}
 
@@ -94,8 +95,8 @@ class TorchBatch:
         return self._next_logits(output)
 
     def keep(self, staying: list[int]) -> None:
-        """Keep only these rows (indices into the live rows, in order)."""
-        if len(staying) == self.rows:
+        """Keep only these rows (indices into the live rows), in this order."""
+        if staying == list(range(self.rows)):
             return
         self.rows = len(staying)
         if not staying:
@@ -104,10 +105,53 @@ class TorchBatch:
         kept = torch.tensor(staying, device=self.lm.device)
         self.cache.batch_select_indices(kept)
         self.attention_mask, self.positions = self.attention_mask[kept], self.positions[kept]
+        # Columns that only the rows that left used are padding for all the rest: drop them, so a batch that
+        # rows keep joining stays as wide as its longest row, not as old as the batch.
+        first = int(self.attention_mask.any(dim=0).long().argmax())
+        if first and self.joins:
+            self.attention_mask = self.attention_mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    @property
+    def joins(self) -> bool:
+        """Whether rows can join this running batch: every cache layer is a plain growing one (a sliding-window
+        layer keeps its own positions and cannot be padded)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return self.cache is not None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    @torch.inference_mode()
+    def join(self, rows: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows apart, then append them to the running rows, the narrower side padded on the left."""
+        if not self.rows:
+            return self.start(rows)
+        new = TorchBatch(self.lm)
+        logits = new.start(rows)
+        width, new_width = self.attention_mask.shape[1], new.attention_mask.shape[1]
+        left, new_left = max(0, new_width - width), max(0, width - new_width)
+        self.attention_mask = torch.cat([_pad_left(self.attention_mask, left), _pad_left(new.attention_mask,
+                                                                                          new_left)])
+        self.positions = torch.cat([self.positions[:, -1:], new.positions[:, -1:]])
+        for layer, new_layer in zip(self.cache.layers, new.cache.layers):
+            layer.keys = torch.cat([_pad_left(layer.keys, left), _pad_left(new_layer.keys, new_left)])
+            layer.values = torch.cat([_pad_left(layer.values, left), _pad_left(new_layer.values, new_left)])
+        self.rows += len(rows)
+        return logits
 
     def _next_logits(self, output) -> torch.Tensor:
         self.cache = getattr(output, self._cache_name)
         return output.logits[:, -1]
+
+
+def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
+    """Zeros before the sequence axis (the last of a mask, the third of a KV tensor [batch, heads, seq, dim])."""
+    if not columns:
+        return tensor
+    axis = 1 if tensor.dim() == 2 else 2
+    shape = list(tensor.shape)
+    shape[axis] = columns
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
 
 
 @torch.inference_mode()

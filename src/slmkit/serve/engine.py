@@ -1,10 +1,9 @@
 """The server's decoding loop: requests wait in a bounded queue, and the rows admitted are decoded together,
 one forward pass per token for all of them, in one thread that owns the model.
 
-- torch, causal LM: static batches (`runtime.batched.TorchBatch`): the waiting rows are admitted together when
-  the batch is empty, and each row leaves it as soon as it ends;
-- llama.cpp: continuous batching (`runtime.llamacpp.LlamaBatch`): one context with a sequence per slot, and a
-  new row joins the running ones at the next step; no row ever cancels another;
+- continuous batching: a new row joins the running ones at the next step, and each row leaves as soon as it
+  ends; on torch through `runtime.batched.TorchBatch` (one left-padded KV cache), on llama.cpp through
+  `runtime.llamacpp.LlamaBatch` (one context, a sequence per slot). No row ever cancels another;
 - other models that write text (seq2seq on torch): rows take turns, one token each per step.
 
 Every row picks its tokens the same way whatever runs it (`RowSampler`): penalties, the grammar's mask, the
@@ -159,7 +158,8 @@ def stop_tokens(lm: Model) -> set[int]:
 
 
 class TorchRows:
-    """Static batches on a torch causal LM: new rows only when none is running."""
+    """A torch causal LM: new rows join the running batch at the next step (`TorchBatch.join`); on a model whose
+    cache cannot take them (sliding-window layers) they wait until the batch is empty."""
 
     def __init__(self, lm, slots: int):
         from slmkit.runtime.batched import TorchBatch
@@ -167,16 +167,21 @@ class TorchRows:
         self.batch, self.slots, self.order = TorchBatch(lm), slots, []
 
     def admits(self, running: int) -> bool:
-        return running == 0
+        return running == 0 or (running < self.slots and self.batch.joins)
 
     def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
-        if new:
-            self.order = [slot for slot, _ in new]
-            return self.batch.start([ids for _, ids in new])
-        live = {slot: index for index, slot in enumerate(self.order)}
-        self.batch.keep([live[slot] for slot, _ in going])
+        logits = []
+        if going:
+            live = {slot: index for index, slot in enumerate(self.order)}
+            self.batch.keep([live[slot] for slot, _ in going])
+            logits.append(self.batch.step([token for _, token in going]))
+        elif self.order:
+            self.batch.keep([])
         self.order = [slot for slot, _ in going]
-        return self.batch.step([token for _, token in going])
+        if new:
+            logits.insert(0, self.batch.join([ids for _, ids in new]))
+            self.order += [slot for slot, _ in new]
+        return torch.cat(logits)
 
     def release(self, slot: int) -> None:
         """A finished row leaves at the next `advance` (it is not among the rows going on)."""
