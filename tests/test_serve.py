@@ -424,3 +424,23 @@ def test_rows_joining_a_running_torch_batch_decode_as_they_would_alone(lm):
     assert batch.attention_mask.shape[1] == len(wide) + 4 == batch.cache.layers[0].keys.shape[2]
     second.append(int(batch.step(second[-1:])[0].argmax()))
     assert first == alone(short, 5) and second == alone(wide, 6)
+
+
+def test_fuzzed_requests_from_the_openapi_document_never_get_a_5xx(lm):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    # A small --ctx keeps the answers short (max_tokens defaults to what the context leaves).
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(lm, ServeSettings(name="tiny", ctx=40)))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def never_a_server_error(case):
+            if isinstance(case.body, dict) and "model" in case.body:
+                case.body["model"] = "tiny"  # past the model check, into generation
+            response = case.call()
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+
+        never_a_server_error()

@@ -73,6 +73,9 @@ class SamplingConfig:
         return asdict(self)
 
 
+GREEDY_BELOW = 1e-5  # vLLM's threshold too
+
+
 class TokenPicker:
     """One request's next-token choice: transformers' logits processors in generate's order (repetition
     penalty, then temperature, top-k, top-p, min-p), then greedy or a draw from this request's generator."""
@@ -81,7 +84,8 @@ class TokenPicker:
         from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-        self.greedy = sampling.temperature == 0
+        # Below GREEDY_BELOW the temperature only overflows the softmax: such a request wants the top token.
+        self.greedy = sampling.temperature < GREEDY_BELOW
         steps = []
         if sampling.repetition_penalty != 1.0:
             steps.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))

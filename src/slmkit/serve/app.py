@@ -186,6 +186,8 @@ def create_app(lm: Model, settings: ServeSettings):
 
     def rows_for_prompt(ids: list[int], body: Sampling, grammar, top_logprobs: int | None, emit, first: int):
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if not ids:
+            raise ApiError(400, "the prompt has no tokens", param="prompt")
         if len(ids) >= context or (max_tokens and len(ids) + max_tokens > context):
             asked = f" and max_tokens {max_tokens}" if max_tokens else ""
             raise ApiError(400, f"the prompt has {len(ids)} tokens{asked}; the context holds {context} "
@@ -403,6 +405,8 @@ def create_app(lm: Model, settings: ServeSettings):
         texts = body.texts()
         counts = [len(lm.tokenizer(text).input_ids) for text in texts]
         for number, count in enumerate(counts):
+            if count == 0:
+                raise ApiError(400, f"input[{number}] has no tokens", param="input")
             if count > lm.context:
                 raise ApiError(400, f"input[{number}] has {count} tokens; the model reads at most {lm.context}",
                                param="input", code="context_length_exceeded")

@@ -322,8 +322,8 @@ class Engine:
         sampler = row.sampler
         try:
             token = sampler.choose(logits)
-        except SlmError as exc:
-            row.emit(Failed(500, str(exc)))
+        except Exception as exc:  # one row's failure (a grammar error, a bad draw) ends that row only
+            row.emit(Failed(500, f"choosing the next token failed: {exc}"))
             return False
         if token is None or sampler.grammar_finished():
             reason = "stop"

@@ -65,7 +65,7 @@ class Sampling(Strict):
     min_p: float = Field(0.0, ge=0, lt=1)
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10)  # far below 1 only overflows the softmax
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
