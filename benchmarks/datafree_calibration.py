@@ -203,7 +203,7 @@ def main() -> None:
         print(f"before: {before['seconds']:.0f} s, {before['calib']}, perplexity {before['ppl']:.3f}; after is "
               f"{before['seconds'] / after['seconds']:.1f}x faster, perplexity {difference:+.2f}% "
               f"(target: at most 1% higher: {'met' if difference <= 1 else 'NOT met'}"
-              f"{'; lower by more than 1%, which the sampled text decides as much as its size' if difference < -1 else ''})")
+              f"{'; lower by more than 1%: the sampled text decides as much as its size' if difference < -1 else ''})")
 
 
 if __name__ == "__main__":
