@@ -123,6 +123,8 @@ def test_two_stage_recipe_makes_checkpoints_run_json_and_report(tiny_llama_dir, 
     for element in ("id='summary'", "id='plot-pareto'", "id='plot-decode'", "id='plot-layers'", "id='samples'"):
         assert element in page
     assert "src='report-files" not in page  # self-contained: plots are embedded
+    for command in ("slm chat", "slm serve"):  # every artefact: how to chat with it and how to serve it
+        assert f"{command} {run_dir / '02-quantize'}" in markdown
 
     shutil.copytree(run_dir, tmp_path / "run-b")
     result = run_slm("report", str(run_dir), str(tmp_path / "run-b"), "--out", str(tmp_path / "both"))

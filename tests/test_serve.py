@@ -331,7 +331,7 @@ def test_a_request_over_the_timeout_is_stopped(slow_lm):
         with pytest.raises(openai.APIStatusError) as stopped:
             chat(running.client(), max_tokens=100)
         assert stopped.value.status_code == 504 and "--timeout" in stopped.value.body["message"]
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 3  # 0.5 s and the round trip, with room for a loaded machine
         wait_until(lambda: running.engine.busy == 0, 1.0)
         assert chat(running.client(), max_tokens=2).choices  # the server goes on
     finally:

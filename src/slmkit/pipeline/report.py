@@ -326,12 +326,17 @@ def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
 
 
 def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
-    """(model, where it is, the command that chats with it)."""
+    """(model, where it is, a command that runs it): chat in the terminal, and the OpenAI-compatible server
+    for every artefact `slm serve` runs (a checkpoint, a GGUF; not an ONNX export)."""
+    from slmkit.models.loading import is_onnx
+
     found = []
     for row in rows:
         if row.label == "original" or row.stage in ("eval", "bench") or row.variant_of:
             continue
         found.append((row.name, row.path, f"slm chat {row.path}"))
+        if not is_onnx(row.path):
+            found.append((row.name + " (server)", row.path, f"slm serve {row.path}"))
         if row.path.endswith(".gguf"):
             modelfile = Path(row.path).with_suffix(".Modelfile")
             if modelfile.exists():

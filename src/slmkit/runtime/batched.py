@@ -157,7 +157,7 @@ def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
 @torch.inference_mode()
 def _decode_together(lm: TorchModel, rows: list[list[int]], samplings: list[SamplingConfig]) -> list[Answer]:
     device, stops = lm.device, lm.stop_tokens()
-    pickers = [TokenPicker(sampling, device) for sampling in samplings]
+    pickers = [TokenPicker(sampling) for sampling in samplings]
     written = [torch.tensor([ids], dtype=torch.long, device=device) for ids in rows]  # the repetition window
     generated: list[list[int]] = [[] for _ in rows]
     finished = [False] * len(rows)

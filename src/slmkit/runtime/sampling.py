@@ -80,7 +80,7 @@ class TokenPicker:
     """One request's next-token choice: transformers' logits processors in generate's order (repetition
     penalty, then temperature, top-k, top-p, min-p), then greedy or a draw from this request's generator."""
 
-    def __init__(self, sampling: SamplingConfig, device: torch.device):
+    def __init__(self, sampling: SamplingConfig):
         from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
@@ -100,14 +100,14 @@ class TokenPicker:
                 steps.append(MinPLogitsWarper(sampling.min_p))
         self.processors = LogitsProcessorList(steps)
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: one uniform number per token
 
     def __call__(self, ids_so_far: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The next token [1, 1] after `ids_so_far` [1, tokens], from its logits `scores` [1, vocab]."""
         scores = self.processors(ids_so_far, scores.float())
         if self.greedy:
             return scores.argmax(dim=-1, keepdim=True)
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
+        return inverse_cdf_draw(scores, [self.generator]).unsqueeze(1)
 
 
 class TextPieces:

@@ -157,7 +157,7 @@ class TorchModel(LoadedModel, RuntimeBase):
         if self.kind != "seq2seq":
             self.require("causal-lm", "generation")
         self.require_tokenizer("generation")
-        picker, stops, text = TokenPicker(sampling, self.device), self.stop_tokens(), TextPieces(self.tokenizer)
+        picker, stops, text = TokenPicker(sampling), self.stop_tokens(), TextPieces(self.tokenizer)
         so_far = self._written_so_far(ids)
         state = self.prefill(ids, max(cache_tokens or 0, len(ids) + sampling.max_new_tokens))
         def cancelled() -> bool:

@@ -72,7 +72,7 @@ class RowSampler:
     def __init__(self, lm: Model, sampling: SamplingConfig, *, presence: float = 0.0, frequency: float = 0.0,
                  stops: list[str] = (), grammar: Grammar | None = None, top_logprobs: int | None = None):
         self.lm, self.tokenizer = lm, lm.tokenizer
-        self.picker = TokenPicker(sampling, torch.device("cpu"))
+        self.picker = TokenPicker(sampling)
         self.presence, self.frequency, self.stop_strings = presence, frequency, list(stops)
         self.matcher = grammar.matcher() if grammar is not None else None
         self.top_logprobs = top_logprobs
