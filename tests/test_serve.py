@@ -18,7 +18,7 @@ import slmkit
 from slmkit.runtime import SamplingConfig, generate, open_model
 from slmkit.serve import ServeSettings, create_app
 from slmkit.serve.server import bind, url_of
-from tests.conftest import run_slm, tiny_model
+from conftest import run_slm, tiny_model
 
 BOUNDED_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color"],
                   "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99},

@@ -13,7 +13,7 @@ import time
 import httpx2 as httpx
 import pytest
 
-from tests.test_serve import slow_lm, start, wait_until  # noqa: F401  (slow_lm is a fixture)
+from test_serve import slow_lm, start, wait_until  # noqa: F401  (slow_lm is a fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
