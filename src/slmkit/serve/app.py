@@ -16,7 +16,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -184,6 +184,11 @@ def create_app(lm: Model, settings: ServeSettings):
         if not generates:
             raise ApiError(400, f"{settings.name} is an {lm.kind} model: it serves /v1/embeddings, not {route}")
 
+    def envelope(answer_id: str, kind: str, choices: list, usage_slot: bool = False, **extra) -> dict:
+        """An answer or a chunk of one; `usage_slot`: a chunk's `usage: null` (include_usage asks for it)."""
+        return {"id": answer_id, "object": kind, "created": int(time.time()), "model": settings.name,
+                "choices": choices, **({"usage": None} if usage_slot else {}), **extra}
+
     def rows_for_prompt(ids: list[int], body: Sampling, grammar, top_logprobs: int | None, emit, first: int):
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
         if not ids:
@@ -214,8 +219,18 @@ def create_app(lm: Model, settings: ServeSettings):
         schema = fmt.json_schema.schema_ if fmt.json_schema else None
         return await run_in_threadpool(grammars.compile, fmt.type, schema, "response_format")
 
-    async def run_rows(request: Request, make_rows, body: Sampling, prompt_tokens: int, chunk, final):
+    async def run_rows(request: Request, make_rows, body: Sampling, prompt_tokens: int, shape: Shape, grammar):
         """Submit the rows, then stream chunks or return the whole answer."""
+        chunk = shape.chunk
+
+        def final(state: Collected, usage_chunk: bool = False) -> dict:
+            usage = usage_of(prompt_tokens, state.tokens)
+            if usage_chunk:
+                return envelope(shape.answer_id, shape.chunk_kind, [], usage=usage)
+            check_format(grammar, state)
+            return envelope(shape.answer_id, shape.kind, [shape.choice(index, state) for index in
+                                                          range(len(state.texts))], usage=usage)
+
         loop, events, start = asyncio.get_running_loop(), asyncio.Queue(), time.monotonic()
 
         def emit(index, event):
@@ -274,14 +289,14 @@ def create_app(lm: Model, settings: ServeSettings):
                     state.add(*item)
             finally:
                 cancel_all()  # no-op for finished rows; frees the slots of a request that failed or left
-            return final(state, prompt_tokens)
+            return final(state)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def sse() -> AsyncIterator[str]:
             try:
                 for index in range(len(rows)):
-                    yield sse_line(chunk(index, None, None, include_usage, first=True))
+                    yield sse_line(chunk(index, None, include_usage, first=True))
                 while state.done < len(rows):
                     try:
                         item = await next_event(KEEPALIVE_S)
@@ -293,9 +308,9 @@ def create_app(lm: Model, settings: ServeSettings):
                         yield sse_line(exc.body)
                         return
                     index, event = item
-                    yield sse_line(chunk(index, event, state, include_usage))
+                    yield sse_line(chunk(index, event, include_usage))
                 if include_usage:
-                    yield sse_line(final(state, prompt_tokens, usage_chunk=True))
+                    yield sse_line(final(state, usage_chunk=True))
                 yield "data: [DONE]\n\n"
             finally:
                 cancel_all()
@@ -332,7 +347,7 @@ def create_app(lm: Model, settings: ServeSettings):
         top = (body.top_logprobs or 0) if body.logprobs else None
         answer_id = f"chatcmpl-{secrets.token_hex(12)}"
 
-        def chunk(index, event, state, include_usage, first=False):
+        def chunk(index, event, include_usage, first=False):
             delta = {"role": "assistant", "content": ""} if first else {}
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
             if isinstance(event, Piece):
@@ -341,23 +356,16 @@ def create_app(lm: Model, settings: ServeSettings):
                     choice["logprobs"] = {"content": chat_logprobs(event.logprobs)}
             elif isinstance(event, Done):
                 choice["finish_reason"] = event.finish_reason
-            return {"id": answer_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                    "model": settings.name, "choices": [choice], **({"usage": None} if include_usage else {})}
+            return envelope(answer_id, "chat.completion.chunk", [choice], include_usage)
 
-        def final(state, prompt_tokens, usage_chunk=False):
-            usage = usage_of(prompt_tokens, state.tokens)
-            if usage_chunk:
-                return {"id": answer_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": settings.name, "choices": [], "usage": usage}
-            choices = [{"index": index, "message": {"role": "assistant", "content": state.texts[index]},
-                        "logprobs": {"content": chat_logprobs(state.logprobs[index])} if top is not None else None,
-                        "finish_reason": state.reasons[index]} for index in range(len(state.texts))]
-            check_format(grammar, state)
-            return {"id": answer_id, "object": "chat.completion", "created": int(time.time()),
-                    "model": settings.name, "choices": choices, "usage": usage}
+        def choice(index, state):
+            return {"index": index, "message": {"role": "assistant", "content": state.texts[index]},
+                    "logprobs": {"content": chat_logprobs(state.logprobs[index])} if top is not None else None,
+                    "finish_reason": state.reasons[index]}
 
+        shape = Shape(answer_id, "chat.completion", "chat.completion.chunk", chunk, choice)
         return await run_rows(request, lambda emit: rows_for_prompt(ids, body, grammar, top, emit, 0), body,
-                              len(ids), chunk, final)
+                              len(ids), shape, grammar)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -368,7 +376,7 @@ def create_app(lm: Model, settings: ServeSettings):
         top = body.logprobs
         answer_id = f"cmpl-{secrets.token_hex(12)}"
 
-        def chunk(index, event, state, include_usage, first=False):
+        def chunk(index, event, include_usage, first=False):
             if first:
                 return None
             choice = {"index": index, "text": "", "logprobs": None, "finish_reason": None}
@@ -378,26 +386,18 @@ def create_app(lm: Model, settings: ServeSettings):
                     choice["logprobs"] = completion_logprobs(event.logprobs)
             elif isinstance(event, Done):
                 choice["finish_reason"] = event.finish_reason
-            return {"id": answer_id, "object": "text_completion", "created": int(time.time()),
-                    "model": settings.name, "choices": [choice], **({"usage": None} if include_usage else {})}
+            return envelope(answer_id, "text_completion", [choice], include_usage)
 
-        def final(state, prompt_tokens, usage_chunk=False):
-            usage = usage_of(prompt_tokens, state.tokens)
-            if usage_chunk:
-                return {"id": answer_id, "object": "text_completion", "created": int(time.time()),
-                        "model": settings.name, "choices": [], "usage": usage}
-            choices = [{"index": index, "text": state.texts[index], "finish_reason": state.reasons[index],
-                        "logprobs": completion_logprobs(state.logprobs[index]) if top is not None else None}
-                       for index in range(len(state.texts))]
-            check_format(grammar, state)
-            return {"id": answer_id, "object": "text_completion", "created": int(time.time()),
-                    "model": settings.name, "choices": choices, "usage": usage}
+        def choice(index, state):
+            return {"index": index, "text": state.texts[index], "finish_reason": state.reasons[index],
+                    "logprobs": completion_logprobs(state.logprobs[index]) if top is not None else None}
 
         def make_rows(emit):
             return [row for number, ids in enumerate(prompts)
                     for row in rows_for_prompt(ids, body, grammar, top, emit, number * body.n)]
 
-        return await run_rows(request, make_rows, body, sum(map(len, prompts)), chunk, final)
+        shape = Shape(answer_id, "text_completion", "text_completion", chunk, choice)
+        return await run_rows(request, make_rows, body, sum(map(len, prompts)), shape, grammar)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
@@ -431,6 +431,17 @@ def create_app(lm: Model, settings: ServeSettings):
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     return app
+
+
+@dataclass
+class Shape:
+    """How one endpoint words its answers: ids and object names, a streamed chunk, a whole answer's choice."""
+
+    answer_id: str
+    kind: str
+    chunk_kind: str
+    chunk: Callable  # (index, event, include_usage, first) -> chunk dict or None
+    choice: Callable  # (index, Collected) -> choice dict
 
 
 class Collected:
