@@ -59,6 +59,7 @@ class Server:
         self.url, self.log = f"http://127.0.0.1:{port}", open(log, "w")
         self.process = subprocess.Popen([str(part) for part in command], stdout=self.log, stderr=subprocess.STDOUT)
         self.rss: list[int] = []
+        self.rss_at_start = 0
         import httpx2 as httpx
 
         deadline = time.monotonic() + 600
@@ -73,7 +74,6 @@ class Server:
             if time.monotonic() > deadline:
                 sys.exit(f"server not up after 10 minutes; see {log}")
             time.sleep(0.5)
-        self.rss_at_start = self.rss_now()
 
     def rss_now(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -161,6 +161,8 @@ def summarize(results: list[dict], wall: float) -> dict:
 
 def measured(label: str, server: Server, model: str, clients: int, requests: int, max_tokens: int,
              usage: bool = True) -> dict:
+    asyncio.run(load(server.url, model, 1, 1, 4, usage))  # warm-up: the weights paged in, buffers allocated
+    server.rss_at_start = server.rss_now()
     stop = threading.Event()
     sampler = threading.Thread(target=server.sample_memory, args=(stop,), daemon=True)
     sampler.start()
