@@ -444,3 +444,28 @@ def test_fuzzed_requests_from_the_openapi_document_never_get_a_5xx(lm):
             assert response.status_code < 500, (case.method, case.path, case.body, response.text)
 
         never_a_server_error()
+
+
+def test_slm_serve_prints_where_it_listens_answers_and_stops_on_ctrl_c(tiny_llama_dir):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "slmkit.cli.main", "serve", str(tiny_llama_dir), "--port", "0",
+                                "--api-key", "k"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        line = process.stderr.readline()
+        url = re.search(r"on (http://127\.0\.0\.1:\d+):", line).group(1)
+        assert "tiny-llama (torch)" in line and "(key required)" in line
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        assert client.models.list().data[0].id == "tiny-llama"
+        answer = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=4)
+        assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0 and process.stderr.read().strip().endswith("stopped")

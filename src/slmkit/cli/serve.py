@@ -60,5 +60,9 @@ def serve_command(
                                        cors_origins=list(cors_origin or [])))
     url = url_of(sock)
     stderr.print(f"serving {name} ({lm.backend}) on {url}: OpenAI API at {url}/v1, chat page at {url}/"
-                 + (" (key required)" if api_key else ""), highlight=False)
-    serve_forever(app, sock)
+                 + (" (key required)" if api_key else ""), highlight=False, soft_wrap=True)
+    try:
+        serve_forever(app, sock)
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised Ctrl-C: the way a server is stopped
+        pass
+    stderr.print("stopped", highlight=False)
