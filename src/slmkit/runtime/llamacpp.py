@@ -343,6 +343,7 @@ class LlamaCppModel(RuntimeBase):
         self.llm = open_gguf(path, n_ctx=n_ctx, n_threads=n_threads,
                              logits_all=logits_all, reader=reader)
         self._embedder = None  # a second context, opened for embeddings on first use
+        self._stops: set[int] | None = None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as exc:  # transformers and tokenizers raise many types for a vocabulary they cannot use
@@ -408,10 +409,13 @@ class LlamaCppModel(RuntimeBase):
                 chunks.close()
 
     def stop_tokens(self) -> set[int]:
-        """The tokens that end generation (llama.cpp's end-of-generation set: EOS, EOT, <|im_end|> ...)."""
-        llama_cpp = llama_cpp_module()
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        return {token for token in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)}
+        """The tokens that end generation (llama.cpp's end-of-generation set: EOS, EOT, <|im_end|> ...); read
+        once (a call per vocabulary entry)."""
+        if self._stops is None:
+            llama_cpp = llama_cpp_module()
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            self._stops = {token for token in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)}
+        return set(self._stops)
 
     def _greedy_next(self) -> int:
         # Without logits_all, llama-cpp-python no longer copies logits into llm.scores: read the context's.
