@@ -84,3 +84,25 @@ def test_smollm2_gguf_export_tokenizes_and_templates_as_transformers(smollm2, tm
                                     add_generation_prompt=True)
     assert formatter(messages=messages).prompt == tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.integration
+@needs_minilm
+def test_served_minilm_embeddings_equal_sentence_transformers(tmp_path):
+    """all-MiniLM-L6-v2 through `slm serve` gives what sentence-transformers gives (mean pooling, unit length)."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import torch
+    from test_serve import Running
+
+    from slmkit.runtime import open_model
+    from slmkit.serve import ServeSettings, create_app
+
+    texts = ["Small models run on a laptop.", "A cat sleeps on the warm windowsill."]
+    running = Running(create_app(open_model("minilm-l6"), ServeSettings(name="minilm-l6")))
+    try:
+        served = running.client().embeddings.create(model="minilm-l6", input=texts)
+    finally:
+        running.stop()
+    reference = sentence_transformers.SentenceTransformer(str(packaged_path(lookup("minilm-l6"))), device="cpu")
+    expected = torch.tensor(reference.encode(texts, normalize_embeddings=True))
+    assert torch.allclose(torch.tensor([item.embedding for item in served.data]), expected, atol=1e-4)
