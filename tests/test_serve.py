@@ -311,8 +311,9 @@ def wait_until(condition, seconds: float) -> float:
 def test_a_client_that_disconnects_frees_its_slot_within_a_second(slow_lm):
     running = start(slow_lm, max_concurrency=2)
     try:
-        request = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100,
-                   "stream": True}
+        # Greedy: the tiny model answers "hello" up to max_tokens (a sampled answer could end at once).
+        request = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 100,
+                   "temperature": 0, "stream": True}
         with httpx.stream("POST", running.url + "/v1/chat/completions", json=request) as response:
             next(response.iter_lines())
             wait_until(lambda: running.engine.busy == 1, 2)
@@ -329,7 +330,7 @@ def test_a_request_over_the_timeout_is_stopped(slow_lm):
     try:
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as stopped:
-            chat(running.client(), max_tokens=100)
+            chat(running.client(), max_tokens=100, temperature=0)  # greedy "hello": it runs to max_tokens
         assert stopped.value.status_code == 504 and "--timeout" in stopped.value.body["message"]
         assert time.monotonic() - started < 3  # 0.5 s and the round trip, with room for a loaded machine
         wait_until(lambda: running.engine.busy == 0, 1.0)
