@@ -12,8 +12,8 @@ from slmkit.errors import SlmError
 
 __version__ = "0.1.0"
 
-_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "finetune", "synth", "student",
-          "distill")
+_VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "serve", "finetune", "synth",
+          "student", "distill")
 _CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
             "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
             "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
@@ -35,7 +35,7 @@ def __getattr__(name: str):
 
 
 class _Package(types.ModuleType):
-    """`slmkit.export` and `slmkit.evaluate` are verbs and also the names of subpackages; importing a
+    """`slmkit.export`, `slmkit.evaluate` and `slmkit.serve` are verbs and also the names of subpackages; importing a
     subpackage would set its module as the package's attribute and hide the verb. The verb keeps the name
     (the subpackages stay importable by their full names: `from slmkit.export import export_gguf`; only
     `import slmkit.export as name` gives the verb, so use the from-import form for the subpackages)."""

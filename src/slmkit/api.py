@@ -421,6 +421,27 @@ def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator
     return stream_answer(lm, prompt, sampling, **options)
 
 
+def serve(lm, settings=None, *, host: str = "127.0.0.1", port: int = 8000, listening=None,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve a model with the OpenAI API until Ctrl-C (`slm serve`): an opened model (`slmkit.runtime.open_model`:
+    torch, llama.cpp) and `serve.ServeSettings` (default: named after the model's spec). `listening`: a socket
+    bound already (`slmkit.serve.server.bind`, as the CLI does before the model loads, so a port in use fails at
+    once); `on_ready(url)` is called when the app is built.
+
+    Example: `slmkit.serve(open_model("smollm2-135m-instruct"), ServeSettings("smollm2-135m-instruct"), port=8080)`.
+    """
+    from slmkit.runtime import as_runtime
+    from slmkit.serve import ServeSettings, create_app
+    from slmkit.serve.server import bind, serve_forever, url_of
+
+    sock = listening or bind(host, port)
+    lm = as_runtime(lm)
+    app = create_app(lm, settings or ServeSettings(name=lm.spec))
+    if on_ready is not None:
+        on_ready(url_of(sock))
+    serve_forever(app, sock)
+
+
 def finetune(model: str, out: str | Path, config, *, progress=None):
     """Fine-tune `model` (a spec: it is opened with the head the task needs) on `config.data` into `out`;
     returns a `FinetuneResult` (`completed` is False when SIGTERM stopped it at a checkpoint).

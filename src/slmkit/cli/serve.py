@@ -38,9 +38,10 @@ def serve_command(
       slm serve runs/edge-chat/model.q4_0.gguf --max-concurrency 4
       SLM_API_KEY=secret slm serve ./my-model --host 0.0.0.0 --timeout 120
     """
+    import slmkit
     from slmkit.runtime import choose_backend
-    from slmkit.serve import ServeSettings, create_app
-    from slmkit.serve.server import bind, serve_forever, url_of
+    from slmkit.serve import ServeSettings
+    from slmkit.serve.server import bind
 
     checks = [(max_concurrency >= 1, f"--max-concurrency must be >= 1, got {max_concurrency}"),
               (max_queue >= 1, f"--max-queue must be >= 1, got {max_queue}"),
@@ -55,14 +56,15 @@ def serve_command(
     lm = load_model(model, backend=backend, device=device, dtype=dtype, weights=weights, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code, **extra)
     name = Path(model).name if Path(model).expanduser().exists() else model
-    app = create_app(lm, ServeSettings(name=name, api_key=api_key, max_concurrency=max_concurrency,
-                                       max_queue=max_queue, ctx=ctx, timeout=timeout,
-                                       cors_origins=list(cors_origin or [])))
-    url = url_of(sock)
-    stderr.print(f"serving {name} ({lm.backend}) on {url}: OpenAI API at {url}/v1, chat page at {url}/"
-                 + (" (key required)" if api_key else ""), highlight=False, soft_wrap=True)
+    settings = ServeSettings(name=name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
+                             ctx=ctx, timeout=timeout, cors_origins=list(cors_origin or []))
+
+    def ready(url: str) -> None:
+        stderr.print(f"serving {name} ({lm.backend}) on {url}: OpenAI API at {url}/v1, chat page at {url}/"
+                     + (" (key required)" if api_key else ""), highlight=False, soft_wrap=True)
+
     try:
-        serve_forever(app, sock)
+        slmkit.serve(lm, settings, listening=sock, on_ready=ready)
     except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised Ctrl-C: the way a server is stopped
         pass
     stderr.print("stopped", highlight=False)
