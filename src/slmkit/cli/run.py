@@ -48,6 +48,7 @@ def run_command(
     for path in gguf:
         typer.echo(f"gguf:   {path}")
         typer.echo(f"chat:   slm chat {path}")
+        typer.echo(f"serve:  slm serve {path}")
 
 
 def report_command(
