@@ -315,12 +315,32 @@ def test_a_client_that_disconnects_frees_its_slot_within_a_second(slow_lm):
         request = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 100,
                    "temperature": 0, "stream": True}
         with httpx.stream("POST", running.url + "/v1/chat/completions", json=request) as response:
-            next(response.iter_lines())
+            lines = response.iter_lines()  # kept open until the block ends: then the client leaves
+            next(lines)
             wait_until(lambda: running.engine.busy == 1, 2)
+            time.sleep(0.3)
+            assert running.engine.busy == 1  # still writing to the client
         wait_until(lambda: running.engine.busy == 0, 1.0)
         with pytest.raises(httpx.ReadTimeout):  # not streamed: the client gives up waiting
             httpx.post(running.url + "/v1/chat/completions", json={**request, "stream": False}, timeout=0.5)
         wait_until(lambda: running.engine.busy == 0, 1.0)
+    finally:
+        running.stop()
+
+
+def test_a_client_that_leaves_while_queued_gives_its_place_back_at_once(slow_lm):
+    running = start(slow_lm, max_concurrency=1, max_queue=1)
+    try:
+        long_answer = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 100,
+                       "temperature": 0}
+        with httpx.stream("POST", running.url + "/v1/chat/completions", json={**long_answer, "stream": True}) as busy:
+            lines = busy.iter_lines()  # kept: a dropped iterator closes the response, and the server frees the slot
+            next(lines)  # the one slot is taken for about 3 s
+            with pytest.raises(httpx.ReadTimeout):  # waits in the one queue place, then its client leaves
+                httpx.post(running.url + "/v1/chat/completions", json=long_answer, timeout=0.3)
+            wait_until(lambda: running.engine.queued == 0, 1.0)
+            assert running.engine.busy == 1
+            assert chat(running.client(), max_tokens=2, temperature=0).choices  # queued, not refused
     finally:
         running.stop()
 

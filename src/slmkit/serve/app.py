@@ -247,8 +247,7 @@ def create_app(lm: Model, settings: ServeSettings):
         state = Collected(len(rows))
 
         def cancel_all():
-            for row in rows:
-                row.cancel.set()
+            engine.withdraw(rows)
 
         async def next_event(idle: float):
             """The next row event; None when `idle` seconds pass without one. Raises when time runs out."""

@@ -61,6 +61,7 @@ class Row:
     max_tokens: int
     emit: Callable[[Piece | Done | Failed], None]  # called from the engine's thread
     cancel: threading.Event = field(default_factory=threading.Event)
+    counted: bool = False  # holds a place in the queue (from `submit` until taken or withdrawn)
 
 
 class RowSampler:
@@ -263,8 +264,20 @@ class Engine:
             if self._queued + len(rows) > self.max_queue:
                 raise QueueFull()
             self._queued += len(rows)
+            for row in rows:
+                row.counted = True
         for row in rows:
             self._waiting.put(row)
+
+    def withdraw(self, rows: list[Row]) -> None:
+        """Stop rows (their client left, or their time ran out): running ones leave at the next step, waiting
+        ones give their place in the queue back at once instead of when the engine reaches them."""
+        with self._lock:
+            for row in rows:
+                row.cancel.set()
+                if row.counted:
+                    row.counted = False
+                    self._queued -= 1
 
     def close(self) -> None:
         self._closing.set()
@@ -276,7 +289,9 @@ class Engine:
         except queue.Empty:
             return None
         with self._lock:
-            self._queued -= 1
+            if row.counted:
+                row.counted = False
+                self._queued -= 1
         return row
 
     def _run(self) -> None:
