@@ -28,7 +28,7 @@ from slmkit.errors import SlmError
 from slmkit.runtime.generate import GENERATING_KINDS, applies_template, prompt_ids, render_prompt
 from slmkit.runtime.interface import Model
 from slmkit.runtime.sampling import SamplingConfig
-from slmkit.serve.engine import Done, Engine, Failed, Piece, QueueFull, Row, RowSampler, stop_tokens
+from slmkit.serve.engine import Done, Engine, Failed, Piece, QueueFull, Row, RowSampler
 from slmkit.serve.grammar import Grammars
 from slmkit.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, Sampling, error_body
 
@@ -138,7 +138,8 @@ def create_app(lm: Model, settings: ServeSettings):
     context = min(settings.ctx or lm.context, lm.context)
     engine = Engine(lm, slots=settings.max_concurrency, max_queue=settings.max_queue,
                     length=context) if generates else None
-    grammars = Grammars(lm.tokenizer, lm.config.vocab_size, stop_tokens(lm)) if generates else None
+    ends = lm.stop_tokens() if generates else set()  # the same end-of-generation set for every row
+    grammars = Grammars(lm.tokenizer, lm.config.vocab_size, ends) if generates else None
     metrics = Metrics(engine)
     created = int(time.time())
 
@@ -204,8 +205,9 @@ def create_app(lm: Model, settings: ServeSettings):
             seed = None if body.seed is None else (body.seed + choice) % 2**63
             sampling = SamplingConfig(body.temperature, body.top_p, body.top_k, body.min_p, body.repetition_penalty,
                                       seed, max_tokens)
-            sampler = RowSampler(lm, sampling, presence=body.presence_penalty, frequency=body.frequency_penalty,
-                                 stops=body.stops(), grammar=grammar, top_logprobs=top_logprobs)
+            sampler = RowSampler(lm.tokenizer, sampling, ends, presence=body.presence_penalty,
+                                 frequency=body.frequency_penalty, stops=body.stops(), grammar=grammar,
+                                 top_logprobs=top_logprobs)
             rows.append(Row(ids, sampler, max_tokens, emit=lambda event, index=first + choice: emit(index, event)))
         return rows
 

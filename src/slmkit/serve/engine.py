@@ -70,14 +70,15 @@ class RowSampler:
     Logprobs are the model's own (log-softmax of its raw logits), as vLLM reports them by default, not those
     of the distribution after penalties and temperature."""
 
-    def __init__(self, lm: Model, sampling: SamplingConfig, *, presence: float = 0.0, frequency: float = 0.0,
-                 stops: list[str] = (), grammar: Grammar | None = None, top_logprobs: int | None = None):
-        self.lm, self.tokenizer = lm, lm.tokenizer
+    def __init__(self, tokenizer, sampling: SamplingConfig, end_tokens: set[int], *, presence: float = 0.0,
+                 frequency: float = 0.0, stops: list[str] = (), grammar: Grammar | None = None,
+                 top_logprobs: int | None = None):
+        self.tokenizer = tokenizer
         self.picker = TokenPicker(sampling)
         self.presence, self.frequency, self.stop_strings = presence, frequency, list(stops)
         self.matcher = grammar.matcher() if grammar is not None else None
         self.top_logprobs = top_logprobs
-        self.end_tokens = stop_tokens(lm)
+        self.end_tokens = end_tokens  # the model's end-of-generation tokens (`stop_tokens()`)
         self.tokens: list[int] = []
         self.written: torch.Tensor | None = None  # prompt + answer: the repetition penalty's window
         self.text, self.sent = "", 0  # the answer's text, and how much of it went out
@@ -149,13 +150,6 @@ class RowSampler:
 
     def flush(self) -> None:
         self.text += "".join(self.pieces.end())
-
-
-def stop_tokens(lm: Model) -> set[int]:
-    """The tokens that end an answer: the model's (torch) or the tokenizer's end of sequence."""
-    if hasattr(lm, "stop_tokens"):
-        return lm.stop_tokens()
-    return {lm.tokenizer.eos_token_id} - {None}
 
 
 class TorchRows:

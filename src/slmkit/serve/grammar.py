@@ -54,8 +54,8 @@ class Matcher:
         # One bit per token, least significant first (llguidance's own bitmask layout).
         bits = np.unpackbits(np.frombuffer(self.state.compute_bitmask(), dtype=np.uint8), bitorder="little")
         allowed = torch.from_numpy(bits[:logits.shape[-1]].astype(bool))
-        width = min(len(allowed), logits.shape[-1])
-        logits[0, :width][~allowed[:width].to(logits.device)] = float("-inf")
+        width = len(allowed)
+        logits[0, :width][~allowed.to(logits.device)] = float("-inf")
         logits[0, width:] = float("-inf")  # rows of a padded vocabulary the tokenizer does not have
 
     def consume(self, token: int) -> None:
