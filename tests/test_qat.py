@@ -107,11 +107,88 @@ def test_qat_without_data_trains_on_the_models_own_text(tmp_path, tiny_llama_dir
     assert result.metrics["kl_before"] > 0 and np.isfinite(result.metrics["kl_after"])
 
 
+def _trained_from_rtn(lm, ids, watched: str = "model.layers.0.mlp.down_proj", **settings):
+    """A few QAT steps from the RTN start on `ids`: (start scales, trained scales, the `watched` layer's latent
+    weight and scale after each step)."""
+    import copy
+
+    from slmkit.distill.qat import start_on_grid, train_on_grid
+
+    config = QATConfig(start="rtn", steps=4, lr=1e-3, batch_size=2, held_out=1, device="cpu", **settings)
+    teacher = copy.deepcopy(lm.model).eval()
+    start = start_on_grid(lm.model, config, ids[1:], torch.device("cpu"))
+    seen = [(lm.model.get_submodule(watched).weight.detach().clone(), start[watched])]
+
+    def after_step(step, total):
+        layer = lm.model.get_submodule(watched)
+        seen.append((layer.weight.detach().clone(), layer.scale.detach().clone()))
+
+    _, trained = train_on_grid(lm.model, teacher, lm.tokenizer, config, ids, start, torch.device("cpu"),
+                               progress=after_step)
+    return start, trained, seen
+
+
+def test_scales_first_holds_the_weights_while_the_scales_train(sharp_llama_dir):
+    torch.manual_seed(0)
+    lm = slmkit.load(str(sharp_llama_dir))
+    ids = torch.randint(0, lm.config.vocab_size, (5, 16))
+    _, _, seen = _trained_from_rtn(lm, ids, scale_steps=3)
+    weights, scales = zip(*seen)
+    assert len(seen) == 5 and all(torch.equal(weight, weights[0]) for weight in weights[:4])
+    assert not torch.equal(weights[4], weights[3])  # the last step trains them
+    assert not torch.equal(scales[3], scales[0])  # trained alone (the first step's rate is 0: warm-up)
+
+
+def test_held_scales_stay_the_starts(sharp_llama_dir):
+    torch.manual_seed(0)
+    lm = slmkit.load(str(sharp_llama_dir))
+    ids = torch.randint(0, lm.config.vocab_size, (5, 16))
+    start, trained, seen = _trained_from_rtn(lm, ids, learn_scales=False)
+    name = "model.layers.0.mlp.down_proj"
+    assert torch.equal(trained[name][0], start[name].half().float())
+    assert not torch.equal(seen[-1][0], seen[0][0])
+
+
+def test_edges_at_q8_0_train_with_what_the_gguf_holds(sharp_llama_dir):
+    from slmkit.distill.qat import q8_0_values
+
+    torch.manual_seed(0)
+    lm = slmkit.load(str(sharp_llama_dir))
+    ids = torch.randint(0, lm.config.vocab_size, (5, 16))
+    float_embedding = lm.model.get_input_embeddings().weight.detach().clone()
+    _trained_from_rtn(lm, ids, edges_at_q8_0=True)
+    embedding = lm.model.get_input_embeddings().weight
+    assert embedding.requires_grad and not torch.equal(embedding, float_embedding)
+    assert torch.equal(embedding, q8_0_values(float_embedding))
+    assert torch.equal(q8_0_values(embedding), embedding)  # the export writes these values again, exactly
+
+
+@pytest.mark.parametrize("model_type, change, message", [
+    ("llama", {"intermediate_size": 48}, "q4_0 stores blocks of 32 weights: mlp.down_proj takes 48 inputs"),
+    ("gpt2", {}, "QAT trains nn.Linear layers; attn.c_attn is a Conv1D"),
+])
+def test_a_model_the_grid_cannot_take_is_refused_before_sampling(tmp_path, tiny_tokenizer, monkeypatch, model_type,
+                                                                   change, message):
+    from transformers import AutoModelForCausalLM
+
+    import slmkit.compress.calibration as calibration
+
+    config = tiny_config(model_type)
+    for key, value in change.items():
+        setattr(config, key, value)
+    path = slmkit.save(AutoModelForCausalLM.from_config(config), tmp_path / model_type, tiny_tokenizer, stage="test")
+    monkeypatch.setattr(calibration, "self_generated", lambda *args, **kwargs: pytest.fail("sampled"))
+    with pytest.raises(SlmError, match=message):
+        slmkit.quantize(slmkit.load(str(path)), QATConfig(), slmkit.Calibration(None, samples=16, seq_len=16))
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(bits=4, group_size=64, float16_scales=False), "--method qat trains on q4_0's grid: pass --target gguf-q4_0"),
     (dict(steps=0), "--steps, --batch-size and the held-out sequences must be at least 1"),
     (dict(lr=float("nan")), "--lr nan: must be a positive number"),
     (dict(start="awq"), "--start 'awq': choose one of gptq, rtn"),
+    (dict(steps=10, scale_steps=10), r"--scale-steps 10: must be from 0 to below --steps \(10\)"),
+    (dict(scale_steps=5, learn_scales=False), "--scale-steps trains the scales alone first"),
 ])
 def test_impossible_settings_are_refused(settings, message):
     with pytest.raises(SlmError, match=message):
@@ -122,7 +199,7 @@ def test_cli_trains_and_refuses_what_cannot_work_in_one_line(tmp_path, tiny_llam
     calib = tmp_path / "calib.txt"
     calib.write_text(SAMPLE_TEXT * 4)
     out = tmp_path / "qat"
-    done = run_slm("quantize", str(tiny_llama_dir), "--method", "qat", "--target", "gguf-q4_0", "--calib", str(calib),
+    done = run_slm("quantize", str(tiny_llama_dir), "--method", "qat", "--target", "gguf-q4_0", "--data", str(calib),
                    "--calib-samples", "6", "--seq-len", "32", "--steps", "3", "--batch-size", "2", "--lr", "1e-3",
                    "--start", "rtn", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr

@@ -244,13 +244,12 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None,
                         progress: Progress) -> CompressResult:
     """QAT (distill.qat): the model trained onto the grid against its own float distributions."""
-    from slmkit.compress.quantize import check_group_size
-    from slmkit.distill.qat import quantization_aware_training
+    from slmkit.distill.qat import check_layers, quantization_aware_training
 
     model = _model_of(lm)
     if not isinstance(lm, LoadedModel) or lm.tokenizer is None:
         raise SlmError("QAT trains on token sequences: pass a model opened by slmkit.load, with its tokenizer")
-    check_group_size(model, config)
+    check_layers(model)  # before the sequences are read or sampled
     if isinstance(calibration, torch.Tensor):  # token ids given
         ids, record, seed = calibration, {}, None
     else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
+from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
                                ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
                                calibration_options, load_model, print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
@@ -33,12 +34,14 @@ def quantize_command(
     fake_quant: Annotated[bool, typer.Option("--fake-quant", "--dry-run",
                                              help="Save float weights on the grid instead of packed "
                                                   "compressed-tensors (quick quality checks).")] = False,
-    steps: Annotated[int | None, typer.Option(help="QAT: optimizer steps [default: 200].")] = None,
+    steps: Annotated[int | None, typer.Option(help="QAT: optimizer steps [default: 120].")] = None,
     lr: Annotated[float | None, typer.Option(help="QAT: peak learning rate [default: 5e-5].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="QAT: sequences per step [default: 4].")] = None,
     start: Annotated[str | None, typer.Option(help="QAT: the one-shot solution it starts from: gptq | rtn "
                                                    "[default: gptq].")] = None,
-    calib: CalibOpt = None,
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", "--data", help="Calibration text (QAT: training text; any file `slm eval` reads); default: text "
+        "sampled from the model itself.")] = None,
     calib_samples: CalibSamplesOpt = None,
     calib_seq_len: Annotated[int | None, typer.Option(
         "--calib-seq-len", "--seq-len", help="Tokens per calibration (QAT: training) sequence [default: 512 with "
