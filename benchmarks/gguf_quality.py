@@ -171,6 +171,10 @@ def main() -> None:
         print(f"  {row['file']}: ARC-Easy acc {arc['acc']:.4f}, acc_norm {arc['acc_norm']:.4f} "
               f"({arc['examples']} questions)", flush=True)
 
+    if args.qat_steps:
+        one_shot, qat_row = rows[2], rows[3]
+        print(f"QAT q4_0 ARC-Easy acc {qat_row['arc_acc']:.4f} vs {args.method} q4_0 {one_shot['arc_acc']:.4f} "
+              f"(target: no lower: {'met' if qat_row['arc_acc'] >= one_shot['arc_acc'] else 'NOT met'})")
     same_size, ours_row = rows[1], rows[2]
     ok = ours_row["token_perplexity"] < same_size["token_perplexity"] and \
         abs(ours_row["bytes"] - same_size["bytes"]) <= 0.01 * same_size["bytes"]
