@@ -187,8 +187,8 @@ def test_a_model_the_grid_cannot_take_is_refused_before_sampling(tmp_path, tiny_
     (dict(steps=0), "--steps, --batch-size and the held-out sequences must be at least 1"),
     (dict(lr=float("nan")), "--lr nan: must be a positive number"),
     (dict(start="awq"), "--start 'awq': choose one of gptq, rtn"),
-    (dict(steps=10, scale_steps=10), r"--scale-steps 10: must be from 0 to below --steps \(10\)"),
-    (dict(scale_steps=5, learn_scales=False), "--scale-steps trains the scales alone first"),
+    (dict(steps=10, scale_steps=10), r"scale_steps 10: must be from 0 to below steps \(10\)"),
+    (dict(scale_steps=5, learn_scales=False), "scale_steps trains the scales alone first: it needs learn_scales"),
 ])
 def test_impossible_settings_are_refused(settings, message):
     with pytest.raises(SlmError, match=message):

@@ -74,9 +74,9 @@ class QATConfig(QuantConfig):
             raise SlmError(f"--steps, --batch-size and the held-out sequences must be at least 1 (got {self.steps}, "
                            f"{self.batch_size}, {self.held_out})")
         if not 0 <= self.scale_steps < self.steps:
-            raise SlmError(f"--scale-steps {self.scale_steps}: must be from 0 to below --steps ({self.steps})")
+            raise SlmError(f"scale_steps {self.scale_steps}: must be from 0 to below steps ({self.steps})")
         if self.scale_steps and not self.learn_scales:
-            raise SlmError("--scale-steps trains the scales alone first: it needs the scales learned")
+            raise SlmError("scale_steps trains the scales alone first: it needs learn_scales")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SlmError(f"--lr {self.lr}: must be a positive number")
 
