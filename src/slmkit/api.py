@@ -126,7 +126,8 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
 
             after_write = prepare_compressed_tensors(model, result.quant_config, result.quant_params)
     return save_checkpoint(model, out, tokenizer, stage=stage, parent=parent, config=config, seed=seed,
-                           metrics=metrics, force=force, after_write=after_write)
+                           metrics=metrics, force=force, after_write=after_write,
+                           reads=[lm.path] if loaded else ())
 
 
 def _require_float32_on_cpu(lm, task: str) -> None:
@@ -441,7 +442,7 @@ def serve(lm, settings=None, *, host: str = "127.0.0.1", port: int = 8000, liste
     serve_forever(app, sock)
 
 
-def finetune(model: str, out: str | Path, config, *, progress=None):
+def finetune(model: str, out: str | Path, config, *, progress=None, force: bool = False):
     """Fine-tune `model` (a spec: it is opened with the head the task needs) on `config.data` into `out`;
     returns a `FinetuneResult` (`completed` is False when SIGTERM stopped it at a checkpoint).
 
@@ -449,7 +450,7 @@ def finetune(model: str, out: str | Path, config, *, progress=None):
     """
     from slmkit.finetune import finetune as run_finetune
 
-    return run_finetune(model, out, config, progress=progress)
+    return run_finetune(model, out, config, progress=progress, force=force)
 
 
 def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress = None):
@@ -481,7 +482,7 @@ def student(lm, config, calibration: Calibration | Any = None, *, progress: Prog
     return make_student(lm, config)
 
 
-def distill(teacher: str, student: str, out: str | Path, config, *, progress=None):
+def distill(teacher: str, student: str, out: str | Path, config, *, progress=None, force: bool = False):
     """Train `student` on `config.data` (a DistillConfig) with `teacher`'s distributions in the loss; returns
     the FinetuneResult (metrics include kd_loss and ce_loss in the curve's logs).
 
@@ -489,4 +490,4 @@ def distill(teacher: str, student: str, out: str | Path, config, *, progress=Non
     """
     from slmkit.distill.run import distill as run_distill
 
-    return run_distill(teacher, student, out, config, progress=progress)
+    return run_distill(teacher, student, out, config, progress=progress, force=force)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import AllowPickleOpt, JsonOpt, ModelArg, OutOpt, TrustRemoteCodeOpt
+from slmkit.cli.common import AllowPickleOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, TrustRemoteCodeOpt
 from slmkit.cli.finetune import (BatchSizeOpt, DataOpt, DeviceOpt, DtypeOpt, EpochsOpt, EvalDataOpt, EvalEveryOpt,
                                  GradAccumOpt, LoraAlphaOpt, LoraDropoutOpt, LoraOpt, LoraRankOpt, LoraTargetsOpt,
                                  LrOpt, MaxLengthOpt, MaxStepsOpt, MergeOpt, PackingOpt, ResumeOpt, SaveEveryOpt,
@@ -46,7 +46,7 @@ def distill_command(
     epochs: EpochsOpt = 1.0, max_steps: MaxStepsOpt = None, lr: LrOpt = None, batch_size: BatchSizeOpt = 8,
     grad_accum: GradAccumOpt = 1, max_length: MaxLengthOpt = 512, packing: PackingOpt = False,
     eval_data: EvalDataOpt = None, eval_every: EvalEveryOpt = 0, save_every: SaveEveryOpt = 100, seed: SeedOpt = 0,
-    resume: ResumeOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    resume: ResumeOpt = False, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -80,6 +80,6 @@ def distill_command(
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     quiet_libraries()
     with training_bar() as progress:
-        result = slmkit.distill(teacher, student, out, config, progress=progress)
+        result = slmkit.distill(teacher, student, out, config, progress=progress, force=force)
     report_training(result, {"teacher": teacher, "student": student, "out": str(out)}, f"{student} — distilled",
                     json_output)

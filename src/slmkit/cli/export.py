@@ -41,6 +41,7 @@ def export_command(
       slm eval my-classifier-onnx --data dev.tsv   # run by onnxruntime
     """
     import slmkit
+    from slmkit.models.loading import local_path
 
     if format not in FORMATS:
         raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -50,12 +51,12 @@ def export_command(
 
         if quant is not None:
             raise SlmError("--quant applies to --format gguf; an ONNX export keeps the float32 weights (drop --quant)")
-        check_onnx_target(out, force)
+        check_onnx_target(out, force, reads=[local_path(model)])
     else:
         from slmkit.export.gguf import check_target
 
         quant = quant or "f16"
-        check_target(out, quant, force)
+        check_target(out, quant, force, reads=[local_path(model)])
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
                     dtype="float32")
     config = slmkit.OnnxConfig() if format == "onnx" else slmkit.GGUFConfig(quant=quant)

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from slmkit.cli.common import (AllowPickleOpt, JsonOpt, ModelArg, OutOpt, TrustRemoteCodeOpt, print_json, print_table,
-                               stderr)
+from slmkit.cli.common import (AllowPickleOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, TrustRemoteCodeOpt, print_json,
+                               print_table, stderr)
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
@@ -93,6 +93,7 @@ def finetune_command(
     resume: ResumeOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False, trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -119,7 +120,7 @@ def finetune_command(
         resume=resume, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     quiet_libraries()
     with training_bar() as progress:
-        result = slmkit.finetune(model, out, config, progress=progress)
+        result = slmkit.finetune(model, out, config, progress=progress, force=force)
     report_training(result, {"model": model, "out": str(out)}, f"{model} — fine-tuned", json_output)
 
 

@@ -50,6 +50,7 @@ def prune_command(
     """
     import slmkit
     from slmkit.models.checkpoint import check_destination
+    from slmkit.models.loading import local_path
     from slmkit.models.devices import resolve_device
 
     if structured:
@@ -66,7 +67,7 @@ def prune_command(
         title, bar = "pruned", f"{method} pruning, block"
     calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
     resolve_device(device)  # a device that is not there: before the slow load
-    check_destination(out, force)
+    check_destination(out, force, reads=[local_path(model), calib])
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
     calibration = calibration_for(lm, config, calibration)
     with progress_bar(bar) as progress:

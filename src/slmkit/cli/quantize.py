@@ -71,6 +71,7 @@ def quantize_command(
     from slmkit.compress.formats import check_compressed_tensors
     from slmkit.compress.quantize import quant_config
     from slmkit.models.checkpoint import check_destination
+    from slmkit.models.loading import local_path
     from slmkit.models.devices import resolve_device
 
     grid = dict(bits=bits, group_size=group_size, symmetric=sym, target=target, observer=observer)
@@ -90,7 +91,7 @@ def quantize_command(
     if not fake_quant:
         check_compressed_tensors(config)
     resolve_device(device)  # a device that is not there: before the slow load
-    check_destination(out, force)
+    check_destination(out, force, reads=[local_path(model), calib])
     lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
     calibration = calibration_for(lm, config, calibration)
     description = "QAT on q4_0's grid, step" if method == "qat" else f"{method} w{config.bits} quantization, block"

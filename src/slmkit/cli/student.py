@@ -45,12 +45,13 @@ def student_command(
     from slmkit.compress.structured import parse_count
     from slmkit.distill import StudentConfig, parse_layers
     from slmkit.models.checkpoint import check_destination
+    from slmkit.models.loading import local_path
 
     settings = StudentConfig(layers=parse_layers(layers) if layers is not None else None, depth=depth,
                              config=str(config) if config else None, width=parse_width(width) or None,
                              target_params=parse_count(target_params), seed=seed)
     calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
-    check_destination(out, force)
+    check_destination(out, force, reads=[local_path(teacher), config, calib])
     lm = load_model(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
                     dtype="float32")
     structured = settings.structured()

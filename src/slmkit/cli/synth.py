@@ -69,7 +69,7 @@ def synth_command(
                              repeat_ngram=repeat_ngram, max_repeat_fraction=max_repeat_fraction,
                              echo_fraction=echo_fraction, dedup_threshold=dedup_threshold))
     questions = read_prompts(prompts)  # before the model loads: a bad file fails at once
-    check_output_path(out)
+    check_output_path(out, reads=[prompts])
     lm = load_model(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
                     weights=weights, device=device, dtype=dtype)
     with progress_bar("answering") as update:

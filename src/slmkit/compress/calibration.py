@@ -131,8 +131,7 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
 
 def _cache_path(source: Path, engine: str, samples: int, seq_len: int, seed: int) -> Path:
     """Where these settings' ids for the weights in `source` (a file or directory) are kept."""
-    from slmkit.models.checkpoint import files_identity
-    from slmkit.models.loading import cache_dir
+    from slmkit.models.checkpoint import cache_dir, files_identity
 
     source = Path(source).resolve()
     key = json.dumps([SAMPLER_VERSION, engine, str(source), files_identity(source), samples, seq_len, seed])

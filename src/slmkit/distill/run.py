@@ -22,7 +22,7 @@ PROBE_CHARS = 2000  # of the training text, tokenized by both models to compare 
 
 
 def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, *,
-            progress: TrainProgress | None = None) -> FinetuneResult:
+            progress: TrainProgress | None = None, force: bool = False) -> FinetuneResult:
     """Distill `teacher` into `student` (specs: alias, directory, .gguf or hub id) on `config.data`; `out` is
     written as a fine-tune's is (a plain checkpoint, or a LoRA adapter on the student).
 
@@ -45,8 +45,8 @@ def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, 
 
     if config.on_policy_ratio > 0:
         _check_prompts(config)
-    teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS)
-    return train_model(student, out, config, progress=progress, teaching=teaching)
+    teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS, models=(teacher,))
+    return train_model(student, out, config, progress=progress, teaching=teaching, force=force)
 
 
 def _open_teacher(spec: str, task: str, labels, config: DistillConfig):

@@ -10,6 +10,7 @@ by gguf's reference quantizer, as llama.cpp's converter does.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.export.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.export.gguf_vocab import add_tokenizer
-from slmkit.models.checkpoint import atomic_file, check_writable, write_atomic
+from slmkit.models.checkpoint import (atomic_file, check_not_input, check_writable, claim_output, release_output,
+                                     write_atomic)
 
 Q = gguf.GGMLQuantizationType
 QUANT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
@@ -153,17 +155,20 @@ def write_modelfile(gguf_path: Path, tokenizer) -> Path:
     return write_atomic(gguf_path.with_name(gguf_path.stem + ".Modelfile"), "\n".join(lines) + "\n")
 
 
-def check_target(out: Path, quant: str, force: bool) -> None:
-    """Refuse a bad --quant or --out before any slow work."""
+def check_target(out: Path, quant: str, force: bool, reads: Iterable[str | Path | None] = ()) -> None:
+    """Refuse a bad --quant or --out (one that is the model being read, see `check_destination`) before any
+    slow work, then claim `out`."""
     if quant not in QUANT_TYPES:
         raise SlmError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     if out.suffix != ".gguf":
         raise SlmError(f"--out {out} should end in .gguf")
+    check_not_input(out, reads)
     if out.exists() and not force:
         raise SlmError(f"{out} already exists; pass --force to replace it")
     if out.is_dir():
         raise SlmError(f"{out} is a directory; --out names the .gguf file to write")
     check_writable(out)
+    claim_output(out)
 
 
 def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False) -> GGUFExport:
@@ -172,7 +177,7 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
     Example: `export_gguf(slmkit.load("smollm2-135m-instruct"), "smollm2.q8_0.gguf", quant="q8_0")`.
     """
     out = Path(out)
-    check_target(out, quant, force)
+    check_target(out, quant, force, reads=[lm.path])
     lm.require("causal-lm", "GGUF export")
     model, config = lm.model, lm.model.config
     architecture = architecture_for(config)
@@ -181,8 +186,11 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
     tensors = list(_tensors(model, architecture, quant, codes))  # every shape error before anything is written
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as temporary:
-        _write(gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[architecture.arch]), lm, quant, hparams, tensors)
+    try:
+        with atomic_file(out) as temporary:
+            _write(gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[architecture.arch]), lm, quant, hparams, tensors)
+    finally:
+        release_output(out)
     return GGUFExport(path=out, quant=quant, architecture=gguf.MODEL_ARCH_NAMES[architecture.arch],
                       tensors=len(tensors), bytes=out.stat().st_size,
                       exact_layers=[name for name, _, _, calibrated in tensors if calibrated is True],

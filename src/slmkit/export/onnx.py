@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,14 @@ class _NamedOutput(torch.nn.Module):
         return getattr(outputs, self.output)
 
 
-def check_onnx_target(out: Path, force: bool) -> None:
-    """Refuse a bad --out, or a missing onnx extra, before any slow work."""
+def check_onnx_target(out: Path, force: bool, reads: Iterable[str | Path | None] = ()) -> None:
+    """Refuse a bad --out (see `check_destination`), or a missing onnx extra, before any slow work."""
     for module in ("onnx", "onnxscript"):  # the dynamo exporter imports both
         onnx_module(module)
     if out.suffix in (".onnx", ".gguf"):
         raise SlmError(f"--out {out} should name a directory for --format onnx ({ONNX_MODEL_FILE}, config.json and the "
                        "tokenizer files go in it)")
-    check_destination(out, force)
+    check_destination(out, force, reads)
 
 
 def _input_names(lm) -> list[str]:
@@ -88,7 +89,7 @@ def export_onnx(lm, out: str | Path, *, force: bool = False) -> ONNXExport:
     `OnnxModel("minilm-onnx").model(**tokenizer(texts, return_tensors="pt")).last_hidden_state`.
     """
     out = Path(out)
-    check_onnx_target(out, force)
+    check_onnx_target(out, force, reads=[lm.path])
     config = lm.model.config
     if lm.kind not in OUTPUTS:
         raise SlmError(f"{lm.spec}: ONNX export covers encoder models (BERT, DistilBERT, MobileBERT, MiniLM) and "
@@ -121,5 +122,5 @@ def export_onnx(lm, out: str | Path, *, force: bool = False) -> ONNXExport:
                                 metrics={"parameters": count_parameters(lm.model)[0]})
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    atomic_directory(out, write, force=force)
+    atomic_directory(out, write, force=force, reads=[lm.path])
     return ONNXExport(path=out, kind=lm.kind, inputs=names, output=output, **written)

@@ -47,7 +47,7 @@ def base_spec(model: str) -> str:
 
 
 def save_adapter(peft_model, tokenizer, out: Path, *, base: str, kind: str, record: dict, metrics: dict,
-                 seed: int, after_write=None, stage: str = "finetune") -> Path:
+                 seed: int, after_write=None, stage: str = "finetune", force: bool = False, reads=()) -> Path:
     """The adapter (`adapter_config.json`, `adapter_model.safetensors`), the tokenizer and a manifest whose
     parent is the base and whose config says which head to open it with."""
     import json
@@ -62,4 +62,4 @@ def save_adapter(peft_model, tokenizer, out: Path, *, base: str, kind: str, reco
             after_write(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    return atomic_directory(out, write)
+    return atomic_directory(out, write, force=force, reads=reads)

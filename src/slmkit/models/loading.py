@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from slmkit.errors import ModelLoadError, UnsafeModelError, first_line, json_problem
 from slmkit.models import catalog
-from slmkit.models.checkpoint import save
+from slmkit.models.checkpoint import cache_dir, save
 from slmkit.models.devices import resolve_device, resolve_dtype
 from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
 from slmkit.models.validate import check_safetensors, validate_gguf
@@ -70,10 +70,6 @@ def is_onnx(spec: str | Path) -> bool:
     """A .onnx file, or a directory with model.onnx in it."""
     path = Path(spec).expanduser()
     return path.suffix == ".onnx" or (path / ONNX_MODEL_FILE).is_file()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SLMKIT_CACHE", Path.home() / ".cache" / "slmkit"))
 
 
 def load(

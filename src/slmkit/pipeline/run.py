@@ -25,7 +25,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.models.checkpoint import check_writable
+from slmkit.models.checkpoint import check_writable, claimed
 from slmkit.pipeline.recipe import Recipe, validate_recipe
 from slmkit.pipeline.registry import STAGES, ProgressFactory, RunModel, StageContext, write_json_atomic
 
@@ -93,42 +93,43 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
     if data is not None and not Path(data).is_file():
         raise SlmError(f"--data {data}: no such file")
     directory = Path(out) if out else Path("runs") / recipe.name
-    run = Run(directory, recipe, model, data, recipe_path)
-    run.remove_leftovers()
-    progress = progress or (lambda description: nullcontext(lambda done, total: None))
-    models = [RunModel("original", model, "original")]
-    for index, stage in enumerate(recipe.stages):
-        name = recipe.stage_dir(index)
-        record = run.finished(name)
-        if record:
-            say(f"{name}: finished earlier, kept")
-        else:
-            shutil.rmtree(directory / name, ignore_errors=True)  # what a stopped attempt left
-            say(f"{name}: running")
-            run.log(f"{name}: start")
-            started = time.perf_counter()
-            try:
-                earlier = [run.state["stages"][recipe.stage_dir(i)] for i in range(index)]
-                done = STAGES[stage.stage].run(stage, StageContext(directory / name, list(models), data, progress,
-                                                                   earlier))
-            except BaseException as exc:
-                run.log(f"{name}: stopped ({type(exc).__name__}: {exc})")
-                raise
-            record = {"stage": stage.stage, "status": "done", "seconds": round(time.perf_counter() - started, 2),
-                      "output": done.output, "result": done.result, "finished": _now()}
-            run.state["stages"][name] = record
+    with claimed(directory):  # a second `slm run` into this directory would redo its stages alongside
+        run = Run(directory, recipe, model, data, recipe_path)
+        run.remove_leftovers()
+        progress = progress or (lambda description: nullcontext(lambda done, total: None))
+        models = [RunModel("original", model, "original")]
+        for index, stage in enumerate(recipe.stages):
+            name = recipe.stage_dir(index)
+            record = run.finished(name)
+            if record:
+                say(f"{name}: finished earlier, kept")
+            else:
+                shutil.rmtree(directory / name, ignore_errors=True)  # what a stopped attempt left
+                say(f"{name}: running")
+                run.log(f"{name}: start")
+                started = time.perf_counter()
+                try:
+                    earlier = [run.state["stages"][recipe.stage_dir(i)] for i in range(index)]
+                    done = STAGES[stage.stage].run(stage, StageContext(directory / name, list(models), data, progress,
+                                                                       earlier))
+                except BaseException as exc:
+                    run.log(f"{name}: stopped ({type(exc).__name__}: {exc})")
+                    raise
+                record = {"stage": stage.stage, "status": "done", "seconds": round(time.perf_counter() - started, 2),
+                          "output": done.output, "result": done.result, "finished": _now()}
+                run.state["stages"][name] = record
+                run.save()
+                run.log(f"{name}: done in {record['seconds']} s")
+                say(f"{name}: done in {record['seconds']:.1f} s")
+            if stage.makes_model:
+                models.append(RunModel(name, str(directory / record["output"]), stage.stage))
+        if run.state.get("samples") is None and recipe.prompts and len(models) > 1:
+            say("answering the sample prompts with the original and the final model")
+            run.state["samples"] = _answer_prompts(recipe, models[0], models[-1])
             run.save()
-            run.log(f"{name}: done in {record['seconds']} s")
-            say(f"{name}: done in {record['seconds']:.1f} s")
-        if stage.makes_model:
-            models.append(RunModel(name, str(directory / record["output"]), stage.stage))
-    if run.state.get("samples") is None and recipe.prompts and len(models) > 1:
-        say("answering the sample prompts with the original and the final model")
-        run.state["samples"] = _answer_prompts(recipe, models[0], models[-1])
+        run.state["finished"] = run.state.get("finished") or _now()
         run.save()
-    run.state["finished"] = run.state.get("finished") or _now()
-    run.save()
-    run.log("run finished")
+        run.log("run finished")
     return directory
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from slmkit.errors import ModelLoadError, SlmError, first_line
-from slmkit.models.checkpoint import write_atomic
+from slmkit.models.checkpoint import cache_dir, write_atomic
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
                                       torch_only_flag)
 from slmkit.runtime.sampling import SamplingConfig, inverse_cdf_draw, row_generators
@@ -50,8 +50,7 @@ def llama_cpp_module():
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("SLMKIT_CACHE") or Path.home() / ".cache" / "slmkit")
-    return root / "llamacpp-probe.json"
+    return cache_dir() / "llamacpp-probe.json"
 
 
 def _machine_key(version: str) -> str:

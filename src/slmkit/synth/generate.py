@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from slmkit.errors import SlmError
+from slmkit.models.checkpoint import claimed
 from slmkit.runtime import SamplingConfig, as_runtime, open_model
 from slmkit.runtime.batched import answer_batch, batches_rows
 from slmkit.runtime.generate import applies_template, prompt_ids, render_prompt
@@ -113,16 +114,18 @@ def synth(teacher, prompts: str | Path | list[str], out: str | Path, config: Syn
     Example: `slmkit.synth("smollm2-135m-instruct", "prompts.txt", "data.jsonl", SynthConfig(style="orca"))`.
     """
     config = config or SynthConfig()
-    prompts = read_prompts(prompts) if isinstance(prompts, str | Path) else list(prompts)
+    prompts_file = prompts if isinstance(prompts, str | Path) else None
+    prompts = read_prompts(prompts) if prompts_file else list(prompts)
     if not prompts:
         raise SlmError("no prompts to answer")
-    out = check_output_path(out)
-    lm = open_model(teacher) if isinstance(teacher, str) else as_runtime(teacher)
-    lm.require("causal-lm", "writing training data")
-    lm.require_tokenizer("writing training data")
-    style = style_for(config.style, config.system)
-    with SynthOutput(out, prompts, lm.spec, style.name) as output:
-        return _answer_all(lm, prompts, output, style, config, progress)
+    out = check_output_path(out, reads=[prompts_file])
+    with claimed(out):  # two runs appending to one file would interleave their records
+        lm = open_model(teacher) if isinstance(teacher, str) else as_runtime(teacher)
+        lm.require("causal-lm", "writing training data")
+        lm.require_tokenizer("writing training data")
+        style = style_for(config.style, config.system)
+        with SynthOutput(out, prompts, lm.spec, style.name) as output:
+            return _answer_all(lm, prompts, output, style, config, progress)
 
 
 def pair_seed(seed: int, prompt_index: int, sample: int) -> int:

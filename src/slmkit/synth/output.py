@@ -16,21 +16,25 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.errors import DataError, SlmError, json_problem
-from slmkit.models.checkpoint import check_writable
+from slmkit.models.checkpoint import check_not_input, check_writable
 
 
 def dropped_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.dropped{out.suffix}")
 
 
-def check_output_path(out: str | Path) -> Path:
+def check_output_path(out: str | Path, reads: Iterable[str | Path | None] = ()) -> Path:
+    """`out` (and the dropped file beside it) can be appended to and is none of `reads` (the prompts file)."""
     out = Path(out)
     if out.suffix != ".jsonl":
         raise SlmError(f"--out {out}: write the records to a .jsonl file (what `slm finetune` reads)")
+    check_not_input(out, reads)
+    check_not_input(dropped_path(out), reads)
     if out.exists() and not out.is_file():
         raise SlmError(f"--out {out} exists and is not a file; choose another --out")
     check_writable(out)
