@@ -97,6 +97,28 @@ def test_embeddings_are_mean_pooled_last_hidden_states(runtimes, tiny_tokenizer)
     assert llama.embed(texts).shape == (2, torch_lm.config.hidden_size)
 
 
+def test_llama_cpp_embeds_a_whole_long_input_or_refuses_it(tmp_path, tiny_tokenizer):
+    """Longer than llama.cpp's default micro-batch of 512: mean pooling must see every token, not the last 512."""
+    from conftest import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.errors import SlmError
+
+    config = tiny_config("llama")
+    config.max_position_embeddings = 1024
+    torch.manual_seed(0)
+    checkpoint = slmkit.save(AutoModelForCausalLM.from_config(config).eval(), tmp_path / "long", tiny_tokenizer)
+    gguf = tmp_path / "long.f32.gguf"
+    slmkit.export(slmkit.load(str(checkpoint)), gguf, slmkit.GGUFConfig(quant="f32"))
+    text = " ".join(f"model {n}" for n in range(170))
+    assert 600 < len(tiny_tokenizer(text).input_ids) < 1000
+    llama = open_model(str(gguf), n_ctx=1024)
+    torch.testing.assert_close(llama.embed([text])[0], open_model(str(checkpoint)).embed([text])[0],
+                               atol=1e-4, rtol=1e-3)
+    with pytest.raises(SlmError, match=r"^cannot embed: Requested tokens \(\d+\) exceed batch size of 1024"):
+        llama.embed([text + text])
+
+
 def test_onnx_encoder_embeddings_match_torch(tmp_path, tiny_tokenizer):
     pytest.importorskip("onnxruntime")
     from conftest import tiny_model

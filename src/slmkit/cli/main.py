@@ -9,6 +9,7 @@ import typer
 
 from slmkit.cli import bench, eval, export, finetune, generate, info, models_cmd, prune, quantize, run
 from slmkit.cli import distill, serve, student, synth
+from slmkit.cli.interrupt import InterruptibleCommand
 
 app = typer.Typer(
     name="slm",
@@ -33,6 +34,8 @@ app.command("chat")(generate.chat_command)
 app.command("serve")(serve.serve_command)
 app.command("run")(run.run_command)
 app.command("report")(run.report_command)
+for registered in app.registered_commands:
+    registered.cls = InterruptibleCommand  # Ctrl-C: one line saying what stopped (Typer alone exits 130 silently)
 
 
 def main() -> None:
@@ -46,9 +49,6 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

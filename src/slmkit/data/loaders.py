@@ -59,10 +59,22 @@ def _check_file(path: str | Path) -> Path:
 
 
 def _read(path: Path) -> str:
+    """The file's text, without the byte-order mark spreadsheet programs and Notepad put first (it would
+    otherwise be part of the first header name or JSON record, where no error message shows it)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # decoded as utf-8, not utf-8-sig, so exc.start is the byte in the file
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return text.removeprefix("\ufeff")
+
+
+def check_not_empty(path: str | Path) -> Path:
+    """`path`, refused in one line when it holds nothing but whitespace (or is not UTF-8 text): what a
+    command checks before it opens a model for the file."""
+    path = _check_file(path)
+    if not _read(path).strip():
+        raise DataError(f"{path}: empty file")
+    return path
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -6,6 +6,9 @@ text            .txt/.md (documents separated by blank lines) or `text` JSONL; t
 classification  .tsv/.csv `text`/`label` rows; a class id per row
 seq2seq         `input`/`target` JSONL; encoder input ids, the target's ids as labels
 
+A chat message, prompt or completion is data, not markup: a special token's text in it is encoded as text
+(data.chat), as the served model will read it.
+
 Example: `data = training_data("chat", "chats.jsonl", tokenizer, max_length=1024)`, then
 `Trainer(train_dataset=pack(data.examples, 1024), data_collator=collator("chat", tokenizer, packing=True))`.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
+from slmkit.data.chat import chat_ids, literal_tokenizer
 from slmkit.data.loaders import (JSONL_SCHEMAS, JSONL_SUFFIXES, TABLE_SUFFIXES, TEXT_SUFFIXES, _check_file, _read,
                                  jsonl_schema, load_labeled, read_jsonl)
 from slmkit.errors import DataError, first_line
@@ -160,9 +164,12 @@ def _chat_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict], 
     # The template writes the special tokens (BOS, turn markers) itself, so none are added.
     encodings = tokenizer([text for text, _ in rendered], return_offsets_mapping=True, add_special_tokens=False)
     examples = []
-    for n, ((_, spans), input_ids, offsets) in enumerate(
-            zip(rendered, encodings["input_ids"], encodings["offset_mapping"]), start=1):
-        labels = [token if _inside(offset, spans) else IGNORE for token, offset in zip(input_ids, offsets)]
+    for n, (messages, (_, spans), input_ids, offsets) in enumerate(
+            zip(conversations, rendered, encodings["input_ids"], encodings["offset_mapping"]), start=1):
+        if chat_ids(tokenizer, messages, add_generation_prompt=False) == input_ids:
+            labels = [token if _inside(offset, spans) else IGNORE for token, offset in zip(input_ids, offsets)]
+        else:  # the rendered text's encoding made a token of a special token's text in a message
+            input_ids, labels = _literal_example(path, n, tokenizer, messages)
         examples.append(_truncated(path, n, input_ids, labels, max_length))
     return examples, len(conversations)
 
@@ -183,11 +190,32 @@ def _assistant_spans(path: Path, n: int, tokenizer, messages: list[dict]) -> tup
         before = _render(path, n, tokenizer, messages[:i], add_generation_prompt=True)
         through = _render(path, n, tokenizer, messages[: i + 1])
         if not (through.startswith(before) and text.startswith(through)):
-            raise DataError(f"{path}: record {n}: the chat template is not prefix-stable at message {i + 1} "
-                            "(the generation prompt, that turn and the whole conversation must each start the "
-                            "next), so the assistant's tokens cannot be found; use --task completion instead")
+            raise _unstable(path, n, i)
         spans.append((len(before), len(through)))
     return text, spans
+
+
+def _literal_example(path: Path, n: int, tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Ids and labels of a conversation whose messages hold a special token's text, kept as text by `chat_ids`.
+    Its encoding has no character offsets, so each assistant turn is found by token counts instead: from the
+    encoded generation prompt before the turn to the encoded turn (the same spans as `_assistant_spans`)."""
+    input_ids = chat_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through = chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not (through[:len(before)] == before and input_ids[:len(through)] == through):
+            raise _unstable(path, n, i)
+        labels[len(before):len(through)] = through[len(before):]
+    return input_ids, labels
+
+
+def _unstable(path: Path, n: int, i: int) -> DataError:
+    return DataError(f"{path}: record {n}: the chat template is not prefix-stable at message {i + 1} (the "
+                     "generation prompt, that turn and the whole conversation must each start the next), so the "
+                     "assistant's tokens cannot be found; use --task completion instead")
 
 
 def _render(path: Path, n: int, tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
@@ -211,8 +239,9 @@ def _completion_examples(path: Path, tokenizer, max_length: int) -> tuple[list[d
     completions = [_string(path, n, record, "completion") for n, record in enumerate(records, start=1)]
     # Tokenized apart and joined, so the prompt/completion boundary is exact; the prompt takes the
     # tokenizer's special tokens (BOS), the completion ends in eos so the model learns to stop.
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    literal = literal_tokenizer(tokenizer)
+    prompt_ids = literal(prompts)["input_ids"]
+    completion_ids = literal(completions, add_special_tokens=False)["input_ids"]
     examples = []
     for n, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids), start=1):
         target = completion + _eos(tokenizer)
@@ -236,7 +265,10 @@ def _documents(path: Path) -> list[str]:
         records = _jsonl_records(path, "text")
         return [_string(path, n, record, "text") for n, record in enumerate(records, start=1)]
     documents = [document.strip() for document in re.split(r"\n\s*\n", _read(path))]
-    return [document for document in documents if document]
+    documents = [document for document in documents if document]
+    if not documents:  # the tokenizer would fail on an empty batch with an IndexError
+        raise DataError(f"{path}: empty file")
+    return documents
 
 
 def _chunks(ids: list[int], max_length: int) -> list[list[int]]:

@@ -82,6 +82,7 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *, progress: T
 def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress: TrainProgress | None = None,
                 teaching: Teaching | None = None, force: bool = False) -> FinetuneResult:
     """The life cycle above, for a fine-tune or (with `teaching`) a run whose trainer learns otherwise."""
+    from slmkit.data.loaders import check_not_empty
     from slmkit.data.training import infer_train_task
     from slmkit.models.loading import local_path
 
@@ -89,6 +90,9 @@ def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress
     reads = [local_path(spec) for spec in (model, *(teaching.models if teaching else ()))]
     reads += [config.data, config.eval_data]
     check_destination(out, force, reads)
+    for path in (config.data, config.eval_data):
+        if path is not None:
+            check_not_empty(path)  # else the tokenizer fails on no text, after the model is loaded
     task = config.task or infer_train_task(config.data)
     if teaching is not None and task not in teaching.tasks:
         raise SlmError(f"{config.data}: {task} data; {teaching.stage} takes {', '.join(teaching.tasks)}")

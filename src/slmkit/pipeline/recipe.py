@@ -129,6 +129,9 @@ def parse_recipe(text: str, source: str) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SlmError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SlmError(f"{source}: nested too deeply to be a recipe (lists or mappings hundreds of levels "
+                       "deep)") from None
     if not isinstance(raw, dict):
         raise SlmError(f"{source}: a recipe is a mapping with name and stages, got {type(raw).__name__}")
     try:
@@ -152,4 +155,8 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise SlmError(f"{path}: no such recipe file")
-    return parse_recipe(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SlmError(f"{path}: not UTF-8 text (byte {exc.start}); a recipe is a YAML file") from None
+    return parse_recipe(text, str(path))

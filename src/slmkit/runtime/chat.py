@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from slmkit.runtime.generate import applies_template, prompt_ids, render_prompt, require_generator
+from slmkit.runtime.generate import applies_template, prompt_ids, require_generator
 from slmkit.runtime.open import as_runtime
 from slmkit.runtime.sampling import SamplingConfig
 
@@ -32,8 +32,7 @@ class ChatSession:
         templated = applies_template(self.lm)
         budget = self.context - self.sampling.max_new_tokens
         while True:
-            ids = prompt_ids(self.lm.tokenizer, render_prompt(self.lm.tokenizer, self._messages(), templated),
-                             templated)
+            ids = prompt_ids(self.lm.tokenizer, self._messages(), templated)
             if len(ids) <= budget or len(self.history) <= 2:
                 return ids[-budget:] if len(ids) > budget else ids
             # Drop the oldest exchange (user + assistant) and try again.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from slmkit.data.chat import chat_ids, literal_tokenizer
 from slmkit.errors import SlmError
 from slmkit.runtime.open import as_runtime
 from slmkit.runtime.sampling import SamplingConfig
@@ -49,9 +50,27 @@ def applies_template(lm, use_template: bool = True) -> bool:
     return use_template and lm.kind != "seq2seq" and bool(getattr(lm.tokenizer, "chat_template", None))
 
 
-def prompt_ids(tokenizer, text: str, templated: bool) -> list[int]:
-    # A rendered template already holds its special tokens (BOS etc.).
-    return tokenizer(text, add_special_tokens=not templated).input_ids
+def prompt_ids(tokenizer, messages: list[dict], templated: bool) -> list[int]:
+    """The token ids of a conversation, ending where the assistant speaks (`templated`: with the chat template,
+    which writes its own special tokens, BOS included).
+
+    Message contents are text: a special token's text in one stays text, so whoever writes a message cannot
+    forge a turn; only the template's own markers are tokens (data.chat).
+    """
+    if not templated:
+        return text_ids(tokenizer, render_prompt(tokenizer, messages, use_template=False))
+    from jinja2 import TemplateError
+
+    try:
+        return chat_ids(tokenizer, messages, add_generation_prompt=True)
+    except TemplateError as exc:  # includes SecurityError from the sandbox
+        raise SlmError(f"the model's chat template failed: {exc}") from None
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """A plain prompt's token ids: all of it text, special tokens' text included, after the tokenizer's own
+    special tokens (BOS)."""
+    return literal_tokenizer(tokenizer)(text).input_ids
 
 
 def generate(lm, prompt: str | list[dict], sampling: SamplingConfig | None = None, *, system: str | None = None,
@@ -68,5 +87,4 @@ def generate(lm, prompt: str | list[dict], sampling: SamplingConfig | None = Non
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     messages = ([{"role": "system", "content": system}] if system else []) + messages
     templated = applies_template(lm, use_template)
-    text = render_prompt(lm.tokenizer, messages, templated)
-    return lm.stream(prompt_ids(lm.tokenizer, text, templated), sampling, cancel=cancel)
+    return lm.stream(prompt_ids(lm.tokenizer, messages, templated), sampling, cancel=cancel)

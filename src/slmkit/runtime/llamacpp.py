@@ -386,9 +386,16 @@ class LlamaCppModel(RuntimeBase):
         llama_cpp = llama_cpp_module()
         with self.sequence.held():
             if self._embedder is None:
-                self._embedder = open_gguf(self.path, n_ctx=self.context, n_threads=self.llm.n_threads,
-                                           embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-            return torch.tensor(self._embedder.embed(texts, normalize=False, truncate=True), dtype=torch.float32)
+                # Mean pooling covers one micro-batch only, so a whole context's input must fit in one (else the
+                # vector is the mean of its last 512 tokens); a long input pays the memory, a short one does not.
+                self._embedder = open_gguf(self.path, n_ctx=self.context, n_batch=self.context,
+                                           n_ubatch=self.context, n_threads=self.llm.n_threads, embedding=True,
+                                           pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+            try:
+                vectors = self._embedder.embed(texts, normalize=False, truncate=False)  # never cut silently
+            except ValueError as exc:  # "Requested tokens (N) exceed batch size of C"
+                raise SlmError(f"cannot embed: {first_line(exc)}") from None
+            return torch.tensor(vectors, dtype=torch.float32)
 
     def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
                cache_tokens: int | None = None) -> Iterator[str]:

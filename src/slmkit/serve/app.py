@@ -25,7 +25,7 @@ import torch
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
 
 from slmkit.errors import SlmError
-from slmkit.runtime.generate import GENERATING_KINDS, applies_template, prompt_ids, render_prompt
+from slmkit.runtime.generate import GENERATING_KINDS, applies_template, prompt_ids, text_ids
 from slmkit.runtime.interface import Model
 from slmkit.runtime.sampling import SamplingConfig
 from slmkit.serve.engine import Done, Engine, Failed, Piece, QueueFull, Row, RowSampler
@@ -343,7 +343,7 @@ def create_app(lm: Model, settings: ServeSettings):
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         templated = applies_template(lm)
-        ids = prompt_ids(lm.tokenizer, render_prompt(lm.tokenizer, messages, templated), templated)
+        ids = prompt_ids(lm.tokenizer, messages, templated)
         grammar = await grammar_of(body)
         top = (body.top_logprobs or 0) if body.logprobs else None
         answer_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -372,7 +372,7 @@ def create_app(lm: Model, settings: ServeSettings):
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
         check_generates("/v1/completions")
-        prompts = [prompt_ids(lm.tokenizer, text, templated=False) for text in body.prompts()]
+        prompts = [text_ids(lm.tokenizer, text) for text in body.prompt]
         grammar = await grammar_of(body)
         top = body.logprobs
         answer_id = f"cmpl-{secrets.token_hex(12)}"
@@ -403,13 +403,13 @@ def create_app(lm: Model, settings: ServeSettings):
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
         check_model(body.model)
-        texts = body.texts()
+        texts = body.input
         counts = [len(lm.tokenizer(text).input_ids) for text in texts]
         for number, count in enumerate(counts):
             if count == 0:
                 raise ApiError(400, f"input[{number}] has no tokens", param="input")
-            if count > lm.context:
-                raise ApiError(400, f"input[{number}] has {count} tokens; the model reads at most {lm.context}",
+            if count > context:  # the same limit as a prompt's (--ctx, or the model's): never cut
+                raise ApiError(400, f"input[{number}] has {count} tokens; the context holds {context} tokens",
                                param="input", code="context_length_exceeded")
         vectors = await run_in_threadpool(embed_locked, lm, texts)
         vectors = torch.nn.functional.normalize(vectors, dim=-1)  # unit length, as OpenAI's embeddings are

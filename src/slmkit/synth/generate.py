@@ -25,7 +25,7 @@ from slmkit.errors import SlmError
 from slmkit.models.checkpoint import claimed
 from slmkit.runtime import SamplingConfig, as_runtime, open_model
 from slmkit.runtime.batched import answer_batch, batches_rows
-from slmkit.runtime.generate import applies_template, prompt_ids, render_prompt
+from slmkit.runtime.generate import applies_template, prompt_ids
 from slmkit.synth.filters import REASONS, FilterConfig, NearDuplicates, drop_reason
 from slmkit.synth.output import SynthOutput, chat_record, check_output_path
 from slmkit.synth.prompts import STYLES, Style, read_prompts, style_for
@@ -182,7 +182,7 @@ def teacher_ids(lm, prompt: str, style: Style) -> list[int]:
     messages = ([{"role": "system", "content": style.teacher_system}] if style.teacher_system else [])
     messages.append({"role": "user", "content": prompt})
     templated = applies_template(lm)
-    return prompt_ids(lm.tokenizer, render_prompt(lm.tokenizer, messages, templated), templated)
+    return prompt_ids(lm.tokenizer, messages, templated)
 
 
 def _result(lm, output: SynthOutput, style: Style, used: list[str], pairs: list, pending: list, counts: Counter,
