@@ -20,13 +20,15 @@ from slmkit.models import catalog
 from slmkit.models.checkpoint import cache_dir, save
 from slmkit.models.devices import resolve_device, resolve_dtype
 from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
-from slmkit.models.validate import check_safetensors, validate_gguf
+from slmkit.models.validate import validate_gguf
+from slmkit.models.validate_checkpoint import check_against_weights, check_config_fields, weight_headers
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a model directory needs besides weights; what we fetch from the hub.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) adapter directory
 CLASSIFIER_HEADS = ("classifier.", "pre_classifier.", "score.")  # sequence-classification heads' weight names
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "tokenizer.model")
 ONNX_MODEL_FILE = "model.onnx"  # what `slm export --format onnx` writes into its directory
 ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
              "the torch checkpoint it was exported from")
@@ -161,6 +163,7 @@ def peek_kind(spec: str) -> tuple[str, str | None] | None:
     if not (path / "config.json").is_file():
         return None
     config = _read_config(path)
+    check_config_fields(path / "config.json", config, {})
     return infer_kind(config), config.get("model_type")
 
 
@@ -263,9 +266,14 @@ def _read_config(directory: Path) -> dict:
     if not config_path.is_file():
         raise ModelLoadError(f"{directory}: no config.json; not a Hugging Face model directory")
     try:
-        return json.loads(config_path.read_text())
+        config = json.loads(config_path.read_bytes())
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{config_path}: not valid JSON ({json_problem(exc)})") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{config_path}: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path}: not a JSON object (it holds a {type(config).__name__})")
+    return config
 
 
 def _auto_class(kind: str):
@@ -305,16 +313,13 @@ def _load_adapter(directory: Path, spec: str, allow_pickle: bool, trust_remote_c
                              f"{first_line(exc)})") from None
     tokenizer = lm.tokenizer
     if (directory / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = _load_tokenizer(directory)
     return LoadedModel(model=merged.eval(), tokenizer=tokenizer, spec=spec, kind=lm.kind, path=directory)
 
 
 def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust_remote_code: bool, dtype: str,
                     device, labels: tuple[str, ...] | None = None):
     import torch
-    from transformers import AutoTokenizer
 
     config = _read_config(directory)
     if config.get("auto_map") and not trust_remote_code:
@@ -330,8 +335,9 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
         if not allow_pickle:
             raise UnsafeModelError(f"{directory}: weights are pickle files ({', '.join(pickles)}), which can run "
                                    "code when loaded; pass --allow-pickle only if you trust them")
-    for weights in sorted(directory.glob("*.safetensors")):
-        check_safetensors(weights)  # a truncated or corrupt file is named before transformers reads it
+    # A truncated or corrupt file, a field transformers trips or hangs on: named before transformers reads them.
+    headers = weight_headers(directory) if has_safetensors else {}
+    check_config_fields(directory / "config.json", config, headers)
     kind = kind or infer_kind(config)
     extra = {} if device.type == "cpu" else {"device_map": str(device)}  # straight onto the GPU (accelerate)
     if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
@@ -339,11 +345,19 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
 
         # Unpack to float weights on the grid: every slmkit stage and measurement works on those.
         extra["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    if headers and not config.get("auto_map"):  # remote code's classes are the real load's to import
+        missing = check_against_weights(directory, config, headers, _auto_class(kind), extra.get("quantization_config"))
+        # Heads are the real load's to judge below: its class may have other heads than the checkpoint's own.
+        refuse_missing(directory, [name for name in missing if not name.startswith(CLASSIFIER_HEADS)
+                                   and ".pooler." not in f".{name}"])
     if labels is not None:
         if kind != "classifier":
             raise ModelLoadError(f"{directory}: class labels need kind 'classifier', not {kind!r}")
         extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                      label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+    tokenizer = None  # read before the weights: it fails in a fraction of their time
+    if any((directory / name).exists() for name in TOKENIZER_FILES):
+        tokenizer = _load_tokenizer(directory, trust_remote_code)
     try:
         model, info = _auto_class(kind).from_pretrained(
             directory, dtype=getattr(torch, dtype), use_safetensors=has_safetensors,
@@ -356,8 +370,35 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     elif kind == "classifier" and any("classifier" in k or "score" in k for k in missing):
         raise ModelLoadError(f"{directory}: has no trained sequence-classification head; fine-tune one first")
     refuse_missing(directory, [name for name in missing if ".pooler." not in f".{name}"])  # a pooler is optional
-    tokenizer = None
-    if any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                                                     "spiece.model", "tokenizer.model")):
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     return model, tokenizer, kind
+
+
+def _load_tokenizer(directory: Path, trust_remote_code: bool = False):
+    """AutoTokenizer, its failures one line naming the file: tokenizers and transformers raise many types."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {first_line(exc).rstrip(': ')}"
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json"):
+        path = directory / name
+        try:
+            content = json.loads(path.read_bytes()) if path.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = json_problem(exc) if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise ModelLoadError(f"{path}: not valid JSON ({problem})") from None
+        if not isinstance(content, dict):
+            raise ModelLoadError(f"{path}: not a JSON object (it holds a {type(content).__name__})")
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelLoadError(f"{tokenizer_file}: missing, and transformers cannot build the tokenizer from the other "
+                             f"files ({reason})")
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises a bare Exception naming what it could not parse
+        raise ModelLoadError(f"{tokenizer_file}: not a tokenizer the tokenizers library can read "
+                             f"({first_line(exc)})") from None
+    raise ModelLoadError(f"{directory}: cannot load the tokenizer ({reason})")

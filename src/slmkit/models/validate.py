@@ -15,9 +15,10 @@ from slmkit.errors import ModelLoadError, first_line
 SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors library refuses headers over 100 MB too
 
 
-def check_safetensors(path: Path) -> None:
-    """The header is an 8-byte little-endian length, then that much JSON naming each tensor's dtype, shape
-    and byte range; every range must lie inside the file (a truncated download fails here)."""
+def check_safetensors(path: Path) -> dict:
+    """The header: an 8-byte little-endian length, then that much JSON naming each tensor's dtype, shape and byte
+    range; every range must lie inside the file (a truncated download fails here), then the safetensors library
+    checks the rest (each range the size its shape and dtype take). Returns the parsed header."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -45,6 +46,14 @@ def check_safetensors(path: Path) -> None:
         if offsets[1] > data:
             raise ModelLoadError(f"{path}: truncated safetensors file (tensor {name!r} ends at byte "
                                  f"{offsets[1]} of {data})")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt"):  # reads the header only; the data stays mapped, unread
+            pass
+    except Exception as exc:  # SafetensorError, with the library's reason
+        raise ModelLoadError(f"{path}: corrupt safetensors header ({first_line(exc)})") from None
+    return header
 
 
 MAX_BLOCKS = 512  # llama.cpp's LLAMA_MAX_LAYERS: more aborts the process inside ggml
