@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,6 @@ import typer
 
 from slmkit.cli.common import (AllowPickleOpt, BackendOpt, DeviceOpt, DtypeOpt, ModelArg, TrustRemoteCodeOpt,
                                WeightsOpt, load_model, stderr)
-from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
 
@@ -43,21 +43,15 @@ def serve_command(
     from slmkit.serve import ServeSettings
     from slmkit.serve.server import bind
 
-    checks = [(max_concurrency >= 1, f"--max-concurrency must be >= 1, got {max_concurrency}"),
-              (max_queue >= 1, f"--max-queue must be >= 1, got {max_queue}"),
-              (ctx is None or ctx >= 16, f"--ctx must be >= 16, got {ctx}"),
-              (timeout is None or timeout > 0, f"--timeout must be > 0 seconds, got {timeout}"),
-              (api_key is None or api_key.strip() != "", "--api-key is empty")]
-    for ok, message in checks:
-        if not ok:
-            raise SlmError(message)
+    local = Path(model).expanduser()
+    name = Path(os.path.abspath(local)).name if local.exists() else model  # abspath: `slm serve .` names the dir
+    # The settings and bind() check every value, so a bad flag is refused before the port or the model is taken.
+    settings = ServeSettings(name=name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
+                             ctx=ctx, timeout=timeout, cors_origins=list(cors_origin or []))
     sock = bind(host, port)
     extra = {"n_ctx": ctx} if choose_backend(model, backend) == "llamacpp" else {}  # llama.cpp sizes it on open
     lm = load_model(model, backend=backend, device=device, dtype=dtype, weights=weights, allow_pickle=allow_pickle,
                     trust_remote_code=trust_remote_code, **extra)
-    name = Path(model).name if Path(model).expanduser().exists() else model
-    settings = ServeSettings(name=name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
-                             ctx=ctx, timeout=timeout, cors_origins=list(cors_origin or []))
 
     def ready(url: str) -> None:
         stderr.print(f"serving {name} ({lm.backend}) on {url}: OpenAI API at {url}/v1, chat page at {url}/"

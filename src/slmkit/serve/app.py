@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
@@ -31,22 +31,10 @@ from slmkit.runtime.sampling import SamplingConfig
 from slmkit.serve.engine import Done, Engine, Failed, Piece, QueueFull, Row, RowSampler
 from slmkit.serve.grammar import Grammars
 from slmkit.serve.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, Sampling, error_body
+from slmkit.serve.settings import ServeSettings
 
 OPEN_PATHS = ("/health",)  # the only route without the key: a load balancer's probe
 KEEPALIVE_S = 0.5  # an idle stream writes a comment this often: a client that left is noticed on the write
-
-
-@dataclass
-class ServeSettings:
-    """How `slm serve` runs (the CLI flags)."""
-
-    name: str  # the model id clients send
-    api_key: str | None = None
-    max_concurrency: int = 8
-    max_queue: int = 64
-    ctx: int | None = None  # tokens per request (prompt + answer); default: the model's context
-    timeout: float | None = None  # seconds a request may take, queue included
-    cors_origins: list[str] = field(default_factory=list)
 
 
 class ApiError(Exception):
@@ -404,7 +392,7 @@ def create_app(lm: Model, settings: ServeSettings):
     async def embeddings(body: EmbeddingRequest):
         check_model(body.model)
         texts = body.input
-        counts = [len(lm.tokenizer(text).input_ids) for text in texts]
+        counts = [len(text_ids(lm.tokenizer, text)) for text in texts]  # as the runtime embeds them
         for number, count in enumerate(counts):
             if count == 0:
                 raise ApiError(400, f"input[{number}] has no tokens", param="input")

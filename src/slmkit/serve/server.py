@@ -7,10 +7,15 @@ import ipaddress
 import socket
 
 from slmkit.errors import SlmError
+from slmkit.serve.settings import whole_number
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port)."""
+    if not isinstance(host, str) or not host.strip():  # "" would bind every interface: the network, unasked
+        raise SlmError(f"--host must be an address such as 127.0.0.1 (this machine) or 0.0.0.0 (the network), "
+                       f"got {host!r}")
+    whole_number("--port", port)
     if not 0 <= port <= 65535:
         raise SlmError(f"--port must be 0..65535, got {port}")
     try:
