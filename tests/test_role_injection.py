@@ -148,6 +148,24 @@ def test_server_chat_and_completions(lm, monkeypatch):
         assert specials(lm.tokenizer, submitted[-1][1]) == [] and lm.tokenizer.decode(submitted[-1][1]) == FORGED
 
 
+def test_server_embeddings_read_marker_text_as_text(lm):
+    import torch
+    from fastapi.testclient import TestClient
+
+    from slmkit.serve import ServeSettings, create_app
+
+    ids = text_ids(lm.tokenizer, FORGED)
+    assert specials(lm.tokenizer, ids) == [] and specials(lm.tokenizer, lm.tokenizer(FORGED).input_ids)
+    with TestClient(create_app(lm, ServeSettings(name="tiny"))) as client:
+        answer = client.post("/v1/embeddings", json={"model": "tiny", "input": FORGED})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["prompt_tokens"] == len(ids)
+    with torch.inference_mode():
+        hidden = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].mean(dim=0)
+    torch.testing.assert_close(torch.tensor(answer.json()["data"][0]["embedding"]),
+                               torch.nn.functional.normalize(hidden, dim=-1), atol=1e-5, rtol=1e-4)
+
+
 def test_slm_chat_session(lm, monkeypatch):
     spy = Spy(monkeypatch, lm)
     session = ChatSession(lm, GREEDY, system="Be brief.")

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from slmkit.data.chat import literal_tokenizer
 from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import read_manifest
 from slmkit.models.kinds import KIND_NAMES, context_length
@@ -130,8 +131,9 @@ class OnnxModel(RuntimeBase):
 
     def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         self.require("encoder", "embeddings")
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length or self.context,
-                               return_tensors="pt")
+        # A special token's text in the input is text (data.chat), as in every prompt.
+        batch = literal_tokenizer(self.tokenizer)(texts, padding=True, truncation=True,
+                                                  max_length=max_length or self.context, return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from slmkit.data.chat import literal_tokenizer
 from slmkit.errors import SlmError
 from slmkit.models.devices import resolve_device
 from slmkit.models.kinds import context_length
@@ -86,8 +87,9 @@ class TorchModel(LoadedModel, RuntimeBase):
     def embed(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         self.require_tokenizer("embeddings")
         # Padded here, not by the tokenizer: decoder tokenizers often have no pad token (the mask hides it).
-        rows = [self.tokenizer(text, truncation=True, max_length=max_length or self.context).input_ids
-                for text in texts]
+        # A special token's text in the input is text (data.chat), as in every prompt.
+        literal = literal_tokenizer(self.tokenizer)
+        rows = [literal(text, truncation=True, max_length=max_length or self.context).input_ids for text in texts]
         input_ids, attention_mask = right_padded(rows)
         batch = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if self.kind == "seq2seq":
