@@ -321,3 +321,14 @@ def test_fuzzed_checkpoints_end_in_one_line_or_a_model_loaded_right(checkpoints,
     assert failures == []
     assert sum(outcomes.values()) == sum(CASES.values())
     assert all(outcomes[kind, "refused"] > 0 for kind in CASES)
+
+
+def test_compile_checks_before_loading_leave_a_bad_config_to_the_loader(tmp_path):
+    from slmkit.runtime.weights import check_compile_before_loading
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": 5}))
+    check_compile_before_loading(str(tmp_path))  # no TypeError: loading names the field in one line
+    from slmkit.models.loading import peek_kind
+
+    with pytest.raises(ModelLoadError, match=r"config.json: architectures is 5; it should be a list of class names"):
+        peek_kind(str(tmp_path))  # what commands read before loading, e.g. the kind of model it is

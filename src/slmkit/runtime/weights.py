@@ -341,6 +341,7 @@ def check_compile_before_loading(spec: str) -> None:
     from slmkit.errors import ModelLoadError
     from slmkit.models.kinds import infer_kind, require_kind
     from slmkit.models.loading import _read_config, local_path
+    from slmkit.models.validate_checkpoint import check_config_fields
 
     check_compile_toolchain()
     path = local_path(spec)
@@ -348,6 +349,7 @@ def check_compile_before_loading(spec: str) -> None:
         return
     try:
         config = _read_config(path)
+        check_config_fields(path / "config.json", config, {})  # e.g. architectures that is not a list
     except ModelLoadError:
         return  # loading says what is wrong with it
     require_kind(spec, "causal-lm", infer_kind(config), config.get("model_type"), "--compile")
