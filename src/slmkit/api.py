@@ -35,7 +35,8 @@ class Calibration:
         data: a text file (anything `slm eval` reads); None: text the model samples itself (data-free).
         samples: sequences; seq_len: tokens per sequence (None: 128 x 512 windows of data, or
             DATA_FREE_SAMPLES x DATA_FREE_SEQ_LEN sampled: the smallest sample measured to calibrate GPTQ as
-            well as 128 x 512, see benchmarks/datafree_calibration.py); seed: picks the windows or seeds the sampling.
+            well as 128 x 512, see benchmarks/datafree_calibration.py; a method with its own
+            `calibration_shape`, as QAT, takes that instead); seed: picks the windows or seeds the sampling.
         cache: keep sampled text in the cache (per model and settings) and reuse it.
     """
 
@@ -45,12 +46,24 @@ class Calibration:
     seed: int = 0
     cache: bool = True
     _made: dict = field(default_factory=dict, repr=False, compare=False)  # model spec -> its ids
+    _asked: tuple = field(init=False, repr=False, compare=False)  # (samples, seq_len) as given, None: default
 
     def __post_init__(self):
+        self._asked = (self.samples, self.seq_len)
         if self.samples is None:
             self.samples = 128 if self.data else DATA_FREE_SAMPLES
         if self.seq_len is None:
             self.seq_len = 512 if self.data else DATA_FREE_SEQ_LEN
+
+    def for_method(self, config) -> Calibration:
+        """This calibration, or a copy taking the method's own `calibration_shape` (QATConfig's) for the
+        sequence count or length it was not given."""
+        shape = getattr(config, "calibration_shape", None)
+        samples, seq_len = self._asked
+        if shape is None or (samples is not None and seq_len is not None):
+            return self
+        return Calibration(self.data, shape[0] if samples is None else samples,
+                           shape[1] if seq_len is None else seq_len, self.seed, self.cache)
 
     def record(self) -> dict:
         """How a checkpoint was calibrated, for its manifest."""
@@ -162,11 +175,12 @@ def _calibration_for(lm, config, calibration):
     return calibration.ids(lm), calibration.record()
 
 
-def prune(lm, config, calibration: Calibration | Any = None, *, device: str | None = None,
+def prune(lm, config, calibration: Calibration | Any = None, *, device: str | torch.device | None = None,
           progress: Progress = None) -> CompressResult:
     """Unstructured or N:M pruning (MagnitudeConfig, WandaConfig, SparseGPTConfig), or depth/width pruning
-    (StructuredConfig), of a loaded model (or a bare transformers model) in place. `calibration`: a Calibration, or token ids [n, seq_len];
-    None calibrates on the model's own text. `device`: where each block is computed (e.g. cuda).
+    (StructuredConfig), of a loaded model (or a bare transformers model) in place. `calibration`: a Calibration,
+    or token ids [n, seq_len]; None calibrates on the model's own text. `device`: where each block is computed
+    (e.g. cuda), a name or a torch.device resolved already.
 
     Example: `slmkit.prune(lm, WandaConfig(sparsity=0.5), Calibration("wiki.txt"))`.
     """
@@ -209,10 +223,13 @@ def _structured(lm, config, ids, record: dict, seed: int | None, device, progres
 
 
 def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: bool = False,
-             target: str | None = None, device: str | None = None, progress: Progress = None) -> CompressResult:
-    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig) of a loaded model in place: the weights take
-    the values of their codes (a bare transformers model too, given token ids). `save` then packs them as compressed-tensors, or keeps the float values
-    with `fake_quant`. `target`: the GGUF type the grid was chosen for (recorded only).
+             target: str | None = None, device: str | torch.device | None = None,
+             progress: Progress = None) -> CompressResult:
+    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig), or QAT (QATConfig), of a loaded model in place: the
+    weights take the values of their codes (a bare transformers model too, given token ids). `save` then packs
+    them as compressed-tensors, or keeps the float values with `fake_quant`. `target`: the GGUF type the grid was
+    chosen for (recorded only). `device`: where each block is computed (QAT: where it trains; None: the config's
+    device), a name or a torch.device resolved already.
 
     Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`.
     """
@@ -225,7 +242,7 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
         check_compressed_tensors(config)  # before any slow work
     _require_float32_on_cpu(lm, "quantization")
     if isinstance(config, QATConfig):
-        return _quantization_aware(lm, config, calibration, fake_quant, target, progress)
+        return _quantization_aware(lm, config, calibration, fake_quant, target, device, progress)
     ids, record = _calibration_for(lm, config, calibration)
     target_device = resolve_device(device) if device else None
     layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
@@ -242,22 +259,24 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
             **({"target": target} if target else {}), **record}
 
 
-def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None,
+def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None, device,
                         progress: Progress) -> CompressResult:
     """QAT (distill.qat): the model trained onto the grid against its own float distributions."""
-    from slmkit.distill.qat import check_layers, quantization_aware_training
+    from slmkit.distill.qat import check_layers, quantization_aware_training, training_device
 
     model = _model_of(lm)
     if not isinstance(lm, LoadedModel) or lm.tokenizer is None:
         raise SlmError("QAT trains on token sequences: pass a model opened by slmkit.load, with its tokenizer")
     check_layers(model)  # before the sequences are read or sampled
+    device = training_device(config, device)  # a device it cannot train on, too
     if isinstance(calibration, torch.Tensor):  # token ids given
         ids, record, seed = calibration, {}, None
     else:
-        calibration = calibration or Calibration()
+        calibration = (calibration or Calibration()).for_method(config)
         config.held_out_count(calibration.samples)  # before the sequences are read or sampled
         ids, record, seed = calibration.ids(lm), calibration.record(), calibration.seed
-    metrics, params = quantization_aware_training(model, lm.tokenizer, config, ids, progress=progress)
+    metrics, params = quantization_aware_training(model, lm.tokenizer, config, ids, device=device,
+                                                  progress=progress)
     curve = metrics.pop("loss_curve")
     settings = {**_quantize_settings(config, fake_quant, target, record), "loss_curve": curve}
     summary = {**{k: v for k, v in settings.items() if k != "loss_curve"}, **metrics, "quantized_layers": len(params)}

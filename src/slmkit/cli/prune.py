@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibOpt, CalibSamplesOpt, CalibSeqLenOpt,
-                               ComputeDeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt,
-                               TrustRemoteCodeOpt, calibration_for, calibration_options, load_model, print_json,
-                               print_table, progress_bar)
+                               ComputeDeviceOpt, ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt,
+                               calibration_for, calibration_options, load_model, print_json, print_table,
+                               progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
@@ -32,7 +32,6 @@ def prune_command(
     seed: SeedOpt = 0,
     calib_cache: CalibCacheOpt = "on",
     device: ComputeDeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -66,12 +65,14 @@ def prune_command(
         config = prune_config(method, sparsity=sparsity, pattern=pattern)
         title, bar = "pruned", f"{method} pruning, block"
     calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
-    resolve_device(device)  # a device that is not there: before the slow load
+    compute_device = resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force, reads=[local_path(model), calib])
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
+    # float32 on the CPU: what compression rewrites (a block at a time goes to --device)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
+                    dtype="float32")
     calibration = calibration_for(lm, config, calibration)
     with progress_bar(bar) as progress:
-        result = slmkit.prune(lm, config, calibration, device=device, progress=progress)
+        result = slmkit.prune(lm, config, calibration, device=compute_device, progress=progress)
     slmkit.save(lm, out, result=result, parent=model, force=force)
     result = {"model": model, "out": str(out), **result.summary}
     if json_output:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibSamplesOpt, ComputeDeviceOpt, DtypeOpt,
-                               ForceOpt, JsonOpt, ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for,
-                               calibration_options, load_model, print_json, print_table, progress_bar)
+from slmkit.cli.common import (AllowPickleOpt, CalibCacheOpt, CalibSamplesOpt, ComputeDeviceOpt, ForceOpt, JsonOpt,
+                               ModelArg, OutOpt, SeedOpt, TrustRemoteCodeOpt, calibration_for, calibration_options,
+                               load_model, print_json, print_table, progress_bar)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.targets import GGUF_TARGETS
@@ -49,7 +49,6 @@ def quantize_command(
     seed: SeedOpt = 0,
     calib_cache: CalibCacheOpt = "on",
     device: ComputeDeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -77,27 +76,29 @@ def quantize_command(
     grid = dict(bits=bits, group_size=group_size, symmetric=sym, target=target, observer=observer)
     training = {"steps": steps, "lr": lr, "batch_size": batch_size, "start": start}
     if method == "qat":
-        from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
         from slmkit.distill.qat import qat_config
 
-        calib_samples, calib_seq_len = calib_samples or QAT_SAMPLES, calib_seq_len or QAT_SEQ_LEN
         config = qat_config(**grid, **training, device=device)
-        config.held_out_count(calib_samples)  # too few sequences: refused before they are sampled
     elif any(value is not None for value in training.values()):
         raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
     else:
         config = quant_config(method, **grid, act_order=act_order)
-    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache)
+    # QAT's sequence count and length where none are given: QATConfig's, as slmkit.quantize takes them
+    calibration = calibration_options(calib, calib_samples, calib_seq_len, seed, calib_cache).for_method(config)
+    if method == "qat":
+        config.held_out_count(calibration.samples)  # too few sequences: refused before they are sampled
     if not fake_quant:
         check_compressed_tensors(config)
-    resolve_device(device)  # a device that is not there: before the slow load
+    compute_device = resolve_device(device)  # a device that is not there: before the slow load
     check_destination(out, force, reads=[local_path(model), calib])
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu", dtype=dtype)
+    # float32 on the CPU: what compression rewrites (a block at a time goes to --device)
+    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
+                    dtype="float32")
     calibration = calibration_for(lm, config, calibration)
     description = "QAT on q4_0's grid, step" if method == "qat" else f"{method} w{config.bits} quantization, block"
     with progress_bar(description) as progress:
-        result = slmkit.quantize(lm, config, calibration, fake_quant=fake_quant, target=target, device=device,
-                                 progress=progress)
+        result = slmkit.quantize(lm, config, calibration, fake_quant=fake_quant, target=target,
+                                 device=compute_device, progress=progress)
     slmkit.save(lm, out, result=result, parent=model, force=force)
     result = {"model": model, "out": str(out), **result.summary}
     if json_output:

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
 from slmkit.errors import SlmError
+from slmkit.models.devices import check_trainer_device, resolve_device
 
 START_METHODS = {"gptq": GPTQConfig, "rtn": RTNConfig}
 GROUP = 32  # q4_0's block
@@ -46,10 +48,15 @@ class QATConfig(QuantConfig):
         learn_scales: False holds each block's scale (so its clipping range) at the start's.
         edges_at_q8_0: train with the embedding and output matrices at the q8_0 values the export writes, not
             their float ones.
-        device: where training runs (auto: a GPU when there is one).
+        device: where training runs: auto (a GPU when there is one) | cpu | cuda | mps; a whole device type, as
+            transformers' Trainer takes it (another GPU: CUDA_VISIBLE_DEVICES).
+
+    A Calibration that asks for no sequence count or length takes `calibration_shape` (QAT_SAMPLES x
+    QAT_SEQ_LEN), with text or without, as `slm quantize --method qat` and the qat stage do.
     """
 
     method: ClassVar[str] = "qat"
+    calibration_shape: ClassVar[tuple[int, int]] = (QAT_SAMPLES, QAT_SEQ_LEN)
     group_size: int = GROUP
     float16_scales: bool = True
     observer: str = "mse"
@@ -79,6 +86,7 @@ class QATConfig(QuantConfig):
             raise SlmError("scale_steps trains the scales alone first: it needs learn_scales")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SlmError(f"--lr {self.lr}: must be a positive number")
+        check_trainer_device(self.device)
 
     def held_out_count(self, sequences: int) -> int:
         """How many of `sequences` are held out; refuses too few to train on the rest."""
@@ -169,14 +177,22 @@ def check_layers(model: nn.Module) -> None:
                                f"not a multiple of {GROUP}, so --method qat --target gguf-q4_0 cannot train it")
 
 
+def training_device(config: QATConfig, device: torch.device | str | None = None) -> torch.device:
+    """Where QAT trains: `device` (a name, or resolved already), else `config.device`; never cuda:N, where the
+    one-shot start would run on that GPU and the Trainer on the first."""
+    device = resolve_device(config.device if device is None else device)
+    check_trainer_device(device)
+    return device
+
+
 def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, ids: torch.Tensor, *,
+                                device: torch.device | str | None = None,
                                 progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
     """Train `model` in place onto the grid (see the module's docstring) on `ids` [sequences, tokens]; returns
-    (metrics, per-layer (scale, zero point)) as `compress.quantize` does, for the compressed-tensors writer."""
-    from slmkit.models.devices import resolve_device
-
+    (metrics, per-layer (scale, zero point)) as `compress.quantize` does, for the compressed-tensors writer.
+    `device`: where it trains (`training_device`)."""
     held = config.held_out_count(len(ids))
-    device = resolve_device(config.device)
+    device = training_device(config, device)
     check_layers(model)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     start = start_on_grid(model, config, ids[held:], device)
@@ -270,6 +286,7 @@ def _trainer(model, teacher, tokenizer, config: QATConfig, train: torch.Tensor, 
     from slmkit.distill.trainer import DistillationTrainer
     from slmkit.train.base import training_arguments
 
+    # The Trainer places the model by device type alone (cuda: its first GPU); training_device refused cuda:N.
     args = training_arguments(scratch, per_device_train_batch_size=config.batch_size,
                               per_device_eval_batch_size=config.batch_size, learning_rate=config.lr,
                               max_steps=config.steps, logging_steps=max(1, config.steps // 100), save_strategy="no",

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmkit.errors import SlmError
+from slmkit.models.devices import check_trainer_device
 
 TASKS = ("chat", "completion", "text", "classification", "seq2seq")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -95,9 +96,7 @@ class FinetuneConfig:
                 raise SlmError(f"{flag} {value}: must be 0 or more")
         if self.device.split(":")[0] not in DEVICES:
             raise SlmError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
-        if ":" in self.device:
-            raise SlmError(f"--device {self.device}: the trainer takes whole device types; pick the GPU with "
-                           f"CUDA_VISIBLE_DEVICES={self.device.split(':')[1]} and pass --device cuda")
+        check_trainer_device(self.device)
         if self.dtype not in DTYPES:
             raise SlmError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         if not self.lora_targets.strip():

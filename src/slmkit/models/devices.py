@@ -8,10 +8,13 @@ DEVICES = "auto | cpu | cuda | cuda:N | mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_device(name: str | None = "auto"):
-    """A torch.device that is really there; `auto` is CUDA when present, else the CPU."""
+def resolve_device(name="auto"):
+    """A torch.device that is really there; `auto` (or None) is CUDA when present, else the CPU. A torch.device is
+    one resolved already (a command resolves --device before the slow load): it is returned as it is."""
     import torch
 
+    if isinstance(name, torch.device):
+        return name
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,6 +38,15 @@ def resolve_device(name: str | None = "auto"):
             raise SlmError(f"--device {name}: Apple's Metal (MPS) is not available here; use --device cpu")
         return device
     raise SlmError(f"unknown --device {name!r}; choose one of {DEVICES}")
+
+
+def check_trainer_device(name: str) -> None:
+    """Refuse cuda:N where transformers' Trainer trains: it takes a device type and puts the model on the first
+    GPU it sees, so the way to another GPU is CUDA_VISIBLE_DEVICES. `name`: a --device value or a torch.device."""
+    name = str(name)
+    if ":" in name:
+        raise SlmError(f"--device {name}: the trainer takes whole device types; pick the GPU with "
+                       f"CUDA_VISIBLE_DEVICES={name.split(':')[1]} and pass --device cuda")
 
 
 def resolve_dtype(name: str | None, device) -> str:
