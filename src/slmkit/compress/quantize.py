@@ -208,7 +208,8 @@ def quantize(model, config: QuantConfig, calibration: torch.Tensor | None = None
 
     Returns (per-layer metrics, per-layer (scale, zero point) as [rows, groups]), the latter for
     `formats.prepare_compressed_tensors`.
-    Example: `metrics, params = slmkit.quantize(lm.model, GPTQConfig(bits=4, group_size=64), ids)`.
+    Example: `metrics, params = slmkit.compress.quantize(lm.model, GPTQConfig(bits=4, group_size=64), ids)`;
+    `slmkit.quantize` wraps it and returns a CompressResult.
     """
     quantizer_class = QUANTIZERS.get(type(config))
     if quantizer_class is None:
