@@ -10,7 +10,7 @@ from conftest import run_slm
 def assert_one_line_error(result, *fragments):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = result.stderr.splitlines()  # no empty line either (a progress bar's, off a terminal)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
@@ -33,7 +33,7 @@ def test_eval_perplexity_json(tiny_llama_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_file", "malformed_jsonl", "wrong_schema", "pickle", "garbage_gguf",
-                                  "hub_offline", "bad_task", "classification_on_lm"])
+                                  "hub_offline", "bad_task", "classification_on_lm", "empty_training_data"])
 def test_bad_input_is_one_line(case, tiny_llama_dir, tmp_path):
     model = str(tiny_llama_dir)
     if case == "missing_file":
@@ -62,6 +62,10 @@ def test_bad_input_is_one_line(case, tiny_llama_dir, tmp_path):
     elif case == "bad_task":
         (tmp_path / "t.txt").write_text("hello")
         args, expected = ["eval", model, "--data", str(tmp_path / "t.txt"), "--task", "poetry"], ["unknown task"]
+    elif case == "empty_training_data":  # refused inside the training bar
+        (tmp_path / "empty.txt").write_text("\n\n")
+        args = ["finetune", model, "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "out")]
+        expected = ["empty.txt: empty file"]
     else:
         (tmp_path / "c.tsv").write_text("text\tlabel\nhi\tpos\n")
         args, expected = ["eval", model, "--data", str(tmp_path / "c.tsv")], ["sequence-classification"]

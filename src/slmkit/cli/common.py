@@ -16,6 +16,8 @@ from slmkit.errors import SlmError
 
 stdout = Console()
 stderr = Console(stderr=True)
+# Progress bars draw on a terminal only: elsewhere (a log, a pipe) rich leaves an empty line where the
+# transient bar was, before whatever is printed next (an error line too).
 
 ModelArg = Annotated[str, typer.Argument(help="Alias (see `slm models`), local HF directory, .gguf file or hub id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -86,7 +88,7 @@ def sampling_bar():
 
     columns = (TextColumn("sampling calibration text from the model"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("sampling", total=None, rate="")
         started = time.perf_counter()
 
@@ -115,7 +117,7 @@ def load_model(spec: str, *, backend: str = "torch", **options):
 def progress_bar(description: str):
     """Yields a `progress(done, total)` callback drawing a bar on stderr."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=stderr, transient=True) as progress:
+                  console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:

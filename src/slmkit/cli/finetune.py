@@ -54,7 +54,7 @@ def training_bar():
     """A `progress(step, total, facts)` callback drawing step, loss, tokens/s and the time left."""
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[facts]}"),
                TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("training", total=None, facts="")
 
         def update(step: int, total: int, facts: dict) -> None:
