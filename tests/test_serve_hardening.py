@@ -179,3 +179,26 @@ def test_a_body_nested_deep_in_any_field_is_a_400(client, levels, message, param
     body = b'{"model": "tiny", "messages": [' + b"[" * levels + b"]" * levels + b"]}"
     refused(client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}),
             message, param)
+
+
+def test_two_apps_in_one_process_keep_their_own_state(lm):
+    """Routes read the app's state from the request: two apps on one model keep their names, keys, contexts,
+    metrics and engines apart, and closing one leaves the other serving."""
+    first = TestClient(create_app(lm, ServeSettings(name="first", ctx=32)))
+    second = TestClient(create_app(lm, ServeSettings(name="second", api_key="key", ctx=64)))
+    with second:
+        with first:
+            assert first.app.state.engine is not second.app.state.engine
+            assert first.get("/v1/models").json()["data"][0] | {"created": 0} == {
+                "id": "first", "object": "model", "created": 0, "owned_by": "slmkit", "context_length": 32}
+            assert first.post("/v1/chat/completions", json={**CHAT, "model": "first"}).status_code == 200
+            assert first.post("/v1/chat/completions", json=CHAT).json()["error"]["message"] == (
+                "model 'tiny' is not served here; this server serves 'first'")
+            assert second.get("/v1/models").status_code == 401  # the second app's key, not the first's (none)
+        key = {"Authorization": "Bearer key"}
+        assert second.get("/v1/models", headers=key).json()["data"][0]["context_length"] == 64
+        answer = second.post("/v1/completions", json={**COMPLETION, "model": "second"}, headers=key).json()
+        assert answer["model"] == "second" and answer["usage"]["completion_tokens"] == 4
+        metrics = second.get("/metrics", headers=key).text
+    assert 'route="/v1/chat/completions"' not in metrics  # only the first app answered chat
+    assert 'slm_requests_total{route="/v1/completions",status="200"} 1.0' in metrics

@@ -1,5 +1,5 @@
 """The OpenAI request bodies `slm serve` accepts, as pydantic models (FastAPI validates them and lists them in
-the OpenAPI document), and OpenAI's error JSON.
+the OpenAPI document), and OpenAI's error JSON with `ApiError`, the refusal that carries it.
 
 Unknown fields are refused (`extra="forbid"`) rather than ignored: a client that sends `tools` or `logit_bias`
 learns at once that this server does not do them, instead of getting an answer that silently did not. Types
@@ -147,3 +147,12 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
                code: str | None = None) -> dict:
     """OpenAI's error JSON, which its clients turn into their typed exceptions."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ApiError(Exception):
+    """A refusal the routes raise; the app answers it with `error_body` and the status."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.body, self.headers = status, error_body(message, kind, param, code), headers
