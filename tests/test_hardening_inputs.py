@@ -11,8 +11,8 @@ from conftest import SAMPLE_TEXT
 
 from slmkit.cli.main import main
 from slmkit.data import load_labeled, load_text
-from slmkit.data.loaders import read_jsonl
-from slmkit.data.training import infer_train_task, training_data
+from slmkit.data.loaders import infer_task, read_jsonl
+from slmkit.data.training import training_data
 from slmkit.errors import DataError
 from slmkit.pipeline.recipe import load_recipe
 
@@ -94,7 +94,7 @@ def test_a_table_whose_header_starts_with_a_byte_order_mark_is_read(tmp_path, na
     path = tmp_path / name
     path.write_bytes(BOM + table.encode())
     assert load_labeled(path) == [("good", "pos"), ("bad", "neg")]
-    assert infer_train_task(path) == "classification"
+    assert infer_task(path, training=True) == "classification"
 
 
 def test_jsonl_text_and_recipes_with_a_byte_order_mark_are_read(tmp_path):
@@ -103,7 +103,7 @@ def test_jsonl_text_and_recipes_with_a_byte_order_mark_are_read(tmp_path):
     text.write_bytes(BOM + b"some text\n")
     recipe.write_bytes(BOM + b"name: bom\nstages:\n  - stage: bench\n")
     assert read_jsonl(records) == [{"messages": [{"role": "user", "content": "hi"}]}]
-    assert infer_train_task(records) == "chat"
+    assert infer_task(records, training=True) == "chat"
     assert load_text(text) == "some text\n"
     assert load_recipe(recipe).name == "bom"
 

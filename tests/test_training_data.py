@@ -9,9 +9,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from slmkit.data.loaders import load_text
-from slmkit.data.training import (IGNORE, collator, infer_train_task, load_conversations, pack, pad_token_id,
-                                  training_data)
+from slmkit.data.loaders import infer_task, load_text
+from slmkit.data.training import IGNORE, collator, load_conversations, pack, pad_token_id, training_data
 from slmkit.errors import DataError
 
 # SmolLM2-Instruct's own template: ChatML turns, and a default system message when the conversation has none.
@@ -174,7 +173,7 @@ def test_classification_ids_follow_sorted_labels_and_eval_labels_must_be_known(t
 def test_seq2seq_examples_and_batches(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "s2s.jsonl", [{"input": "translate: small", "target": "klein"},
                                                 {"input": "translate: small model", "target": "kleines Modell"}])
-    assert infer_train_task(path) == "seq2seq"
+    assert infer_task(path, training=True) == "seq2seq"
     data = training_data("seq2seq", path, tiny_tokenizer, max_length=32)
     first, second = data.examples
     assert set(first) == {"input_ids", "attention_mask", "labels"}
@@ -187,22 +186,22 @@ def test_seq2seq_examples_and_batches(tmp_path, tiny_tokenizer):
     assert load_text(path).startswith("translate: small\nklein")  # the new schema reads as text elsewhere
 
 
-def test_infer_train_task(tmp_path):
+def test_infer_task_for_training(tmp_path):
     files = {"c.jsonl": {"messages": CONVERSATION}, "p.jsonl": {"prompt": "a", "completion": "b"},
              "t.jsonl": {"text": "a"}}
     for name, record in files.items():
         write_jsonl(tmp_path / name, [record])
     (tmp_path / "d.txt").write_text("text")
     (tmp_path / "l.csv").write_text("text,label\na,x\n")
-    assert [infer_train_task(tmp_path / n) for n in ["c.jsonl", "p.jsonl", "t.jsonl", "d.txt", "l.csv"]] == [
+    assert [infer_task(tmp_path / n, training=True) for n in ["c.jsonl", "p.jsonl", "t.jsonl", "d.txt", "l.csv"]] == [
         "chat", "completion", "text", "text", "classification"]
     arc = write_jsonl(tmp_path / "arc.jsonl", [{"question": "q", "choices": {"text": ["a"], "label": ["A"]},
                                                 "answerKey": "A"}])
     with pytest.raises(DataError, match=r"arc\.jsonl: arc records make an evaluation file"):
-        infer_train_task(arc)
+        infer_task(arc, training=True)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match=r"x\.json: cannot tell the task .* pass --task"):
-        infer_train_task(tmp_path / "x.json")
+        infer_task(tmp_path / "x.json", training=True)
 
 
 @pytest.mark.parametrize("messages, problem", [

@@ -21,6 +21,7 @@ from torch import nn
 from slmkit.compress.families import FAMILIES, family_of
 from slmkit.compress.layers import block_lists
 from slmkit.errors import SlmError
+from slmkit.models.kinds import head_dim
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -101,7 +102,7 @@ def _collect(model, calibration: torch.Tensor, blocks: nn.ModuleList, adapter: d
                 ffn_scores[index] = ffn_scores[index] + inputs[0].abs().flatten(0, -2).double().sum(0).cpu()
 
             def head_hook(module, inputs, output, index=index):
-                per_head = inputs[0].flatten(0, -2).unflatten(-1, (-1, _head_dim(model)))
+                per_head = inputs[0].flatten(0, -2).unflatten(-1, (-1, head_dim(_text_config(model))))
                 head_scores[index] = head_scores[index] + per_head.double().norm(dim=-1).sum(0).cpu()
 
             handles.append(_module(block, adapter["ffn_out"]).register_forward_hook(ffn_hook))
@@ -113,11 +114,6 @@ def _collect(model, calibration: torch.Tensor, blocks: nn.ModuleList, adapter: d
         for handle in handles:
             handle.remove()
     return influence, ffn_scores, head_scores
-
-
-def _head_dim(model) -> int:
-    config = _text_config(model)
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _keep_rows(linear: nn.Linear, keep: torch.Tensor) -> None:
@@ -235,16 +231,16 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
             raise SlmError(f"--width ffn={ffn} must be below the current {intermediate} channels")
     model.eval()
     influence, ffn_scores, head_scores = _collect(model, calibration, blocks, adapter if (ffn or heads) else None)
-    head_dim = _head_dim(model)
+    head_size = head_dim(text_config)
     kept_channels, kept_heads = [], []
     if ffn is not None:
         kept_channels = [_prune_ffn(block, adapter, scores, ffn) for block, scores in zip(blocks, ffn_scores)]
         text_config.intermediate_size = ffn
     if heads is not None:
         for block, scores in zip(blocks, head_scores):
-            block_heads, kept_kv_heads = _prune_heads(block, adapter, scores, heads, kv_heads, head_dim)
+            block_heads, kept_kv_heads = _prune_heads(block, adapter, scores, heads, kv_heads, head_size)
             kept_heads.append(block_heads)
-        text_config.head_dim = head_dim  # no longer hidden_size / heads
+        text_config.head_dim = head_size  # no longer hidden_size / heads
         text_config.num_attention_heads = heads
         if hasattr(text_config, "num_key_value_heads"):
             text_config.num_key_value_heads = kept_kv_heads

@@ -32,6 +32,8 @@ JSONL_SCHEMAS: dict[str, tuple[str, ...]] = {
     "seq2seq": ("input", "target"),
     "text": ("text",),
 }
+# Schema name -> the fine-tuning task its records train (the others, ARC and HellaSwag, are evaluation files).
+SCHEMA_TASKS = {"messages": "chat", "prompt_completion": "completion", "seq2seq": "seq2seq", "text": "text"}
 
 
 @dataclass(frozen=True)
@@ -246,18 +248,29 @@ def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def infer_task(path: str | Path) -> str:
-    """perplexity | choice | lambada | classification, from the file's suffix and schema."""
+def infer_task(path: str | Path, *, training: bool = False) -> str:
+    """The task a file holds, from its suffix and JSONL schema: perplexity | choice | lambada | classification
+    for `slm eval`; with `training`, chat | completion | text | classification | seq2seq for fine-tuning.
+
+    They differ on purpose: evaluation scores any other text as perplexity, while training refuses a file
+    whose task it cannot tell or cannot train on (multiple choice), naming the fix.
+    """
     path = _check_file(path)
     if path.suffix in TABLE_SUFFIXES:
         load_labeled(path)  # a bad header or row is named before a model is opened for it
         return "classification"
-    if path.suffix in JSONL_SUFFIXES:
-        records = read_jsonl(path)
-        schema = jsonl_schema(path, records)
+    if path.suffix not in JSONL_SUFFIXES:
+        if not training:
+            return "perplexity"
+        if path.suffix in TEXT_SUFFIXES:
+            return "text"
+        raise DataError(f"{path}: cannot tell the task from the suffix {path.suffix or '(none)'}; pass --task")
+    schema = jsonl_schema(path, read_jsonl(path))
+    if not training:
         if schema in ("arc", "hellaswag"):
             return "choice"
-        if schema == "text" and "lambada" in path.name.lower():
-            return "lambada"
-        return "perplexity"
-    return "perplexity"
+        return "lambada" if schema == "text" and "lambada" in path.name.lower() else "perplexity"
+    if schema not in SCHEMA_TASKS:
+        raise DataError(f"{path}: {schema} records make an evaluation file (multiple choice), not training data; "
+                        "score it with `slm eval`")
+    return SCHEMA_TASKS[schema]

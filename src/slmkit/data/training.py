@@ -30,13 +30,12 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from slmkit.data.chat import chat_ids, literal_tokenizer
-from slmkit.data.loaders import (JSONL_SCHEMAS, JSONL_SUFFIXES, TABLE_SUFFIXES, TEXT_SUFFIXES, _check_file, _read,
-                                 jsonl_schema, load_labeled, read_jsonl)
+from slmkit.data.loaders import (JSONL_SCHEMAS, JSONL_SUFFIXES, SCHEMA_TASKS, _check_file, _read, jsonl_schema,
+                                 load_labeled, read_jsonl)
 from slmkit.errors import DataError, first_line
 
 TRAIN_TASKS = ("chat", "completion", "text", "classification", "seq2seq")
 LM_TASKS = ("chat", "completion", "text")  # causal-LM examples: input_ids and labels, packable
-SCHEMA_TASKS = {"messages": "chat", "prompt_completion": "completion", "seq2seq": "seq2seq", "text": "text"}
 TASK_SCHEMAS = {task: schema for schema, task in SCHEMA_TASKS.items()}
 CHAT_ROLES = ("system", "user", "assistant")
 IGNORE = -100  # the label transformers' loss skips: no loss on this token
@@ -51,23 +50,6 @@ class TrainingData:
     label_names: tuple[str, ...] | None  # classification only: index = class id
     records: int  # records (documents, rows) read from the file
     tokens: int  # input_ids lengths summed over the examples
-
-
-def infer_train_task(path: str | Path) -> str:
-    """The fine-tuning task a file holds, from its suffix and JSONL schema."""
-    path = _check_file(path)
-    if path.suffix in TABLE_SUFFIXES:
-        load_labeled(path)  # a bad header or row is named before a model is opened for it
-        return "classification"
-    if path.suffix in TEXT_SUFFIXES:
-        return "text"
-    if path.suffix not in JSONL_SUFFIXES:
-        raise DataError(f"{path}: cannot tell the task from the suffix {path.suffix or '(none)'}; pass --task")
-    schema = jsonl_schema(path, read_jsonl(path))
-    if schema not in SCHEMA_TASKS:
-        raise DataError(f"{path}: {schema} records make an evaluation file (multiple choice), not training data; "
-                        "score it with `slm eval`")
-    return SCHEMA_TASKS[schema]
 
 
 def training_data(task: str, path: str | Path, tokenizer, *, max_length: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slmkit.data.loaders import infer_task
 from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS, DistillConfig
 from slmkit.distill.intermediate import check_attention, resolve_layer_map, without_attention_dropout
 from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals, OnPolicy
@@ -78,9 +79,7 @@ def _internals(student, teacher, config: DistillConfig) -> Internals | None:
 
 
 def _check_prompts(config: DistillConfig) -> None:
-    from slmkit.data.training import infer_train_task
-
-    task = config.task or infer_train_task(config.data)
+    task = config.task or infer_task(config.data, training=True)
     if task not in ON_POLICY_TASKS:
         raise SlmError(f"--on-policy-ratio: the student answers the data's prompts, so it needs "
                        f"{' or '.join(ON_POLICY_TASKS)} data; {config.data} is {task} data")

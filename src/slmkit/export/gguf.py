@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 import torch
 
+from slmkit.compress.grid import recover_codes
 from slmkit.errors import SlmError
 from slmkit.export.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.export.gguf_vocab import add_tokenizer
@@ -70,14 +71,14 @@ def grid_codes(checkpoint: Path | None, model) -> dict[str, tuple[np.ndarray, np
         name = f"{module}.weight"
         if name not in parameters:
             continue
-        weight, scale = parameters[name].detach().float(), scale.float()
+        weight, scale = parameters[name].detach(), scale.float()
         found[name] = None
-        if weight.shape[1] % GROUP or scale.shape != (weight.shape[0], weight.shape[1] // GROUP):
+        if (weight.shape[1] % GROUP or scale.shape != (weight.shape[0], weight.shape[1] // GROUP)
+                or not torch.equal(scale.half().float(), scale)):
             continue
-        expanded = scale.repeat_interleave(GROUP, dim=1)
-        codes = torch.round(weight / torch.where(expanded == 0, 1, expanded))
-        if torch.equal(codes * expanded, weight) and torch.equal(scale.half().float(), scale):
-            found[name] = (codes.to(torch.int16).numpy(), scale.half().numpy())
+        codes = recover_codes(weight, scale)  # no tolerance: the blocks keep the calibrated values bit for bit
+        if codes is not None:
+            found[name] = (codes.numpy(), scale.half().numpy())
     return found
 
 

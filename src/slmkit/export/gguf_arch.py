@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import gguf
 
 from slmkit.errors import SlmError
+from slmkit.models.kinds import head_dim
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,6 @@ def rope_theta(config, layer_type: str = "full_attention") -> float:
     if theta is None:
         raise SlmError(f"{config.model_type} config has no rope_theta")
     return float(theta)
-
-
-def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _attention(config) -> dict:

@@ -6,11 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.models.devices import check_trainer_device
+from slmkit.models.devices import DTYPES, check_trainer_device
 
 TASKS = ("chat", "completion", "text", "classification", "seq2seq")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass

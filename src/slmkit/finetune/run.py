@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmkit.data.loaders import check_not_empty, infer_task
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
 from slmkit.finetune.lora import add_lora, save_adapter
@@ -82,8 +83,6 @@ def finetune(model: str, out: str | Path, config: FinetuneConfig, *, progress: T
 def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress: TrainProgress | None = None,
                 teaching: Teaching | None = None, force: bool = False) -> FinetuneResult:
     """The life cycle above, for a fine-tune or (with `teaching`) a run whose trainer learns otherwise."""
-    from slmkit.data.loaders import check_not_empty
-    from slmkit.data.training import infer_train_task
     from slmkit.models.loading import local_path
 
     out = Path(out)
@@ -93,7 +92,7 @@ def train_model(model: str, out: str | Path, config: FinetuneConfig, *, progress
     for path in (config.data, config.eval_data):
         if path is not None:
             check_not_empty(path)  # else the tokenizer fails on no text, after the model is loaded
-    task = config.task or infer_train_task(config.data)
+    task = config.task or infer_task(config.data, training=True)
     if teaching is not None and task not in teaching.tasks:
         raise SlmError(f"{config.data}: {task} data; {teaching.stage} takes {', '.join(teaching.tasks)}")
     checkpoints = checkpoint_dir(out)

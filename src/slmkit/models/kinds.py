@@ -1,4 +1,4 @@
-"""What kind of model a checkpoint holds, and how long a context it takes."""
+"""What kind of model a checkpoint holds, how long a context it takes, and how wide its attention heads are."""
 
 from __future__ import annotations
 
@@ -43,3 +43,9 @@ def context_length(config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def head_dim(config) -> int:
+    """Values per attention head of a (text) config: its own `head_dim` when it sets one (Gemma 3, or heads
+    removed by structured pruning), else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

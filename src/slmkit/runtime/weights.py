@@ -21,6 +21,7 @@ import mmap
 import torch
 from torch import nn
 
+from slmkit.compress.grid import recover_codes, row_chunks
 from slmkit.errors import SlmError, first_line
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
@@ -99,20 +100,10 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-ROUNDING_CHUNK_ELEMENTS = 1 << 21  # float temporaries per chunk of rows: 8 MB, not an LM head's 100+ MB each
-
-
-def _row_chunks(weight: torch.Tensor):
-    """Row ranges of `weight` small enough that rounding one costs little memory: converting a loaded model
-    must not need much more than the float model itself (peak RAM is what `slm bench` reports)."""
-    rows = max(1, ROUNDING_CHUNK_ELEMENTS // weight.shape[1])
-    return [(start, min(start + rows, weight.shape[0])) for start in range(0, weight.shape[0], rows)]
-
-
 def _round_onto(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """int8 codes round(weight / scale), one scale per row."""
     codes = torch.empty(weight.shape, dtype=torch.int8)
-    for start, end in _row_chunks(weight):
+    for start, end in row_chunks(weight):
         codes[start:end] = torch.div(weight[start:end], scale[start:end, None]).round_()
     return codes
 
@@ -219,18 +210,7 @@ def checkpoint_grid(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.T
     """
     if scale is None or scale.numel() != weight.shape[0] or not bool((scale != 0).all()):
         return None
-    scale = scale.reshape(-1).float()
-    codes = torch.empty(weight.shape, dtype=torch.int8)
-    for start, end in _row_chunks(weight):
-        rows, row_scale = weight[start:end].float(), scale[start:end, None]
-        rounded = torch.div(rows, row_scale).round_()
-        if not bool(((rounded >= -128) & (rounded <= 127)).all()):
-            return None
-        codes[start:end] = rounded
-        off_grid = rounded.mul_(row_scale).sub_(rows).abs_() > 1e-3 * row_scale.abs()  # float error << a step
-        if bool(off_grid.any()):
-            return None
-    return codes
+    return recover_codes(weight, scale.reshape(-1, 1), tolerance=1e-3)  # float error << a step
 
 
 def checkpoint_scales(directory) -> dict[str, torch.Tensor]:
