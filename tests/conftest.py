@@ -17,6 +17,12 @@ SAMPLE_TEXT = (Path(__file__).parents[1] / "src/slmkit/samples/small-models.txt"
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 VOCAB = 300
+# SmolLM2-Instruct's template: ChatML turns, and a default system message when the conversation has none.
+SMOL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +38,17 @@ def tiny_tokenizer():
     backend.train_from_iterator([SAMPLE_TEXT], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<pad>")
     tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def chatml(tiny_tokenizer):
+    """The tiny tokenizer with ChatML's turn markers as special tokens and SmolLM2-Instruct's template."""
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = SMOL_TEMPLATE
     return tokenizer
 
 

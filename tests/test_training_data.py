@@ -13,24 +13,10 @@ from slmkit.data.loaders import infer_task, load_text
 from slmkit.data.training import IGNORE, collator, load_conversations, pack, pad_token_id, training_data
 from slmkit.errors import DataError
 
-# SmolLM2-Instruct's own template: ChatML turns, and a default system message when the conversation has none.
-SMOL_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 CONVERSATION = [{"role": "user", "content": "What is a small model?"},
                 {"role": "assistant", "content": "A model with few weights."},
                 {"role": "user", "content": "Why use one?"},
                 {"role": "assistant", "content": "It runs where the data lives."}]
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer(tiny_tokenizer):
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = SMOL_TEMPLATE
-    return tokenizer
 
 
 def write_jsonl(path, records):
@@ -46,9 +32,9 @@ def labelled_runs(tokenizer, example) -> list[str]:
 
 
 @pytest.mark.parametrize("template, end_of_turn", [("tiny", "\n"), ("smol", "<|im_end|>\n")])
-def test_chat_labels_are_the_assistant_turns_and_their_end_markers(tmp_path, tiny_tokenizer, smol_tokenizer,
+def test_chat_labels_are_the_assistant_turns_and_their_end_markers(tmp_path, tiny_tokenizer, chatml,
                                                                    template, end_of_turn):
-    tokenizer = {"tiny": tiny_tokenizer, "smol": smol_tokenizer}[template]
+    tokenizer = {"tiny": tiny_tokenizer, "smol": chatml}[template]
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}])
     data = training_data("chat", path, tokenizer, max_length=512)
     (example,) = data.examples
