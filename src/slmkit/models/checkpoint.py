@@ -98,8 +98,8 @@ def check_not_input(out: Path, reads: Iterable[str | Path | None]) -> None:
     (symbolic links and `.` followed): replacing it would destroy the input."""
     target = Path(os.path.realpath(out))
     if target == Path.cwd() or target in Path.cwd().parents:
-        raise SlmError(f"--out {str(out) or repr('')}: that is the current directory (or holds it); name a "
-                       "directory to create, e.g. --out out/model")
+        raise SlmError(f"--out {out}: that is the current directory (or holds it); name a directory to create, "
+                       "e.g. --out out/model")
     for read in reads:
         source = Path(os.path.realpath(Path(read).expanduser())) if read else None
         if source is None or not source.exists():
