@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from slmkit.distill.intermediate import HIDDEN_LOSSES, check_layer_map
-from slmkit.distill.losses import check_loss
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
+from slmkit.schema import setting
 
 DISTILL_TASKS = ("chat", "completion", "text", "classification")
 ON_POLICY_TASKS = ("chat", "completion")  # data with prompts for the student to answer
+LOSSES = ("fkl", "rkl", "jsd", "tvd")  # distill.losses
+HIDDEN_LOSSES = ("mse", "cosine")  # distill.intermediate
+NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+
+
+# The checks a config runs when it is made live here, not beside the losses: those import torch, and the CLI
+# reads this config to make its options (`slm --help` must not wait for torch).
+def check_loss(loss: str, temperature: float, beta: float) -> None:
+    if loss not in LOSSES:
+        raise SlmError(f"--loss {loss}: choose one of {', '.join(LOSSES)}")
+    if not temperature > 0:
+        raise SlmError(f"--temperature {temperature}: must be above 0")
+    if not 0 <= beta <= 1:
+        raise SlmError(f"--beta {beta}: must be in [0, 1]")
+
+
+def check_layer_map(text: str) -> None:
+    """Refuse a malformed --layer-map before any model is opened."""
+    if text.strip() != "auto":
+        parse_layer_map(text)
+
+
+def parse_layer_map(text: str) -> list[tuple[int, int]]:
+    pairs = []
+    for item in text.split(","):
+        student, sep, teacher = item.strip().partition(":")
+        if not sep or not NUMBER.fullmatch(student.strip()) or not NUMBER.fullmatch(teacher.strip()):
+            raise SlmError(f"--layer-map {text!r}: expected auto or student:teacher layer pairs like 1:2,2:4,3:6")
+        pairs.append((int(student), int(teacher)))
+    students = [student for student, _ in pairs]
+    if len(set(students)) != len(students):
+        raise SlmError(f"--layer-map {text!r}: each student layer may be paired once")
+    return pairs
 
 
 @dataclass
@@ -37,20 +70,26 @@ class DistillConfig(FinetuneConfig):
     Example: `slmkit.distill("teacher", "student", "out/kd", DistillConfig(data="wiki.txt", max_steps=500))`.
     """
 
-    loss: str = "fkl"
-    temperature: float = 1.0
-    alpha_ce: float = 0.0
-    beta: float = 0.5
-    teacher_cache: str | None = None
-    top_k_logits: int = 100
-    hidden_loss: str | None = None
-    layer_map: str = "auto"
-    hidden_weight: float = 1.0
-    attention_loss: bool = False
-    attention_weight: float = 1.0
-    on_policy_ratio: float = 0.0
-    on_policy_max_new_tokens: int = 128
-    on_policy_temperature: float = 1.0
+    task: str | None = setting("chat | completion | text | classification [default: from the file].", None)
+    loss: str = setting("fkl | rkl | jsd | tvd: the divergence from the teacher.", "fkl")
+    temperature: float = setting("Softens both distributions (the loss is scaled by its square).", 1.0)
+    alpha_ce: float = setting("Share of the hard-label cross-entropy in the loss.", 0.0)
+    beta: float = setting("jsd: the teacher's weight in the mixture (0 is fkl, 1 rkl).", 0.5)
+    teacher_cache: str | None = setting("Keep the teacher's top-k log-probabilities here, computed once; later "
+                                        "epochs and runs read them.", None)
+    top_k_logits: int = setting("Tokens per position the teacher cache keeps.", 100)
+    hidden_loss: str | None = setting("mse | cosine: also match the teacher's hidden states (TinyBERT); projected "
+                                      "when the widths differ.", None)
+    layer_map: str = setting("auto (uniform, last block to last) or student:teacher pairs like 1:2,2:4,3:6 (0 is "
+                             "the embeddings).", "auto")
+    hidden_weight: float = setting("Weight of the hidden-state loss.", 1.0)
+    attention_loss: bool = setting("Also match the mapped blocks' attention distributions (TinyBERT/MiniLM; same "
+                                   "head count).", False)
+    attention_weight: float = setting("Weight of the attention loss.", 1.0)
+    on_policy_ratio: float = setting("Share of batches the student answers itself, scored by the teacher (GKD; "
+                                     "chat/completion data).", 0.0)
+    on_policy_max_new_tokens: int = setting("Longest on-policy answer.", 128)
+    on_policy_temperature: float = setting("Sampling temperature of on-policy answers.", 1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,16 +20,14 @@ Only real tokens count: padding (attention_mask 0) is left out of both losses; p
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from slmkit.distill.config import parse_layer_map
 from slmkit.errors import SlmError
 
-HIDDEN_LOSSES = ("mse", "cosine")
-NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 # The attribute an attention module keeps its weights' dropout in: a float (Llama, Qwen2, Gemma, T5) or an
 # nn.Dropout (BERT, DistilBERT, MobileBERT: `dropout`; GPT-2: `attn_dropout`).
 ATTENTION_DROPOUTS = ("attention_dropout", "attn_dropout", "dropout")
@@ -46,25 +44,6 @@ class LayerPairs:
     @property
     def needs_projection(self) -> bool:
         return self.student_width != self.teacher_width
-
-
-def check_layer_map(text: str) -> None:
-    """Refuse a malformed --layer-map before any model is opened."""
-    if text.strip() != "auto":
-        parse_layer_map(text)
-
-
-def parse_layer_map(text: str) -> list[tuple[int, int]]:
-    pairs = []
-    for item in text.split(","):
-        student, sep, teacher = item.strip().partition(":")
-        if not sep or not NUMBER.fullmatch(student.strip()) or not NUMBER.fullmatch(teacher.strip()):
-            raise SlmError(f"--layer-map {text!r}: expected auto or student:teacher layer pairs like 1:2,2:4,3:6")
-        pairs.append((int(student), int(teacher)))
-    students = [student for student, _ in pairs]
-    if len(set(students)) != len(students):
-        raise SlmError(f"--layer-map {text!r}: each student layer may be paired once")
-    return pairs
 
 
 def resolve_layer_map(text: str, student_config, teacher_config) -> LayerPairs:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from slmkit.data.training import IGNORE
+from slmkit.distill.config import check_loss
 from slmkit.errors import SlmError
 
-LOSSES = ("fkl", "rkl", "jsd", "tvd")
 CHUNK_ROWS = 1024  # rows per chunk: 1024 x 49k float32 is 200 MB of temporaries at most
 # The log-probability of a token left out: finite, so a row with none left has a finite logsumexp and
 # gradient (its probability, exp of this, is exactly 0 and adds nothing).
@@ -50,15 +50,6 @@ class TopK:
     ids: torch.Tensor
     logprobs: torch.Tensor
     rest: torch.Tensor | None = None
-
-
-def check_loss(loss: str, temperature: float, beta: float) -> None:
-    if loss not in LOSSES:
-        raise SlmError(f"--loss {loss}: choose one of {', '.join(LOSSES)}")
-    if not temperature > 0:
-        raise SlmError(f"--temperature {temperature}: must be above 0")
-    if not 0 <= beta <= 1:
-        raise SlmError(f"--beta {beta}: must be in [0, 1]")
 
 
 def divergence(loss: str, student: torch.Tensor, teacher: torch.Tensor, beta: float = 0.5) -> torch.Tensor:

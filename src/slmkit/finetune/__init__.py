@@ -1,6 +1,15 @@
 """Supervised fine-tuning, full or LoRA: chat, completion, text, classification and seq2seq."""
 
 from slmkit.finetune.config import TASKS, FinetuneConfig
-from slmkit.finetune.run import FinetuneResult, checkpoint_dir, finetune
 
 __all__ = ["TASKS", "FinetuneConfig", "FinetuneResult", "checkpoint_dir", "finetune"]
+
+
+def __getattr__(name: str):
+    """The training run imports torch and transformers: only when it is used, not when a CLI reads the config
+    to make its options (`slm --help` stays instant)."""
+    if name in ("FinetuneResult", "checkpoint_dir", "finetune"):
+        from slmkit.finetune import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'slmkit.finetune' has no attribute {name!r}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.devices import DTYPES, check_trainer_device
+from slmkit.schema import setting
 
 TASKS = ("chat", "completion", "text", "classification", "seq2seq")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -41,31 +42,35 @@ class FinetuneConfig:
     Example: `slmkit.finetune("smollm2-135m-instruct", "out/ft", FinetuneConfig(data="chat.jsonl", lora=True))`.
     """
 
-    data: str
-    task: str | None = None
-    lora: bool = False
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    merge: bool = False
-    epochs: float = 1.0
-    max_steps: int | None = None
-    lr: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    packing: bool = False
-    eval_data: str | None = None
-    eval_fraction: float = 0.05
-    eval_every: int = 0
-    save_every: int = 100
-    seed: int = 0
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
+    data: str = setting("Training file: chat `messages` JSONL, `prompt`/`completion` JSONL, text (.txt or `text` "
+                        "JSONL), `text<TAB>label` TSV/CSV, or `input`/`target` JSONL (seq2seq).")
+    task: str | None = setting("chat | completion | text | classification | seq2seq [default: from the file].", None)
+    lora: bool = setting("Train a LoRA adapter instead of every weight.", False)
+    lora_rank: int = setting("LoRA rank.", 8)
+    lora_alpha: int = setting("LoRA alpha (the update is scaled by alpha / rank).", 16)
+    lora_dropout: float = setting("Dropout on the LoRA input.", 0.05)
+    lora_targets: str = setting("all-linear, or module names: q_proj,v_proj.", "all-linear")
+    merge: bool = setting("With --lora: write the merged model (a plain checkpoint) instead of the adapter.", False)
+    epochs: float = setting("Passes over the data.", 1.0)
+    max_steps: int | None = setting("Stop after this many optimizer steps (wins over --epochs).", None)
+    lr: float | None = setting("Peak learning rate [default: 2e-4 with --lora, else 5e-5].", None)
+    batch_size: int = setting("Sequences per device per step.", 8)
+    grad_accum: int = setting("Steps accumulated per optimizer update.", 1)
+    max_length: int = setting("Tokens per sequence (longer ones are cut).", 512)
+    packing: bool = setting("Pack several examples per row (each attends only to itself).", False)
+    eval_data: str | None = setting("Evaluation file [default: --eval-fraction of --data held back].", None)
+    eval_fraction: float = setting("Share of --data held back for evaluation when there is no --eval-data.", 0.05)
+    eval_every: int = setting("Steps between evaluations (0: at the end).", 0)
+    save_every: int = setting("Steps between resumable checkpoints in OUT.checkpoints/ (0: only on SIGTERM).", 100)
+    seed: int = setting("Seed for the data order, dropout and new weights.", 0)
+    # A recipe stage resumes by itself (it finds the checkpoints a stopped run left).
+    resume: bool = setting("Continue an interrupted run from its newest checkpoint.", False, recipe=False)
+    # Not recipe settings (yet): a stage field more changes the fingerprint of every recipe written before it.
+    device: str = setting("auto | cpu | cuda | mps (auto: CUDA when present).", "auto", recipe=False)
+    dtype: str = setting("auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, bfloat16 mixed precision "
+                         "on a GPU that has it).", "auto", recipe=False)
+    allow_pickle: bool = setting("Load pickle (.bin/.pt) weights; they can run code.", False, recipe=False)
+    trust_remote_code: bool = setting("Run Python code shipped with the model.", False, recipe=False)
 
     def __post_init__(self) -> None:
         self.data = str(self.data)

@@ -5,48 +5,33 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, create_model
 
+from slmkit.finetune.config import FinetuneConfig
 from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage
+from slmkit.schema import stage_fields
 
 
-class FinetuneStage(Stage):
-    """FinetuneConfig's settings; one left out takes FinetuneConfig's default (kept there only)."""
+def with_settings(config_class: type, base: type[Stage]) -> type[Stage]:
+    """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema): one left out
+    takes the config's default, kept there only."""
+    return create_model(f"{config_class.__name__}Settings", __base__=base,
+                        **stage_fields(config_class, exclude={"data"}))
+
+
+class FinetuneStage(with_settings(FinetuneConfig, Stage)):
+    """FinetuneConfig's settings, and the data to train on."""
 
     stage: Literal["finetune"]
     data: str | None = Field(None, description="Training file; default: the newest synth stage's data, else "
                                                "the run's --data.")
-    task: str | None = None
-    lora: bool | None = None
-    lora_rank: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
-    lora_targets: str | None = None
-    merge: bool | None = None
-    epochs: float | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    max_length: int | None = None
-    packing: bool | None = None
-    eval_data: str | None = None
-    eval_fraction: float | None = None
-    eval_every: int | None = None
-    save_every: int | None = None
-    seed: int | None = None
 
     not_settings: ClassVar[set[str]] = {"stage", "name", "data"}  # fields the stage keeps for itself
-
-    def method_config(self) -> type:
-        """The config class the stage's settings fill."""
-        from slmkit.finetune import FinetuneConfig
-
-        return FinetuneConfig
+    config_class: ClassVar[type] = FinetuneConfig
 
     def settings(self, data: str, resume: bool = False):
         chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
-        return self.method_config()(data=data, resume=resume, **chosen)
+        return self.config_class(data=data, resume=resume, **chosen)
 
 
 def training_file(stage: FinetuneStage, context: StageContext) -> str:

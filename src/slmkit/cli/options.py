@@ -1,0 +1,51 @@
+"""A command's options made from its config's fields (`slmkit.schema.setting`): the name, type, default and
+help text are the field's, so the CLI cannot drift from the library. Typer reads a function's signature, so the
+command gets one built from the fields; the config's own checks then give the one-line errors."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import MISSING
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from slmkit.schema import settings
+
+
+def config_options(config_class: type) -> list[inspect.Parameter]:
+    """A keyword parameter per setting the config offers the CLI: --field-name (a bool is a plain switch)."""
+    parameters = []
+    for field, kind in settings(config_class, "cli"):
+        flag = field.metadata["flag"] or f"--{field.name.replace('_', '-')}"
+        # Escaped: rich would read "[default: ...]" in a help text as markup and drop it.
+        option = typer.Option(flag, help=escape(field.metadata["help"]))
+        default = ... if field.default is MISSING else field.default  # ...: Typer's "required"
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=Annotated[kind, option]))
+    return parameters
+
+
+def with_config(config_class: type) -> Callable[[Callable], Callable]:
+    """Decorates `command(config, model, ...)`: the command Typer sees takes the config's settings as options
+    after its first parameter (the model) and calls it with the config they make.
+
+    Example: `@with_config(FinetuneConfig) def finetune_command(config, model: ModelArg = ..., out: OutOpt = ...)`.
+    """
+
+    def decorate(command: Callable) -> Callable:
+        own = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for parameter in inspect.signature(command, eval_str=True).parameters.values()][1:]
+        options = config_options(config_class)
+        names = [parameter.name for parameter in options]
+
+        def run(**values):
+            return command(config_class(**{name: values.pop(name) for name in names}), **values)
+
+        run.__name__, run.__doc__, run.__wrapped__ = command.__name__, command.__doc__, command
+        run.__signature__ = inspect.Signature(own[:1] + options + own[1:])
+        return run
+
+    return decorate

@@ -1,0 +1,34 @@
+"""One declaration per setting: a config dataclass's field carries its help text and where it is offered, and
+both the CLI's options (`slmkit.cli.options`) and a recipe stage's schema (`stage_fields`) are made from it, so
+a new setting is one edit and the two cannot drift apart.
+
+    lora_rank: int = setting("LoRA rank.", 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import MISSING
+
+
+def setting(help: str, default=MISSING, *, flag: str | None = None, cli: bool = True, recipe: bool = True):
+    """A config field with its help text. `flag`: the CLI's name when not --<field-name>; `cli` / `recipe`:
+    False keeps it out of the command's options / the recipe stage (a run control the stage sets itself)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "recipe": recipe})
+
+
+def settings(config_class: type, where: str) -> list[tuple[dataclasses.Field, typing.Any]]:
+    """The (field, resolved type) of each setting `config_class` offers `where` ("cli" or "recipe")."""
+    hints = typing.get_type_hints(config_class)
+    return [(field, hints[field.name]) for field in dataclasses.fields(config_class)
+            if "help" in field.metadata and field.metadata[where]]
+
+
+def stage_fields(config_class: type, exclude: set[str] = frozenset()) -> dict[str, tuple]:
+    """pydantic `create_model` fields of a recipe stage that fills `config_class`: every setting optional, None
+    meaning the config's own default (which is kept in the config only)."""
+    from pydantic import Field
+
+    return {field.name: (kind | None, Field(None, description=field.metadata["help"]))
+            for field, kind in settings(config_class, "recipe") if field.name not in exclude}

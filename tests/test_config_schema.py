@@ -1,0 +1,90 @@
+"""One schema per verb (slmkit.schema): the CLI's options and the recipe stage's fields are made from the config's
+fields, so their names, defaults and help cannot drift apart, and a new setting is one edit."""
+
+import dataclasses
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import slmkit
+from slmkit.cli.distill import distill_command
+from slmkit.cli.finetune import finetune_command
+from slmkit.cli.main import app
+from slmkit.cli.options import with_config
+from slmkit.distill import DistillConfig
+from slmkit.finetune import FinetuneConfig
+from slmkit.pipeline.registry import Stage
+from slmkit.pipeline.stages.distill import DistillStage
+from slmkit.pipeline.stages.finetune import FinetuneStage, with_settings
+from slmkit.schema import setting, settings
+
+VERBS = [("finetune", FinetuneConfig, FinetuneStage, "finetune"), ("distill", DistillConfig, DistillStage, "distill")]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("small models run on small machines.\n")
+    return str(path)
+
+
+def captured_config(monkeypatch, verb: str, arguments: list[str]):
+    """The config `slm <verb> ...` hands the library."""
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(args[-1])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(slmkit, verb, record)
+    result = CliRunner().invoke(app, [verb, *arguments])
+    assert result.exit_code == 0 and seen, result.output
+    return seen[0]
+
+
+@pytest.mark.parametrize("verb, config_class, stage_class, stage", VERBS)
+def test_cli_library_and_recipe_defaults_are_one(verb, config_class, stage_class, stage, data, tmp_path,
+                                                 monkeypatch):
+    teacher = ["--teacher", "t"] if verb == "distill" else []
+    from_cli = captured_config(monkeypatch, verb, ["m", "--data", data, "--out", str(tmp_path / "o"), *teacher])
+    from_recipe = stage_class(stage=stage).settings(data)
+    assert from_cli == from_recipe == config_class(data=data)
+    help_text = CliRunner().invoke(app, [verb, "--help"], env={"COLUMNS": "300"}).output
+    recipe_fields = stage_class.model_json_schema()["properties"]
+    for field, _ in settings(config_class, "cli"):
+        assert f"--{field.name.replace('_', '-')} " in help_text, field.name
+    for field, _ in settings(config_class, "recipe"):
+        assert field.name in recipe_fields, field.name
+    # What neither offers is said in the field itself (a run control, or not yet a recipe setting).
+    offered = {field.name for field, _ in settings(config_class, "cli") + settings(config_class, "recipe")}
+    assert offered == {field.name for field in dataclasses.fields(config_class)}
+
+
+def test_every_option_reaches_the_config(data, tmp_path, monkeypatch):
+    config = captured_config(monkeypatch, "finetune", [
+        "m", "--data", data, "--out", str(tmp_path / "o"), "--lora", "--lora-rank", "4", "--eval-fraction", "0.1",
+        "--task", "text", "--device", "cpu"])
+    assert config == FinetuneConfig(data=data, lora=True, lora_rank=4, eval_fraction=0.1, task="text", device="cpu")
+    result = CliRunner().invoke(app, ["finetune", "m", "--data", data, "--out", str(tmp_path / "o"),
+                                      "--lora-rank", "0"])
+    assert str(result.exception) == "--lora-rank 0: must be at least 1"  # the config's own check
+
+
+def test_a_new_setting_is_one_edit():
+    @dataclasses.dataclass
+    class Extended(FinetuneConfig):
+        warmup_ratio: float = setting("Share of the steps the learning rate warms up over.", 0.03)
+
+    extended_app = typer.Typer()
+    extended_app.command("finetune")(with_config(Extended)(finetune_command.__wrapped__))
+    extended_app.command("distill")(distill_command)  # two commands: Typer keeps the name as a subcommand
+    help_text = CliRunner().invoke(extended_app, ["finetune", "--help"], env={"COLUMNS": "300"}).output
+    assert "--warmup-ratio" in help_text and "Share of the steps the learning rate warms up over." in help_text
+
+    class ExtendedStage(with_settings(Extended, Stage)):
+        pass
+
+    schema = ExtendedStage.model_json_schema()["properties"]["warmup_ratio"]
+    assert schema["description"] == "Share of the steps the learning rate warms up over."
+    assert ExtendedStage(warmup_ratio=0.1).warmup_ratio == 0.1
