@@ -1,5 +1,6 @@
 """The layout DESIGN.md asks for, checked on the source: the library never imports its CLI, no module
-imports itself back through others, and each room uses only the rooms below it."""
+imports itself back through others, each room uses only the rooms below it, and only the runtime knows which
+runtime runs a model."""
 
 import ast
 from pathlib import Path
@@ -82,3 +83,33 @@ def test_the_checks_see_real_imports():
     assert "slmkit.cli.common" in graph["slmkit.cli.bench"]  # a module-level import
     assert "slmkit.runtime.open" in graph["slmkit.runtime"]
     assert any(target.startswith("slmkit.runtime") for target in graph["slmkit.evaluate.bench"])
+
+
+def runtime_peeks(source: str) -> list[str]:
+    """Where code branches on a model's runtime (`x.backend` in a comparison) or reaches into llama.cpp's own
+    object (`x.llm`), as "line: what". A plain name `backend` is a caller's own choice or a recorded label
+    (api.load's argument, a report row), not a model asked which runtime runs it."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "llm":
+            found.append(f"{node.lineno}: .llm")
+        elif isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "backend"
+                                                   for side in [node.left, *node.comparators]):
+            found.append(f"{node.lineno}: .backend compared")
+    return found
+
+
+def test_only_the_runtime_branches_on_which_runtime_runs_a_model():
+    peeks = {module: runtime_peeks(path.read_text()) for module, path in modules().items()
+             if room(module) != "runtime"}
+    assert {module: found for module, found in peeks.items() if found} == {}
+
+
+def test_the_runtime_check_sees_branches_and_reaches():
+    source = """
+if lm.backend == "llamacpp":
+    batch = LlamaBatch(lm.llm, slots, length)
+elif "torch" != lm.info().backend:
+    pass
+"""
+    assert sorted(runtime_peeks(source)) == ["2: .backend compared", "3: .llm", "4: .backend compared"]

@@ -92,7 +92,7 @@ def test_the_amx_probe_keeps_only_what_it_learnt(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     from types import SimpleNamespace
 
-    from slmkit.runtime import llamacpp
+    from slmkit.runtime import llamacpp_open
 
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
     monkeypatch.delenv("SLM_LLAMACPP_EXTRA_BUFTS", raising=False)
@@ -100,7 +100,7 @@ def test_the_amx_probe_keeps_only_what_it_learnt(tmp_path, monkeypatch):
     for returncode, works, kept in [(1, True, False), (-4, False, True), (0, True, True)]:  # -4: SIGILL
         (tmp_path / "llamacpp-probe.json").unlink(missing_ok=True)
         monkeypatch.setattr(subprocess, "run", lambda *a, code=returncode, **k: SimpleNamespace(returncode=code))
-        assert llamacpp.extra_buffer_types_work(tmp_path / "x.gguf", reader) is works
+        assert llamacpp_open.extra_buffer_types_work(tmp_path / "x.gguf", reader) is works
         cached = tmp_path / "llamacpp-probe.json"
         assert cached.exists() is kept and (not kept or works in json.loads(cached.read_text()).values())
 

@@ -132,6 +132,8 @@ def test_onnx_encoder_embeddings_match_torch(tmp_path, tiny_tokenizer):
                                rtol=1e-4)
     with pytest.raises(slmkit.SlmError, match="generation needs a causal language model; this ONNX model is an encoder"):
         "".join(generate(onnx_lm, "hi"))
+    with pytest.raises(slmkit.SlmError, match="decoded together .* on the torch and llama.cpp backends, not onnx$"):
+        onnx_lm.open_batch(slots=2, length=64)
 
 
 @pytest.mark.parametrize("backend", ["torch", "llamacpp"])

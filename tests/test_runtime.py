@@ -423,6 +423,25 @@ def test_seq2seq_greedy_generation_matches_transformers_generate(tiny_t5):
     assert text == lm.tokenizer.decode(expected[0, 1:], skip_special_tokens=True)
 
 
+def test_seq2seq_rows_decoded_together_take_turns_and_answer_as_alone(tiny_t5):
+    _, lm = tiny_t5
+    prompts = [lm.tokenizer(text).input_ids for text in ("the teacher writes data", "a row that joins later")]
+    alone = [lm.model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)[0, 1:].tolist()
+             for ids in prompts]
+    rows = lm.open_batch(slots=2, length=64)
+    assert rows.admits(1) and not rows.admits(2)
+    answers = {0: [int(rows.advance([(0, prompts[0])], [])[0].argmax())]}
+    logits = rows.advance([(1, prompts[1])], [(0, answers[0][-1])])  # the new row's logits come first
+    answers[1], answers[0] = [int(logits[0].argmax())], answers[0] + [int(logits[1].argmax())]
+    for _ in range(2):
+        logits = rows.advance([], [(1, answers[1][-1]), (0, answers[0][-1])])
+        answers[1].append(int(logits[0].argmax()))
+        answers[0].append(int(logits[1].argmax()))
+    rows.release(0)
+    assert alone[0][:3] != alone[1][:3]  # a row fed the other's state would show
+    assert answers[0] == alone[0] and answers[1] == alone[1][:3]
+
+
 def test_seq2seq_repetition_penalty_sees_the_answer_not_the_prompt(tiny_t5):
     """As in transformers' generate: the penalty looks at the decoder's ids, not at the encoder's."""
     _, lm = tiny_t5
@@ -498,6 +517,8 @@ def test_models_that_write_no_text_are_refused_generation(tmp_path, tiny_tokeniz
         generate(bert, "hi")
     with pytest.raises(slmkit.SlmError, match=message):
         ChatSession(bert, SamplingConfig())
+    with pytest.raises(slmkit.SlmError, match=message):
+        bert.open_batch(slots=2, length=64)  # what the server's engine would decode its rows with
     # A GGUF holds a causal LM: asking llama.cpp for a seq2seq one is refused before the file is read.
     with pytest.raises(slmkit.SlmError, match="a GGUF file holds a causal language model$"):
         open_model(str(tmp_path / "model.gguf"), backend="llamacpp", kind="seq2seq")

@@ -417,7 +417,7 @@ def test_a_gguf_on_llama_cpp_answers_as_torch_and_batches_rows_that_arrive_apart
 
 
 def test_rows_joining_a_running_torch_batch_decode_as_they_would_alone(lm):
-    from slmkit.runtime.batched import TorchBatch
+    from slmkit.runtime.torch_rows import TorchBatch
 
     def greedy(batch, logits, rows):
         return [int(logits[row].argmax()) for row in range(rows)]

@@ -70,8 +70,7 @@ def bench(lm, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeats: int =
     decode = lm.kind == "causal-lm" and gen_tokens > 0
     wanted = prompt_tokens + (gen_tokens if decode else 0)
     if wanted > lm.context:
-        what = "llama.cpp's" if lm.backend == "llamacpp" else "the model's"
-        raise SlmError(f"--prompt-tokens + --gen-tokens ({wanted}) exceed {what} context ({lm.context})")
+        raise SlmError(f"--prompt-tokens + --gen-tokens ({wanted}) exceed {lm.context_name} context ({lm.context})")
     vocab = getattr(lm.config, "get_text_config", lambda: lm.config)().vocab_size
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (prompt_tokens,), generator=generator).tolist()

@@ -1,9 +1,10 @@
 """The one model interface every runtime implements, and the registry of runtimes.
 
 Callers (evaluation, bench, generation, chat, the server) ask a `Model` for what
-they need and never branch on which runtime runs it: torch (runtime.torch_backend),
-llama.cpp for GGUF files (runtime.llamacpp), onnxruntime for ONNX exports
-(runtime.onnx). A runtime registers itself with `register_backend` in its own module.
+they need, never branch on which runtime runs it and never reach into the engine
+under it: torch (runtime.torch_backend), llama.cpp for GGUF files
+(runtime.llamacpp), onnxruntime for ONNX exports (runtime.onnx). A runtime
+registers itself with `register_backend` in its own module.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ class RuntimeInfo:
     int8_checkpoint_layers: int | None = None  # --weights int8 on a calibrated checkpoint: layers kept exactly
 
 
+class RowBatch(Protocol):
+    """Rows decoded together, one forward pass per step for all of them (`Model.open_batch`); each row is known
+    by its slot (0 to slots - 1) from its prompt until `release`."""
+
+    def admits(self, running: int) -> bool:
+        """Whether new rows may join now, while `running` rows are live."""
+
+    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
+        """Prefill the `new` rows ((slot, prompt ids)) and feed each `going` row ((slot, the token it chose)):
+        next-token logits [rows, vocab], the new rows first, each group in the order given. A live row left
+        out of `going` has left the batch."""
+
+    def release(self, slot: int) -> None:
+        """The row in `slot` is done (or failed): the slot is free for another row."""
+
+
 @runtime_checkable
 class Model(Protocol):
     """A model opened for running. Token ids are plain lists; tensors come back on the CPU or the model's device.
@@ -83,6 +100,7 @@ class Model(Protocol):
     tokenizer: Any
     path: Path | None
     config: Any
+    context_name: str  # whose limit `context` is, as errors name it: "the model's", "llama.cpp's"
 
     @property
     def context(self) -> int:
@@ -115,6 +133,10 @@ class Model(Protocol):
     def chat_cache_tokens(self, tokens: int) -> int | None:
         """The KV cache size for a chat turn of `tokens` tokens (None: the runtime sizes its own)."""
 
+    def open_batch(self, slots: int, length: int) -> RowBatch:
+        """Up to `slots` rows of at most `length` tokens each, decoded together (the server's engine); refused
+        by a model or runtime that cannot write text that way."""
+
     def info(self) -> RuntimeInfo:
         """Which runtime, device, weight format and thread count run the model."""
 
@@ -124,8 +146,10 @@ class RuntimeBase:
 
     spec: str
     kind: str
+    backend: str
     config: Any
     tokenizer: Any
+    context_name = "the model's"
 
     def require(self, kind: str, task: str) -> None:
         require_kind(self.spec, kind, self.kind, getattr(self.config, "model_type", None), task)
@@ -136,6 +160,10 @@ class RuntimeBase:
 
     def chat_cache_tokens(self, tokens: int) -> int | None:
         return None
+
+    def open_batch(self, slots: int, length: int) -> RowBatch:
+        raise SlmError(f"{self.spec}: rows are decoded together (slm serve) on the torch and llama.cpp backends, "
+                       f"not {self.backend}")
 
 
 def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

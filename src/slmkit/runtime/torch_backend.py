@@ -32,6 +32,7 @@ from slmkit.models.loading import LoadedModel, load
 from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo,
                                       register_backend, right_padded)
 from slmkit.runtime.sampling import SamplingConfig, TextPieces, TokenPicker
+from slmkit.runtime.torch_rows import TorchRows, TurnRows
 from slmkit.runtime.weights import (check_compile_before_loading, check_weights, convert_weights, decode_compile_config,
                                     enable_compile, new_kv_cache)
 
@@ -193,6 +194,13 @@ class TorchModel(LoadedModel, RuntimeBase):
             return tokens
         bucket = max(256, 1 << (tokens - 1).bit_length())
         return max(tokens, min(bucket, self.context))
+
+    def open_batch(self, slots: int, length: int) -> TorchRows | TurnRows:
+        # TorchBatch pads and joins decoder-only rows; a seq2seq model's rows step in turn, each on its own state.
+        if self.kind == "seq2seq":
+            return TurnRows(self, slots, length)
+        self.require("causal-lm", "generation")
+        return TorchRows(self, slots)
 
     def info(self) -> RuntimeInfo:
         from slmkit.models.info import count_parameters

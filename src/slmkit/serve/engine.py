@@ -1,10 +1,10 @@
 """The server's decoding loop: requests wait in a bounded queue, and the rows admitted are decoded together,
 one forward pass per token for all of them, in one thread that owns the model.
 
-- continuous batching: a new row joins the running ones at the next step, and each row leaves as soon as it
-  ends; on torch through `runtime.batched.TorchBatch` (one left-padded KV cache), on llama.cpp through
-  `runtime.llamacpp.LlamaBatch` (one context, a sequence per slot). No row ever cancels another;
-- other models that write text (seq2seq on torch): rows take turns, one token each per step.
+The model's runtime decodes the rows (`Model.open_batch`, a `RowBatch`): with continuous batching a new row
+joins the running ones at the next step, and each row leaves as soon as it ends (a torch causal LM: one
+left-padded KV cache; llama.cpp: one context, a sequence per slot); a seq2seq model's rows take turns, one
+token each per step. No row ever cancels another.
 
 Every row picks its tokens the same way whatever runs it (`RowSampler`): penalties, the grammar's mask, the
 request's own seeded generator, stop strings, logprobs. A row whose `cancel` is set (the client went away, or
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from slmkit.errors import SlmError
 from slmkit.runtime.interface import Model
 from slmkit.runtime.sampling import SamplingConfig, TextPieces, TokenPicker
 from slmkit.serve.grammar import Grammar
@@ -152,95 +150,12 @@ class RowSampler:
         self.text += "".join(self.pieces.end())
 
 
-class TorchRows:
-    """A torch causal LM: new rows join the running batch at the next step (`TorchBatch.join`); on a model whose
-    cache cannot take them (sliding-window layers) they wait until the batch is empty."""
-
-    def __init__(self, lm, slots: int):
-        from slmkit.runtime.batched import TorchBatch
-
-        self.batch, self.slots, self.order = TorchBatch(lm), slots, []
-
-    def admits(self, running: int) -> bool:
-        return running == 0 or (running < self.slots and self.batch.joins)
-
-    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
-        logits = []
-        if going:
-            live = {slot: index for index, slot in enumerate(self.order)}
-            self.batch.keep([live[slot] for slot, _ in going])
-            logits.append(self.batch.step([token for _, token in going]))
-        elif self.order:
-            self.batch.keep([])
-        self.order = [slot for slot, _ in going]
-        if new:
-            logits.insert(0, self.batch.join([ids for _, ids in new]))
-            self.order += [slot for slot, _ in new]
-        return torch.cat(logits)
-
-    def release(self, slot: int) -> None:
-        """A finished row leaves at the next `advance` (it is not among the rows going on)."""
-
-
-class LlamaRows:
-    """Continuous batching on llama.cpp: a row joins whenever a slot is free."""
-
-    def __init__(self, lm, slots: int, length: int):
-        from slmkit.runtime.llamacpp import LlamaBatch
-
-        self.batch, self.slots = LlamaBatch(lm.llm, slots, length), slots
-
-    def admits(self, running: int) -> bool:
-        return running < self.slots
-
-    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
-        return self.batch.advance(new + [(slot, [token]) for slot, token in going])
-
-    def release(self, slot: int) -> None:
-        self.batch.release(slot)
-
-
-class TurnRows:
-    """Rows that cannot share a forward pass (a seq2seq model): each keeps its own state and steps in turn."""
-
-    def __init__(self, lm, slots: int, length: int):
-        self.lm, self.slots, self.length, self.states = lm, slots, length, {}
-
-    def admits(self, running: int) -> bool:
-        return running < self.slots
-
-    def advance(self, new: list[tuple[int, list[int]]], going: list[tuple[int, int]]) -> torch.Tensor:
-        rows = []
-        for slot, ids in new:
-            self.states[slot] = self.lm.prefill(ids, self.length)
-            rows.append(self.states[slot].logits)
-        for slot, token in going:
-            state = self.states[slot]
-            self.lm.decode(state, torch.tensor([[token]], device=state.next_token.device))
-            rows.append(state.logits)
-        return torch.cat(rows)
-
-    def release(self, slot: int) -> None:
-        self.states.pop(slot, None)
-
-
-def rows_for(lm: Model, slots: int, length: int):
-    """The way this model's rows are decoded together."""
-    if lm.backend == "llamacpp":
-        return LlamaRows(lm, slots, length)
-    if lm.backend == "torch" and lm.kind == "causal-lm":
-        return TorchRows(lm, slots)
-    if lm.backend == "torch" and lm.kind == "seq2seq":
-        return TurnRows(lm, slots, length)
-    raise SlmError(f"{lm.spec}: slm serve writes text with the torch and llama.cpp backends, not {lm.backend}")
-
-
 class Engine:
     """The decoding thread: `submit` rows (all or none of a request's), they run as slots free up."""
 
     def __init__(self, lm: Model, *, slots: int, max_queue: int, length: int):
         self.lm, self.slots, self.max_queue, self.length = lm, slots, max_queue, length
-        self.rows = rows_for(lm, slots, length)
+        self.rows = lm.open_batch(slots, length)
         self._waiting: queue.Queue[Row] = queue.Queue()
         self._lock = threading.Lock()
         self._queued = 0
