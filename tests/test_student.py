@@ -77,7 +77,7 @@ def test_a_fresh_student_shares_the_vocabulary(tmp_path, tiny_tokenizer, tiny_ll
     small = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
              "max_position_embeddings": 128}
-    (tmp_path / "small.json").write_text(json.dumps(small))
+    (tmp_path / "small.json").write_text("\ufeff" + json.dumps(small))  # a byte-order mark, as editors may write
     lm = slmkit.load(str(tiny_llama_dir))
     report = slmkit.student(lm, StudentConfig(config=str(tmp_path / "small.json"), seed=1))
     assert report["architecture"] == "llama"

@@ -93,7 +93,7 @@ def chat_command(
     lm = load_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
                     weights=weights, compile_decode=compile_decode, device=device, dtype=dtype)
     # This call's streams: repl's defaults were bound when it was imported (an in-process runner swaps them).
-    repl(lm, sampling, system=system, stdin=sys.stdin, stdout=sys.stdout)
+    repl(lm, sampling, system=system)
 
 
 def one_model(argument: str | None, option: str | None) -> str:

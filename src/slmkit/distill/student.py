@@ -105,7 +105,7 @@ def _fresh(lm, config: StudentConfig) -> dict:
     if not path.is_file():
         raise SlmError(f"--config {path}: no such file" if not path.exists() else f"--config {path}: not a file")
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as editors may write
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SlmError(f"--config {path}: not a JSON config ({exc})") from None
     if not isinstance(settings, dict) or "model_type" not in settings:

@@ -50,8 +50,10 @@ class ChatSession:
         self.history.append({"role": "assistant", "content": "".join(pieces).strip()})
 
 
-def repl(lm, sampling: SamplingConfig, system: str | None = None, stdin: TextIO = sys.stdin,
-         stdout: TextIO = sys.stdout) -> None:
+def repl(lm, sampling: SamplingConfig, system: str | None = None, stdin: TextIO | None = None,
+         stdout: TextIO | None = None) -> None:
+    # The streams of the moment, not of import time (a test runner or a caller may have replaced them since).
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     session = ChatSession(lm, sampling, system)
     interactive = stdin.isatty()
     if interactive:
