@@ -1,5 +1,5 @@
 """One declaration per setting: a config dataclass's field carries its help text and where it is offered, and
-both the CLI's options (`slmkit.cli.options`) and a recipe stage's schema (`stage_fields`) are made from it, so
+both the CLI's options (cli/options.py) and a recipe stage's schema (`stage_fields`) are made from it, so
 a new setting is one edit and the two cannot drift apart.
 
     lora_rank: int = setting("LoRA rank.", 8)

@@ -19,7 +19,8 @@ stderr = Console(stderr=True)
 # Progress bars draw on a terminal only: elsewhere (a log, a pipe) rich leaves an empty line where the
 # transient bar was, before whatever is printed next (an error line too).
 
-ModelArg = Annotated[str, typer.Argument(help="Alias (see `slm models`), local HF directory, .gguf file or hub id.")]
+MODEL_HELP = "Alias (see `slm models`), local HF directory, .gguf file or hub id"
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP + ".")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle",
                                                help="Load pickle (.bin/.pt) weights; they can run code.")]

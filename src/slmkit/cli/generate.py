@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (DeviceOpt, DtypeOpt, AllowPickleOpt, BackendOpt, CompileOpt, TrustRemoteCodeOpt, WeightsOpt,
-                               load_model)
+from slmkit.cli.common import (MODEL_HELP, AllowPickleOpt, BackendOpt, CompileOpt, DeviceOpt, DtypeOpt,
+                               TrustRemoteCodeOpt, WeightsOpt, load_model)
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
 
-MODEL_HELP = "Alias (see `slm models`), local HF directory, .gguf file or hub id"
 # Written out because the default is None (to tell "not given" apart); escaped, as Typer reads rich markup.
 SHOWN_DEFAULT = f" \\[default: {DEFAULT_MODEL}]"
 # The model comes first, as in every other verb; -m/--model is the older spelling, kept working.
@@ -92,7 +91,6 @@ def chat_command(
     sampling = SamplingConfig(temperature, top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens)
     lm = load_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, backend=backend,
                     weights=weights, compile_decode=compile_decode, device=device, dtype=dtype)
-    # This call's streams: repl's defaults were bound when it was imported (an in-process runner swaps them).
     repl(lm, sampling, system=system)
 
 
