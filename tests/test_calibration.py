@@ -86,7 +86,7 @@ def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path,
 
 def test_calibration_defaults_and_the_cache_switch():
     from slmkit.cli.common import calibration_options
-    from slmkit.compress.calibration import DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN
+    from slmkit.settings import DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN
 
     assert (slmkit.Calibration("wiki.txt").samples, slmkit.Calibration("wiki.txt").seq_len) == (128, 512)
     assert (slmkit.Calibration().samples, slmkit.Calibration().seq_len) == (DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN)

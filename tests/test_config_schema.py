@@ -16,7 +16,8 @@ from slmkit.distill import DistillConfig
 from slmkit.finetune import FinetuneConfig
 from slmkit.pipeline.registry import Stage
 from slmkit.pipeline.stages.distill import DistillStage
-from slmkit.pipeline.stages.finetune import FinetuneStage, with_settings
+from slmkit.pipeline.registry import with_settings
+from slmkit.pipeline.stages.finetune import FinetuneStage
 from slmkit.schema import setting, settings
 
 VERBS = [("finetune", FinetuneConfig, FinetuneStage, "finetune"), ("distill", DistillConfig, DistillStage, "distill")]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import slmkit
 from slmkit.cli.main import app
-from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.distill.qat import QATConfig
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig

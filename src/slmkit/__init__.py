@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "serve", "finetune", "synth",
           "student", "distill")
-_CONFIGS = {"Calibration": "slmkit.api", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
+_CONFIGS = {"Calibration": "slmkit.settings", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
             "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
             "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",

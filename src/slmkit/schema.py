@@ -12,17 +12,25 @@ import typing
 from dataclasses import MISSING
 
 
-def setting(help: str, default=MISSING, *, flag: str | None = None, cli: bool = True, recipe: bool = True):
-    """A config field with its help text. `flag`: the CLI's name when not --<field-name>; `cli` / `recipe`:
-    False keeps it out of the command's options / the recipe stage (a run control the stage sets itself)."""
+def setting(help: str, default=MISSING, *, flag: str | tuple[str, ...] | None = None, cli: bool = True,
+            recipe: bool = True):
+    """A config field with its help text. `flag`: the CLI's name(s) when not --<field-name> (e.g. ("--calib",
+    "--data"), or "--sym/--asym" for a bool with an off switch); `cli` / `recipe`: False keeps it out of the
+    command's options / the recipe stage (a run control the stage sets itself)."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "recipe": recipe})
 
 
 def settings(config_class: type, where: str) -> list[tuple[dataclasses.Field, typing.Any]]:
-    """The (field, resolved type) of each setting `config_class` offers `where` ("cli" or "recipe")."""
+    """The (field, resolved type) of each setting `config_class` offers `where` ("cli" or "recipe"): the
+    verb's own first, then those of the setting groups it inherits (slmkit.settings), nearest first."""
     hints = typing.get_type_hints(config_class)
-    return [(field, hints[field.name]) for field in dataclasses.fields(config_class)
-            if "help" in field.metadata and field.metadata[where]]
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    ordered = []
+    for owner in config_class.__mro__:
+        for name in vars(owner).get("__annotations__", {}):
+            if name in fields and fields[name] not in ordered:
+                ordered.append(fields[name])
+    return [(field, hints[field.name]) for field in ordered if "help" in field.metadata and field.metadata[where]]
 
 
 def stage_fields(config_class: type, exclude: set[str] = frozenset()) -> dict[str, tuple]:

@@ -19,9 +19,10 @@ def config_options(config_class: type) -> list[inspect.Parameter]:
     """A keyword parameter per setting the config offers the CLI: --field-name (a bool is a plain switch)."""
     parameters = []
     for field, kind in settings(config_class, "cli"):
-        flag = field.metadata["flag"] or f"--{field.name.replace('_', '-')}"
+        flags = field.metadata["flag"] or f"--{field.name.replace('_', '-')}"
+        flags = (flags,) if isinstance(flags, str) else flags
         # Escaped: rich would read "[default: ...]" in a help text as markup and drop it.
-        option = typer.Option(flag, help=escape(field.metadata["help"]))
+        option = typer.Option(*flags, help=escape(field.metadata["help"]))
         default = ... if field.default is MISSING else field.default  # ...: Typer's "required"
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                             annotation=Annotated[kind, option]))
@@ -45,6 +46,7 @@ def with_config(config_class: type) -> Callable[[Callable], Callable]:
             return command(config_class(**{name: values.pop(name) for name in names}), **values)
 
         run.__name__, run.__doc__, run.__wrapped__ = command.__name__, command.__doc__, command
+        run.config_class = config_class  # the parity test walks the commands by it
         run.__signature__ = inspect.Signature(own[:1] + options + own[1:])
         return run
 

@@ -21,14 +21,6 @@ import torch
 from slmkit import data
 from slmkit.errors import SlmError
 
-# The data-free default, measured (benchmarks/datafree_calibration.py, SmolLM2-135M, GPTQ q4_0, WikiText-2
-# perplexity on 16 x 2048 tokens): 128 x 512 sampled tokens 25.36, 64 x 256 25.07, 32 x 256 24.68, 16 x 256
-# 24.73. 16 x 256 also stays within 1 %, but then one odd sequence is a sixteenth of every Hessian and 4096
-# tokens are fewer than a 1B model's FFN width; 32 x 256 costs about 40 s more on 2 cores.
-DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN = 32, 256
-# QAT's training sequences x tokens when none are asked for (with --calib text or without): more than a one-shot
-# calibration reads, few enough that a model sampling its own on llama.cpp takes a couple of minutes.
-QAT_SAMPLES, QAT_SEQ_LEN = 64, 256
 # Bump when the sampling itself changes, so no cached ids from an older sampler are reused.
 SAMPLER_VERSION = 1
 

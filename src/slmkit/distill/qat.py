@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
 from slmkit.errors import SlmError
 from slmkit.models.devices import check_trainer_device, resolve_device

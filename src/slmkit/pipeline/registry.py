@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmkit.models.checkpoint import atomic_directory, write_atomic
+from slmkit.schema import stage_fields
 
 # A progress factory: `with progress(description) as update: update(done, total)`.
 ProgressFactory = Callable[[str], AbstractContextManager]
@@ -79,6 +80,12 @@ class Stage(BaseModel):
     def onnx_only_output(self) -> bool:
         """Whether the model it makes runs only on onnxruntime (no later stage can load it with torch)."""
         return False
+
+
+def with_settings(config_class: type, base: type[Stage], exclude: set[str] = frozenset()) -> type[Stage]:
+    """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema), bar `exclude`
+    (fields the stage declares itself): one left out takes the config's default, kept there only."""
+    return create_model(f"{config_class.__name__}Settings", __base__=base, **stage_fields(config_class, exclude))
 
 
 def known_method(methods: dict, method: str) -> str:

@@ -14,11 +14,11 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from slmkit.distill.config import DistillConfig
-from slmkit.pipeline.registry import StageContext, StageOutput, register_stage
-from slmkit.pipeline.stages.finetune import FinetuneStage, run_training, with_settings
+from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
+from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
 
 
-class DistillStage(with_settings(DistillConfig, FinetuneStage)):
+class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})):
     """DistillConfig's settings, the data, and the teacher."""
 
     stage: Literal["distill"]

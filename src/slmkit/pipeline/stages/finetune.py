@@ -5,21 +5,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, create_model
+from pydantic import Field
 
 from slmkit.finetune.config import FinetuneConfig
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage
-from slmkit.schema import stage_fields
+from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
 
 
-def with_settings(config_class: type, base: type[Stage]) -> type[Stage]:
-    """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema): one left out
-    takes the config's default, kept there only."""
-    return create_model(f"{config_class.__name__}Settings", __base__=base,
-                        **stage_fields(config_class, exclude={"data"}))
-
-
-class FinetuneStage(with_settings(FinetuneConfig, Stage)):
+class FinetuneStage(with_settings(FinetuneConfig, Stage, exclude={"data"})):
     """FinetuneConfig's settings, and the data to train on."""
 
     stage: Literal["finetune"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from slmkit.compress.calibration import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.pipeline.registry import CalibratedStage, StageContext, StageOutput, register_stage
 
 
