@@ -12,12 +12,14 @@ import typing
 from dataclasses import MISSING
 
 
-def setting(help: str, default=MISSING, *, flag: str | tuple[str, ...] | None = None, cli: bool = True,
-            recipe: bool = True):
+def setting(help: str, default=MISSING, *, flag: str | tuple[str, ...] | None = None, envvar: str | None = None,
+            cli: bool = True, recipe: bool = True):
     """A config field with its help text. `flag`: the CLI's name(s) when not --<field-name> (e.g. ("--calib",
-    "--data"), or "--sym/--asym" for a bool with an off switch); `cli` / `recipe`: False keeps it out of the
-    command's options / the recipe stage (a run control the stage sets itself)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "recipe": recipe})
+    "--data"), or "--sym/--asym" for a bool with an off switch); `envvar`: read from this environment variable
+    when the flag is not given (a secret kept off the command line); `cli` / `recipe`: False keeps it out of
+    the command's options / the recipe stage (a run control the stage sets itself)."""
+    metadata = {"help": help, "flag": flag, "envvar": envvar, "cli": cli, "recipe": recipe}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def settings(config_class: type, where: str) -> list[tuple[dataclasses.Field, typing.Any]]:

@@ -22,7 +22,8 @@ def config_options(config_class: type) -> list[inspect.Parameter]:
         flags = field.metadata["flag"] or f"--{field.name.replace('_', '-')}"
         flags = (flags,) if isinstance(flags, str) else flags
         # Escaped: rich would read "[default: ...]" in a help text as markup and drop it.
-        option = typer.Option(*flags, help=escape(field.metadata["help"]))
+        envvar = field.metadata["envvar"]
+        option = typer.Option(*flags, help=escape(field.metadata["help"]), envvar=envvar, show_envvar=bool(envvar))
         default = ... if field.default is MISSING else field.default  # ...: Typer's "required"
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                             annotation=Annotated[kind, option]))
