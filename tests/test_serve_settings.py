@@ -1,5 +1,6 @@
-"""`ServeSettings` and `bind` refuse every bad serve setting themselves, with the one line `slm serve` prints,
-and `slm serve` refuses it through them before it binds a port or loads a model."""
+"""`ServeSettings`, `ServeConfig` and `bind` refuse every bad serve setting themselves, with the one line `slm serve`
+prints, and `slm serve` (whose options are ServeConfig's fields) refuses it through them before it binds a port or
+loads a model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import slmkit.runtime
 from slmkit.cli.main import main
 from slmkit.errors import SlmError
 from slmkit.serve import ServeSettings, server
+from slmkit.serve.settings import ServeConfig
 from slmkit.serve.server import bind
 
 ORIGIN_RULE = ("--cors-origin must be * or scheme://host[:port] as a browser sends it (lowercase, no path), "
@@ -79,6 +81,26 @@ def test_serve_settings_refuse_every_bad_value_themselves(bad, message):
     assert str(refused.value) == message
 
 
+@pytest.mark.parametrize("bad, message", [case for case in BAD_SETTINGS if "name" not in case[0]],
+                         ids=[repr(bad) for bad, _ in BAD_SETTINGS if "name" not in bad])
+def test_the_serve_config_refuses_them_as_it_is_made(bad, message):
+    with pytest.raises(SlmError) as refused:
+        ServeConfig(**bad)
+    assert str(refused.value) == message
+
+
+def test_the_serve_config_makes_the_settings_it_was_given():
+    config = ServeConfig(api_key="k", max_concurrency=2, max_queue=3, ctx=32, timeout=5, cors_origins=["*"],
+                         host="0.0.0.0", port=0, device="cpu")
+    assert config.serve_settings("tiny") == ServeSettings("tiny", api_key="k", max_concurrency=2, max_queue=3, ctx=32,
+                                                          timeout=5, cors_origins=["*"])
+    assert ServeConfig().serve_settings("tiny") == ServeSettings("tiny")
+    with pytest.raises(SlmError, match=r"^name \(the model id clients send\) must be a non-empty string, got ''$"):
+        config.serve_settings("")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1
+
+
 def test_good_settings_are_kept_as_given_and_cannot_change_after_the_checks():
     assert ServeSettings("tiny") == ServeSettings(name="tiny", api_key=None, max_concurrency=8, max_queue=64, ctx=None,
                                                   timeout=None, cors_origins=[])
@@ -90,6 +112,7 @@ def test_good_settings_are_kept_as_given_and_cannot_change_after_the_checks():
     assert ServeSettings("tiny", timeout=0.25).timeout == 0.25
     with pytest.raises(dataclasses.FrozenInstanceError):
         edge.max_concurrency = 0
+    assert ServeSettings("tiny", cors_origins=["*"]).cors_origins == ("*",)  # a list given is not kept to change
 
 
 @pytest.mark.parametrize("host, port, message", [
@@ -139,23 +162,46 @@ def test_slm_serve_prints_the_settings_line_before_binding_or_loading(nothing_st
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
-def test_slm_serve_hands_its_flags_to_the_library_unchanged(monkeypatch, tmp_path):
+@pytest.fixture
+def served(monkeypatch):
+    """`slm serve` with binding, loading and serving recorded instead of done."""
+    served = {}
+    monkeypatch.setattr(server, "bind", lambda host, port: served.update(bind=(host, port)) or "sock")
+    monkeypatch.setattr(slmkit.runtime, "choose_backend", lambda spec, backend: "torch")
+    monkeypatch.setattr(slmkit.cli.serve, "load_model",
+                        lambda spec, **options: served.update(load=options) or SimpleNamespace(backend="torch"))
+    monkeypatch.setattr(slmkit.api, "serve", lambda lm, settings, **options: served.update(settings=settings))
+    return served
+
+
+def slm_serve(*args):
     from typer.testing import CliRunner
 
     from slmkit.cli.main import app
 
-    served = {}
-    monkeypatch.setattr(server, "bind", lambda host, port: served.update(bind=(host, port)) or "sock")
-    monkeypatch.setattr(slmkit.runtime, "choose_backend", lambda spec, backend: "torch")
-    monkeypatch.setattr(slmkit.cli.serve, "load_model", lambda spec, **options: SimpleNamespace(backend="torch"))
-    monkeypatch.setattr(slmkit.api, "serve", lambda lm, settings, **options: served.update(settings=settings))
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_slm_serve_hands_its_flags_to_the_library_unchanged(served, monkeypatch, tmp_path):
     model = tmp_path / "my-model"
     model.mkdir()
     monkeypatch.chdir(model)
-    result = CliRunner().invoke(app, ["serve", ".", "--host", "0.0.0.0", "--port", "0", "--max-concurrency", "3",
-                                      "--max-queue", "5", "--ctx", "64", "--timeout", "2.5", "--api-key", "k",
-                                      "--cors-origin", "http://localhost:3000"])
-    assert result.exit_code == 0, result.output
+    slm_serve(".", "--host", "0.0.0.0", "--port", "0", "--max-concurrency", "3", "--max-queue", "5", "--ctx", "64",
+              "--timeout", "2.5", "--api-key", "k", "--cors-origin", "http://localhost:3000", "--device", "cpu",
+              "--weights", "int8", "--allow-pickle")
     assert served == {"bind": ("0.0.0.0", 0), "settings": ServeSettings(
         name="my-model", api_key="k", max_concurrency=3, max_queue=5, ctx=64, timeout=2.5,
-        cors_origins=["http://localhost:3000"])}
+        cors_origins=["http://localhost:3000"]), "load": dict(backend="auto", device="cpu", dtype="auto",
+                                                              weights="int8", allow_pickle=True,
+                                                              trust_remote_code=False)}
+
+
+def test_slm_serve_reads_the_key_from_slm_api_key(served, monkeypatch):
+    monkeypatch.setenv("SLM_API_KEY", "from-env")
+    slm_serve("some-model")
+    assert served["settings"] == ServeSettings("some-model", api_key="from-env")
+    slm_serve("some-model", "--api-key", "flag")
+    assert served["settings"].api_key == "flag"  # the flag wins
+    assert "SLM_API_KEY" in slm_serve("--help").stdout

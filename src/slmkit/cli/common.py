@@ -115,16 +115,30 @@ def load_model(spec: str, *, backend: str = "torch", **options):
 
 
 @contextmanager
-def progress_bar(description: str):
-    """Yields a `progress(done, total)` callback drawing a bar on stderr."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
-        task = progress.add_task(description, total=None)
+def progress_bar(description: str, unit: str | None = None):
+    """Yields a `progress(done, total)` callback drawing a bar on stderr; with a `unit` (tokens), its rate too."""
+    import time
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+        task = progress.add_task(description, total=None, rate="")
+        started = time.perf_counter()
 
         def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            elapsed = time.perf_counter() - started
+            rate = f"{done / elapsed:.0f} {unit}/s" if unit and elapsed > 0 else ""
+            progress.update(task, completed=done, total=total, rate=rate)
 
         yield update
+
+
+def print_result(title: str, rows: dict, json_output: bool) -> None:
+    """A command's outcome: a table titled `title`, or JSON."""
+    if json_output:
+        print_json(rows)
+    else:
+        print_table(title, rows)
 
 
 def print_json(data) -> None:

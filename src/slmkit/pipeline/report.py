@@ -234,73 +234,85 @@ def _plots(rows: list[ModelRow], layer_series: dict[str, tuple[str, list[float]]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    drawn = {"pareto": _pareto_plot(plt, rows), "decode": _decode_plot(plt, rows),
+             "layers": _layers_plot(plt, layer_series) if layer_series else None,
+             "loss": _loss_plot(plt, curves) if curves else None}
     plots = {}
-    measured = [r for r in rows if r.values.get("bytes_on_disk") and r.values.get("token_perplexity")]
-    if measured:
-        figure, axes = plt.subplots(figsize=(6.4, 4))
-        for run in sorted({r.run for r in measured}):
-            mine = [r for r in measured if r.run == run]
-            axes.scatter([r.values["bytes_on_disk"] / 1e6 for r in mine],
-                         [r.values["token_perplexity"] for r in mine], label=run or None, zorder=3)
-        for r in measured:
-            axes.annotate(r.name, (r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=8)
-        # The front: models no other model beats on both size and perplexity.
-        front, best = [], float("inf")
-        for size, perplexity in sorted((r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"])
-                                       for r in measured):
-            if perplexity < best:
-                front.append((size, perplexity))
-                best = perplexity
-        axes.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", label="Pareto front", zorder=2)
-        axes.set_xlabel("size on disk (MB)")
-        axes.set_ylabel("perplexity (lower is better)")
-        axes.set_title("Quality vs size")
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
-        plots["pareto"] = _png(figure)
-        plt.close(figure)
-    speeds = [(r.name, r.values["decode_tokens_per_s"]) for r in rows if r.values.get("decode_tokens_per_s")]
-    if speeds:
-        figure, axes = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(speeds)))
-        axes.barh([s[0] for s in speeds][::-1], [s[1] for s in speeds][::-1], color="#4c72b0")
-        for index, (_, value) in enumerate(speeds[::-1]):
-            axes.text(value, index, f" {value:.1f}", va="center", fontsize=8)
-        axes.set_xlim(0, 1.12 * max(value for _, value in speeds))  # room for the longest bar's label
-        axes.set_xlabel("decode tokens/s (higher is better)")
-        axes.set_title("Decode speed")
-        plots["decode"] = _png(figure)
-        plt.close(figure)
-    if layer_series:
-        metrics = sorted({metric for metric, _ in layer_series.values()})
-        figure, axes_list = plt.subplots(len(metrics), 1, figsize=(6.4, 3.2 * len(metrics)), squeeze=False)
-        for axes, metric in zip(axes_list[:, 0], metrics):  # one panel per metric: their scales differ
-            for label, (series_metric, values) in layer_series.items():
-                if series_metric == metric:
-                    axes.plot(range(len(values)), values, marker=".", label=label)
-            axes.set_ylabel(metric)
-            axes.set_title(f"Per-layer {metric}")
-            axes.legend(fontsize=8)
-            axes.grid(alpha=0.3)
-        axes_list[-1, 0].set_xlabel("layer (model order)")
-        figure.tight_layout()
-        plots["layers"] = _png(figure)
-        plt.close(figure)
-    if curves:
-        figure, axes = plt.subplots(figsize=(6.4, 4))
-        for label, curve in curves.items():
-            line, = axes.plot([p[0] for p in curve["train"]], [p[1] for p in curve["train"]], label=f"{label} train")
-            if curve.get("eval"):
-                axes.plot([p[0] for p in curve["eval"]], [p[1] for p in curve["eval"]], "o--", color=line.get_color(),
-                          label=f"{label} eval")
-        axes.set_xlabel("optimizer step")
-        axes.set_ylabel("loss")
-        axes.set_title("Training loss")
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
-        plots["loss"] = _png(figure)
-        plt.close(figure)
+    for name, figure in drawn.items():
+        if figure is not None:
+            plots[name] = _png(figure)
+            plt.close(figure)
     return plots
+
+
+def _label_axes(axes, title: str, xlabel: str, ylabel: str) -> None:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+
+
+def _pareto_plot(plt, rows: list[ModelRow]):
+    measured = [r for r in rows if r.values.get("bytes_on_disk") and r.values.get("token_perplexity")]
+    if not measured:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    for run in sorted({r.run for r in measured}):
+        mine = [r for r in measured if r.run == run]
+        axes.scatter([r.values["bytes_on_disk"] / 1e6 for r in mine],
+                     [r.values["token_perplexity"] for r in mine], label=run or None, zorder=3)
+    for r in measured:
+        axes.annotate(r.name, (r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"]),
+                      textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # The front: models no other model beats on both size and perplexity.
+    front, best = [], float("inf")
+    for size, perplexity in sorted((r.values["bytes_on_disk"] / 1e6, r.values["token_perplexity"])
+                                   for r in measured):
+        if perplexity < best:
+            front.append((size, perplexity))
+            best = perplexity
+    axes.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", label="Pareto front", zorder=2)
+    _label_axes(axes, "Quality vs size", "size on disk (MB)", "perplexity (lower is better)")
+    return figure
+
+
+def _decode_plot(plt, rows: list[ModelRow]):
+    speeds = [(r.name, r.values["decode_tokens_per_s"]) for r in rows if r.values.get("decode_tokens_per_s")]
+    if not speeds:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(speeds)))
+    axes.barh([s[0] for s in speeds][::-1], [s[1] for s in speeds][::-1], color="#4c72b0")
+    for index, (_, value) in enumerate(speeds[::-1]):
+        axes.text(value, index, f" {value:.1f}", va="center", fontsize=8)
+    axes.set_xlim(0, 1.12 * max(value for _, value in speeds))  # room for the longest bar's label
+    axes.set_xlabel("decode tokens/s (higher is better)")
+    axes.set_title("Decode speed")
+    return figure
+
+
+def _layers_plot(plt, layer_series: dict[str, tuple[str, list[float]]]):
+    metrics = sorted({metric for metric, _ in layer_series.values()})
+    figure, axes_list = plt.subplots(len(metrics), 1, figsize=(6.4, 3.2 * len(metrics)), squeeze=False)
+    for axes, metric in zip(axes_list[:, 0], metrics):  # one panel per metric: their scales differ
+        for label, (series_metric, values) in layer_series.items():
+            if series_metric == metric:
+                axes.plot(range(len(values)), values, marker=".", label=label)
+        _label_axes(axes, f"Per-layer {metric}", "", metric)
+    axes_list[-1, 0].set_xlabel("layer (model order)")
+    figure.tight_layout()
+    return figure
+
+
+def _loss_plot(plt, curves: dict[str, dict]):
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    for label, curve in curves.items():
+        line, = axes.plot([p[0] for p in curve["train"]], [p[1] for p in curve["train"]], label=f"{label} train")
+        if curve.get("eval"):
+            axes.plot([p[0] for p in curve["eval"]], [p[1] for p in curve["eval"]], "o--", color=line.get_color(),
+                      label=f"{label} eval")
+    _label_axes(axes, "Training loss", "optimizer step", "loss")
+    return figure
 
 
 def _loss_curves(states: list[tuple[Path, dict]]) -> dict[str, dict]:

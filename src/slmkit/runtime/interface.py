@@ -101,6 +101,7 @@ class Model(Protocol):
     path: Path | None
     config: Any
     context_name: str  # whose limit `context` is, as errors name it: "the model's", "llama.cpp's"
+    decodes_rows_together: bool  # whether `open_batch` runs its rows in one forward pass per step
 
     @property
     def context(self) -> int:
@@ -150,6 +151,7 @@ class RuntimeBase:
     config: Any
     tokenizer: Any
     context_name = "the model's"
+    decodes_rows_together = False  # whether `open_batch` runs its rows in one forward pass per step
 
     def require(self, kind: str, task: str) -> None:
         require_kind(self.spec, kind, self.kind, getattr(self.config, "model_type", None), task)

@@ -189,6 +189,7 @@ class LlamaCppModel(RuntimeBase):
     backend = "llamacpp"
     kind = "causal-lm"
     context_name = "llama.cpp's"  # `context` is the context it was opened with, not only what the model knows
+    decodes_rows_together = True  # one context, a sequence per row
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  logits_all: bool = False):

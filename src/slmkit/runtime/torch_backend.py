@@ -51,6 +51,8 @@ class Decoding:
 class TorchModel(LoadedModel, RuntimeBase):
     """A LoadedModel with the runtime operations (`runtime.interface.Model`)."""
 
+    decodes_rows_together = True  # a causal LM's rows share a padded batch (a seq2seq model's take turns)
+
     weights: str | None = None  # bfloat16 / int8 after `--weights` converted the loaded ones; None: as loaded
     compiled: bool = False  # decode steps run through torch.compile
     int8_checkpoint_layers: int | None = None

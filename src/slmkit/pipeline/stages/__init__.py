@@ -7,7 +7,6 @@ from slmkit.pipeline.stages import synth  # noqa: F401, I001
 from slmkit.pipeline.stages import finetune  # noqa: F401, I001
 from slmkit.pipeline.stages import distill  # noqa: F401, I001
 from slmkit.pipeline.stages import prune  # noqa: F401
-from slmkit.pipeline.stages import structured  # noqa: F401
 from slmkit.pipeline.stages import quantize  # noqa: F401
 from slmkit.pipeline.stages import qat  # noqa: F401
 from slmkit.pipeline.stages import export  # noqa: F401

@@ -1,39 +1,50 @@
-"""The `prune` stage: unstructured or N:M sparsity (magnitude, Wanda, SparseGPT)."""
+"""The `prune` and `structured` stages: PruneSettings (slmkit.verbs.prune) run on the newest model, calibrated
+on the run's --data, else the newest synth stage's answers, else text the model samples itself."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
-from slmkit.pipeline.registry import CalibratedStage, StageContext, StageOutput, known_method, register_stage
-from slmkit.pipeline.stages.model_stage import compress_stage
+from slmkit.pipeline.registry import Stage, StageContext, StageOutput, known_method, register_stage, with_settings
+from slmkit.verbs import prune
+from slmkit.verbs.prune import STRUCTURED_ONLY, PruneSettings
 
 
-class PruneStage(CalibratedStage):
+class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY))):
     stage: Literal["prune"]
-    method: str = "wanda"
-    sparsity: float | None = None
-    pattern: str | None = None
+    config_class: ClassVar[type] = PruneSettings
 
     @field_validator("method")
     @classmethod
-    def _known(cls, method: str) -> str:
+    def _known(cls, method: str | None) -> str | None:
         from slmkit.compress import PRUNE_METHODS
 
-        return known_method(PRUNE_METHODS, method)
+        return method if method is None else known_method(PRUNE_METHODS, method)
+
+    def settings(self) -> PruneSettings:
+        return self.config_class(**self.model_dump(exclude={"stage", "name"}, exclude_none=True),
+                                 structured=self.stage == "structured")
 
     def config(self):
-        from slmkit.compress.prune import prune_config
-
-        return prune_config(self.method, sparsity=self.sparsity, pattern=self.pattern)
+        return self.settings().method_config()
 
 
-def run_prune(stage: PruneStage, context: StageContext) -> StageOutput:
-    import slmkit
+class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sparsity", "pattern", "target_params"})):
+    stage: Literal["structured"]
+    # A number or a size as people write it (100M): wider than the CLI's text.
+    target_params: str | int | None = Field(None, description="Total parameters wanted, e.g. 100M.")
+    config_class: ClassVar[type] = PruneSettings
+    settings = PruneStage.settings
+    config = PruneStage.config
 
-    return compress_stage(context, f"{stage.method} pruning, block", lambda lm, update: slmkit.prune(
-        lm, stage.config(), stage.calibration(context), device="auto", progress=update))
+
+def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageOutput:
+    data = context.data or context.newest_file("synth", "data")
+    result = prune.run(stage.settings(), context.source, context.out, progress=context.progress, data=data)
+    return StageOutput(result.summary, context.out.name)
 
 
 register_stage(PruneStage, run_prune)
+register_stage(StructuredStage, run_prune)
