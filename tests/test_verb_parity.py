@@ -70,18 +70,17 @@ def test_cuda_n_is_refused_by_every_trainer_config_alike(tmp_path):
 
 
 def test_the_quantize_command_resolves_its_device_once(tmp_path, tiny_llama_dir, monkeypatch):
-    import slmkit.models.devices as devices
+    from slmkit.models.devices import resolve_device as real
 
     resolved = []
-    real = devices.resolve_device
 
     def counting(name="auto"):
         if not isinstance(name, torch.device):  # a torch.device is passed on, not resolved again
             resolved.append(name)
         return real(name)
 
-    monkeypatch.setattr(devices, "resolve_device", counting)
-    monkeypatch.setattr(importlib.import_module("slmkit.distill.qat"), "resolve_device", counting)
+    for module in ("slmkit.models.devices", "slmkit.verbs.compress", "slmkit.distill.qat"):
+        monkeypatch.setattr(importlib.import_module(module), "resolve_device", counting)
     qat = ["--method", "qat", "--target", "gguf-q4_0", "--start", "rtn", "--steps", "1", "--batch-size", "2",
            "--calib-samples", "3", "--seq-len", "16"]
     for method in (["--method", "rtn", "--group-size", "32"], qat):
@@ -98,3 +97,44 @@ def test_qat_refuses_cuda_n_given_to_quantize_before_sampling(tiny_llama_dir, mo
     monkeypatch.setattr(calibration, "self_generated", lambda *args, **kwargs: pytest.fail("sampled"))
     with pytest.raises(SlmError, match=r"^--device cuda:1: the trainer takes whole device types"):
         slmkit.quantize(slmkit.load(str(tiny_llama_dir)), QATConfig(**QUICK), device=torch.device("cuda:1"))
+
+
+def captured_settings(monkeypatch, arguments: list[str]):
+    """The QuantizeSettings `slm quantize ...` runs its stage with."""
+    from slmkit.verbs import quantize
+
+    seen = []
+
+    def record(settings, *args, **kwargs):
+        seen.append(settings)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(quantize, "run", record)
+    done = CliRunner().invoke(app, ["quantize", "m", "--out", "never", *arguments])
+    assert done.exit_code == 0 and seen, done.output
+    return seen[0]
+
+
+def test_quantize_and_qat_take_one_schema_from_the_cli_the_library_and_a_recipe(monkeypatch):
+    from slmkit.pipeline.stages.qat import QATStage
+    from slmkit.pipeline.stages.quantize import QuantizeStage
+    from slmkit.verbs.quantize import QuantizeSettings
+
+    assert captured_settings(monkeypatch, []) == QuantizeStage(stage="quantize").settings() == QuantizeSettings()
+    qat = QuantizeSettings(method="qat", target="gguf-q4_0")
+    assert captured_settings(monkeypatch, ["--method", "qat", "--target", "gguf-q4_0"]) == qat
+    assert QATStage(stage="qat").settings() == qat  # the stage's target is the one QAT trains on
+    calibration = qat.calibration().for_method(qat.method_config())  # the stage's sequences where none are given
+    assert (calibration.samples, calibration.seq_len) == (QAT_SAMPLES, QAT_SEQ_LEN)
+    asked = captured_settings(monkeypatch, ["--data", "wiki.txt", "--seq-len", "32", "--sym"])
+    assert (asked.calib.name, asked.calib_seq_len, asked.symmetric) == ("wiki.txt", 32, True)
+
+
+def test_qat_settings_are_refused_by_the_library_and_the_recipe_alike():
+    from slmkit.pipeline.recipe import parse_recipe
+    from slmkit.verbs.quantize import QuantizeSettings
+
+    with pytest.raises(SlmError, match=r"^--steps, --lr, --batch-size and --start are QAT's: use them with --method"):
+        QuantizeSettings(method="gptq", steps=5)
+    with pytest.raises(SlmError, match=r"stages\[0\] \(qat\): QAT holds 1 of its 1 sequences out"):
+        parse_recipe("name: x\nstages:\n  - stage: qat\n    calib_samples: 1\n", "r.yaml")  # before the run

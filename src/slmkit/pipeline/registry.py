@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -21,9 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmkit.models.checkpoint import atomic_directory, write_atomic
 from slmkit.schema import stage_fields
-
-# A progress factory: `with progress(description) as update: update(done, total)`.
-ProgressFactory = Callable[[str], AbstractContextManager]
+from slmkit.verbs import ProgressFactory
 
 
 @dataclass
@@ -93,22 +90,6 @@ def known_method(methods: dict, method: str) -> str:
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
     return method
-
-
-class CalibratedStage(Stage):
-    calib_samples: int | None = Field(None, description="Sequences [default: 128 windows of data; without data, "
-                                      "the data-free default].")
-    calib_seq_len: int | None = Field(None, description="Tokens per sequence [default: 512 with data; without, "
-                                      "the data-free default].")
-    seed: int = 0
-
-    def calibration(self, context: StageContext):
-        """Calibration text: the run's --data, else the newest synth stage's answers (the domain the model is
-        made for), else none (the model writes its own)."""
-        from slmkit.api import Calibration
-
-        data = context.data or context.newest_file("synth", "data")
-        return Calibration(data, samples=self.calib_samples, seq_len=self.calib_seq_len, seed=self.seed)
 
 
 class MeasureStage(Stage):

@@ -96,7 +96,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
     with claimed(directory):  # a second `slm run` into this directory would redo its stages alongside
         run = Run(directory, recipe, model, data, recipe_path)
         run.remove_leftovers()
-        progress = progress or (lambda description: nullcontext(lambda done, total: None))
+        progress = progress or (lambda description, unit=None: nullcontext(lambda done, total: None))
         models = [RunModel("original", model, "original")]
         for index, stage in enumerate(recipe.stages):
             name = recipe.stage_dir(index)

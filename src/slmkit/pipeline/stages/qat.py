@@ -1,6 +1,7 @@
 """The `qat` stage: the newest model trained onto q4_0's grid against its own float distributions (distill.qat),
 saved as compressed-tensors that `export` with quant q4_0 writes bit for bit. Its sequences are the run's
---data (or the newest synth stage's answers), else text the model samples itself.
+--data (or the newest synth stage's answers), else text the model samples itself; QATConfig's count and length
+where none are given.
 
     - stage: qat
       steps: 200
@@ -10,40 +11,32 @@ saved as compressed-tensors that `export` with quant q4_0 writes bit for bit. It
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
-from slmkit.pipeline.registry import CalibratedStage, StageContext, StageOutput, register_stage
+from pydantic import Field
+
+from slmkit.models.checkpoint import read_manifest
+from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
+from slmkit.pipeline.stages.quantize import QuantizeSettingsStage, run_quantize
+from slmkit.verbs.quantize import GRID, QuantizeSettings
+
+ONE_SHOT_ONLY = {"method", "act_order", "fake_quant"}
 
 
-class QATStage(CalibratedStage):
-    """QATConfig's training settings; one left out takes QATConfig's default (kept there only)."""
+class QATStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(GRID) | ONE_SHOT_ONLY)):
+    """QuantizeSettings' QAT training and calibration settings; one left out takes QATConfig's default."""
 
     stage: Literal["qat"]
-    calib_samples: int = QAT_SAMPLES
-    calib_seq_len: int = QAT_SEQ_LEN
-    target: Literal["gguf-q4_0"] = "gguf-q4_0"
-    start: str | None = None
-    steps: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-
-    def config(self):
-        from slmkit.distill.qat import qat_config
-
-        return qat_config(bits=None, group_size=None, symmetric=None, target=self.target, observer=None,
-                          start=self.start, steps=self.steps, lr=self.lr, batch_size=self.batch_size)
+    # The one grid QAT trains on: the stage names it for the recipe (the CLI asks for --target).
+    target: Literal["gguf-q4_0"] = Field("gguf-q4_0", description="The GGUF type whose grid it trains on.")
+    fixed: ClassVar[dict] = {"method": "qat"}
 
 
 def run_qat(stage: QATStage, context: StageContext) -> StageOutput:
-    import slmkit
-
-    config = stage.config()
-    lm = slmkit.load(context.source, device="cpu", dtype="float32")
-    with context.progress("QAT on q4_0's grid, step") as update:
-        result = slmkit.quantize(lm, config, stage.calibration(context), target=stage.target, progress=update)
-    slmkit.save(lm, context.out, result=result, parent=context.source)
-    return StageOutput({**result.summary, "loss_curve": result.config["loss_curve"]}, context.out.name)
+    output = run_quantize(stage, context)
+    # run.json keeps the training curve for the report's plot; the command prints only the numbers.
+    output.result["loss_curve"] = read_manifest(context.out)["config"]["loss_curve"]
+    return output
 
 
 register_stage(QATStage, run_qat)

@@ -1,50 +1,51 @@
-"""The `quantize` stage: RTN, GPTQ or AWQ, saved as compressed-tensors (or float values on the grid)."""
+"""The `quantize` stage: RTN, GPTQ or AWQ, saved as compressed-tensors (or float values on the grid). Its
+settings are QuantizeSettings' (slmkit.verbs.quantize) bar QAT's, which the `qat` stage takes; both run the same
+stage on the newest model."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import field_validator
 
-from slmkit.pipeline.registry import CalibratedStage, StageContext, StageOutput, known_method, register_stage
-from slmkit.pipeline.stages.model_stage import compress_stage
+from slmkit.pipeline.registry import Stage, StageContext, StageOutput, known_method, register_stage, with_settings
+from slmkit.verbs import quantize
+from slmkit.verbs.quantize import QAT_ONLY, QuantizeSettings
 
 
-class QuantizeStage(CalibratedStage):
+class QuantizeSettingsStage(Stage):
+    """What the quantize and qat stages share: their settings, checked, and the text they calibrate on."""
+
+    config_class: ClassVar[type] = QuantizeSettings
+    fixed: ClassVar[dict] = {}  # settings the stage sets itself (the qat stage's method)
+
+    def settings(self) -> QuantizeSettings:
+        return self.config_class(**self.model_dump(exclude={"stage", "name"}, exclude_none=True), **self.fixed)
+
+    def config(self):
+        return self.settings().method_config()
+
+    def calibration(self, context: StageContext):
+        """Calibration text: the run's --data, else the newest synth stage's answers (the domain the model is
+        made for), else none (the model writes its own)."""
+        return self.settings().calibration(context.data or context.newest_file("synth", "data"))
+
+
+class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(QAT_ONLY))):
     stage: Literal["quantize"]
-    method: str = "gptq"
-    bits: int | None = None
-    group_size: int | None = None
-    symmetric: bool | None = None
-    target: str | None = None
-    act_order: bool = False
-    observer: str | None = None
-    fake_quant: bool = False
 
     @field_validator("method")
     @classmethod
-    def _known(cls, method: str) -> str:
+    def _known(cls, method: str | None) -> str | None:
         from slmkit.compress import QUANT_METHODS
 
-        return known_method(QUANT_METHODS, method)
-
-    def config(self):
-        from slmkit.compress.formats import check_compressed_tensors
-        from slmkit.compress.quantize import quant_config
-
-        config = quant_config(self.method, bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
-                              target=self.target, act_order=self.act_order, observer=self.observer)
-        if not self.fake_quant:
-            check_compressed_tensors(config)
-        return config
+        return method if method is None else known_method(QUANT_METHODS, method)
 
 
-def run_quantize(stage: QuantizeStage, context: StageContext) -> StageOutput:
-    import slmkit
-
-    return compress_stage(context, f"{stage.method} quantization, block", lambda lm, update: slmkit.quantize(
-        lm, stage.config(), stage.calibration(context), fake_quant=stage.fake_quant, target=stage.target,
-        device="auto", progress=update))
+def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageOutput:
+    result = quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
+                          data=stage.calibration(context).data)
+    return StageOutput(result.summary, context.out.name)
 
 
 register_stage(QuantizeStage, run_quantize)

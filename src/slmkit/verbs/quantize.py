@@ -1,0 +1,95 @@
+"""`quantize`: weight-only integer quantization (RTN, GPTQ, AWQ), or QAT (trained onto q4_0's grid against the
+float model). One settings class for `slm quantize`, the `quantize` and `qat` recipe stages and `slmkit.quantize`'s
+method config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.schema import setting
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN, CalibrationSettings, ComputeSettings, OpenSettings
+from slmkit.targets import GGUF_TARGETS
+from slmkit.verbs import ProgressFactory, StageResult
+
+GRID = ("bits", "group_size", "symmetric", "target", "observer")
+QAT_ONLY = ("steps", "lr", "batch_size", "start")
+
+
+@dataclass(kw_only=True)
+class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
+    """How to quantize: `method` on a grid of `bits` and `group_size` (or a GGUF `target`'s); QAT's training."""
+
+    method: str = setting("rtn | gptq | awq | qat (trained on the grid against the float model; needs --target "
+                          "gguf-q4_0)", "gptq")
+    # None: the method's (or the target's) own value, resolved by compress.quantize.resolve_grid.
+    bits: int | None = setting("4 or 8 [default: 4].", None)
+    group_size: int | None = setting("Input columns per scale; 0 = one scale per row. Must divide every layer's "
+                                     "input width [default: 64].", None)
+    symmetric: bool | None = setting("Symmetric (q4_0-style, the default) or with a zero point.", None,
+                                     flag="--sym/--asym")
+    target: str | None = setting("Pick the grid of a GGUF type so `slm export` writes these exact values: "
+                                 + " | ".join(GGUF_TARGETS), None)
+    act_order: bool = setting("GPTQ: quantize columns by decreasing activation size.", False,
+                              flag="--act-order/--no-act-order")
+    observer: str | None = setting("How each group's scale is chosen: minmax (its full range) | mse (searches "
+                                   "clipped ranges for the least error) [default: mse for gptq, else minmax].", None)
+    fake_quant: bool = setting("Save float weights on the grid instead of packed compressed-tensors (quick quality "
+                               "checks).", False, flag=("--fake-quant", "--dry-run"))
+    # None: QATConfig's default (kept there only); given without --method qat, refused.
+    steps: int | None = setting("QAT: optimizer steps [default: 120].", None)
+    lr: float | None = setting("QAT: peak learning rate [default: 5e-5].", None)
+    batch_size: int | None = setting("QAT: sequences per step [default: 4].", None)
+    start: str | None = setting("QAT: the one-shot solution it starts from: gptq | rtn [default: gptq].", None)
+    # CalibrationSettings' three, re-declared for QAT's wording, its defaults and the --data / --seq-len aliases.
+    calib: Path | None = setting("Calibration text (QAT: training text; any file `slm eval` reads); default: text "
+                                 "sampled from the model itself.", None, flag=("--calib", "--data"), recipe=False)
+    calib_samples: int | None = setting("Calibration (QAT: training) sequences [default: 128 windows of --calib; "
+                                        "without it, the data-free default the README gives; QAT: "
+                                        f"{QAT_SAMPLES}].", None)
+    calib_seq_len: int | None = setting("Tokens per calibration (QAT: training) sequence [default: 512 with --calib; "
+                                        f"without it, the data-free default; QAT: {QAT_SEQ_LEN}].", None,
+                                        flag=("--calib-seq-len", "--seq-len"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method != "qat" and any(getattr(self, name) is not None for name in QAT_ONLY):
+            raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
+
+    def method_config(self):
+        """The config `slmkit.quantize` takes, checked: everything that can fail before the model is loaded."""
+        grid = {name: getattr(self, name) for name in GRID}
+        if self.method == "qat":
+            from slmkit.distill.qat import qat_config
+
+            config = qat_config(**grid, **{name: getattr(self, name) for name in QAT_ONLY}, device=self.device)
+            # Too few sequences to hold some out: refused before they are read or sampled. The count does not
+            # depend on the text (QAT's own, or the one asked for).
+            config.held_out_count(self.calibration().for_method(config).samples)
+        else:
+            from slmkit.compress.quantize import quant_config
+
+            config = quant_config(self.method, **grid, act_order=self.act_order)
+        if not self.fake_quant:
+            from slmkit.compress.formats import check_compressed_tensors
+
+            check_compressed_tensors(config)
+        return config
+
+
+def run(settings: QuantizeSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
+        data: str | Path | None = None) -> StageResult:
+    """Quantize `model` and save the result in `out`. `data`: the calibration (QAT: training) text when
+    `settings.calib` is unset."""
+    import slmkit
+    from slmkit.verbs.compress import compress
+
+    config = settings.method_config()
+    description = ("QAT on q4_0's grid, step" if settings.method == "qat"
+                   else f"{settings.method} w{config.bits} quantization, block")
+    return compress(settings, model, out, config, progress=progress, force=force, data=data,
+                    method=lambda lm, calibration, device, update: slmkit.quantize(
+                        lm, config, calibration, fake_quant=settings.fake_quant, target=settings.target,
+                        device=device, progress=update),
+                    description=description)
