@@ -240,3 +240,24 @@ def test_length_errors(tmp_path, tiny_tokenizer):
     bad = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "a", "completion": 3}])
     with pytest.raises(DataError, match=r"n\.jsonl: record 1: 'completion' must be a string, got int"):
         training_data("completion", bad, tiny_tokenizer, max_length=8)
+
+
+def test_each_task_is_one_record_that_every_task_list_reads():
+    from slmkit.data import training
+    from slmkit.data.loaders import SCHEMA_TASKS
+    from slmkit.data.tasks import TASKS
+    from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS
+    from slmkit.finetune.config import TASKS as FINETUNE_TASKS
+    from slmkit.models.kinds import KINDS
+    from slmkit.train.metrics import METRICS
+
+    for name, task in TASKS.items():
+        assert callable(getattr(training, task.examples)) and callable(getattr(training, task.collator)), name
+        assert task.kind in task.accepts and set(task.accepts) <= set(KINDS) and task.metric in METRICS, name
+    assert SCHEMA_TASKS == {task.schema: name for name, task in TASKS.items() if task.schema is not None}
+    assert FINETUNE_TASKS == ("chat", "completion", "text", "classification", "seq2seq")
+    assert DISTILL_TASKS == ("chat", "completion", "text", "classification")
+    assert ON_POLICY_TASKS == ("chat", "completion")
+    with pytest.raises(DataError, match="unknown task 'poetry'; expected one of chat, completion, text, "
+                                        "classification, seq2seq"):
+        collator("poetry", None)

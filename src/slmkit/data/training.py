@@ -1,4 +1,5 @@
-"""Training examples for `slm finetune`: token ids with loss labels per task, packing, and batch collators.
+"""Training examples for `slm finetune`: token ids with loss labels per task (data.tasks names each task's
+builder and collator here), packing, and batch collators.
 
 chat            `messages` JSONL; the loss covers the assistant turns only, their end-of-turn markers included
 completion      `prompt`/`completion` JSONL; the loss covers the completion and eos only
@@ -32,11 +33,9 @@ from jinja2 import TemplateError
 from slmkit.data.chat import chat_ids, literal_tokenizer
 from slmkit.data.loaders import (JSONL_SCHEMAS, JSONL_SUFFIXES, SCHEMA_TASKS, _check_file, _read, jsonl_schema,
                                  load_labeled, read_jsonl)
+from slmkit.data.tasks import TASKS, Task
 from slmkit.errors import DataError, first_line
 
-TRAIN_TASKS = ("chat", "completion", "text", "classification", "seq2seq")
-LM_TASKS = ("chat", "completion", "text")  # causal-LM examples: input_ids and labels, packable
-TASK_SCHEMAS = {task: schema for schema, task in SCHEMA_TASKS.items()}
 CHAT_ROLES = ("system", "user", "assistant")
 IGNORE = -100  # the label transformers' loss skips: no loss on this token
 
@@ -59,16 +58,15 @@ def training_data(task: str, path: str | Path, tokenizer, *, max_length: int,
     label_names (classification): the training file's labels, given when building evaluation data so the
     class ids agree; None: the file's own labels, sorted so the id mapping is reproducible.
     """
-    if task not in TRAIN_TASKS:
-        raise DataError(f"unknown task {task!r}; expected one of {', '.join(TRAIN_TASKS)}")
+    spec = _task(task)
     _check_max_length(max_length)
     path = _check_file(path)
-    if task == "classification":
-        return _classification_data(path, tokenizer, max_length, label_names)
-    build = {"chat": _chat_examples, "completion": _completion_examples, "text": _text_examples,
-             "seq2seq": _seq2seq_examples}[task]
-    examples, records = build(path, tokenizer, max_length)
-    return TrainingData(task, examples, None, records, _token_count(examples))
+    names = None
+    if spec.classes:
+        names = tuple(label_names) if label_names is not None else _label_names_of(path, load_labeled(path))
+    # Every builder takes the label names; a `classes` task's alone reads them.
+    examples, records = _function(spec.examples)(path, tokenizer, max_length, names)
+    return TrainingData(task, examples, names, records, _token_count(examples))
 
 
 def pack(examples: list[dict], max_length: int) -> list[dict]:
@@ -85,20 +83,7 @@ def pack(examples: list[dict], max_length: int) -> list[dict]:
 def collator(task: str, tokenizer, *, packing: bool = False):
     """The batch collator for `task`'s examples. packing: padding-free batches (one flat row with per-document
     position_ids, no attention_mask) for LM examples, packed by `pack` or not."""
-    if task in LM_TASKS:
-        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-        lm_collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id(tokenizer), padding_free=packing)
-        return _CachelessBatches(lm_collator) if packing else lm_collator
-    if task == "classification":
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(tokenizer=_padding_tokenizer(tokenizer))
-    if task == "seq2seq":
-        from transformers import DataCollatorForSeq2Seq
-
-        return DataCollatorForSeq2Seq(tokenizer=_padding_tokenizer(tokenizer), label_pad_token_id=IGNORE)
-    raise DataError(f"unknown task {task!r}; expected one of {', '.join(TRAIN_TASKS)}")
+    return _function(_task(task).collator)(tokenizer, packing)
 
 
 def pad_token_id(tokenizer) -> int:
@@ -136,7 +121,7 @@ def _checked_conversation(path: Path, n: int, messages) -> list[dict]:
     return messages
 
 
-def _chat_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict], int]:
+def chat_examples(path: Path, tokenizer, max_length: int, label_names=None) -> tuple[list[dict], int]:
     if tokenizer.chat_template is None:
         raise DataError("the model has no chat template, so chat records cannot be rendered; "
                         "train on prompt/completion records with --task completion")
@@ -215,7 +200,7 @@ def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
 
 # --- completion and text ------------------------------------------------------------------------------------
 
-def _completion_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict], int]:
+def completion_examples(path: Path, tokenizer, max_length: int, label_names=None) -> tuple[list[dict], int]:
     records = _jsonl_records(path, "completion")
     prompts = [_string(path, n, record, "prompt") for n, record in enumerate(records, start=1)]
     completions = [_string(path, n, record, "completion") for n, record in enumerate(records, start=1)]
@@ -231,7 +216,7 @@ def _completion_examples(path: Path, tokenizer, max_length: int) -> tuple[list[d
     return examples, len(records)
 
 
-def _text_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict], int]:
+def text_examples(path: Path, tokenizer, max_length: int, label_names=None) -> tuple[list[dict], int]:
     documents = _documents(path)
     # verbose=False: a document longer than the model's context is expected here, it is cut into chunks below.
     token_ids = tokenizer(documents, verbose=False)["input_ids"]
@@ -268,17 +253,17 @@ def _truncated(path: Path, n: int, input_ids: list[int], labels: list[int], max_
 
 # --- classification and seq2seq -----------------------------------------------------------------------------
 
-def _classification_data(path: Path, tokenizer, max_length: int, label_names) -> TrainingData:
+def classification_examples(path: Path, tokenizer, max_length: int, label_names: tuple[str, ...]
+                            ) -> tuple[list[dict], int]:
     rows = load_labeled(path)
-    names = tuple(label_names) if label_names is not None else _label_names_of(path, rows)
-    class_ids = {name: index for index, name in enumerate(names)}
+    class_ids = {name: index for index, name in enumerate(label_names)}
     for n, (_, label) in enumerate(rows, start=1):
         if label not in class_ids:
             raise DataError(f"{path}: row {n}: label {label!r} is not one of the training labels "
-                            f"({', '.join(names)})")
+                            f"({', '.join(label_names)})")
     encodings = tokenizer([text for text, _ in rows], truncation=True, max_length=max_length)
     examples = [{**example, "labels": class_ids[label]} for example, (_, label) in zip(_rows(encodings), rows)]
-    return TrainingData("classification", examples, names, len(rows), _token_count(examples))
+    return examples, len(rows)
 
 
 def label_names(path: str | Path) -> tuple[str, ...]:
@@ -295,7 +280,7 @@ def _label_names_of(path: Path, rows: list[tuple[str, str]]) -> tuple[str, ...]:
     return names
 
 
-def _seq2seq_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict], int]:
+def seq2seq_examples(path: Path, tokenizer, max_length: int, label_names=None) -> tuple[list[dict], int]:
     records = _jsonl_records(path, "seq2seq")
     inputs = [_string(path, n, record, "input") for n, record in enumerate(records, start=1)]
     targets = [_string(path, n, record, "target") for n, record in enumerate(records, start=1)]
@@ -310,7 +295,43 @@ def _seq2seq_examples(path: Path, tokenizer, max_length: int) -> tuple[list[dict
     return examples, len(records)
 
 
+# --- collators: each takes (tokenizer, packing) -------------------------------------------------------------
+# Each imports its class when called: trl is slow to import, and distill.losses reads this module for IGNORE.
+
+def lm_collator(tokenizer, packing: bool):
+    """Causal-LM batches; packing: padding-free (one flat row with per-document position_ids)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    batches = DataCollatorForLanguageModeling(pad_token_id=pad_token_id(tokenizer), padding_free=packing)
+    return _CachelessBatches(batches) if packing else batches
+
+
+def padding_collator(tokenizer, packing: bool):
+    """Classification batches, padded (a row per example: nothing to pack)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer=_padding_tokenizer(tokenizer))
+
+
+def seq2seq_collator(tokenizer, packing: bool):
+    """Encoder inputs and target labels, each padded (a row per example: nothing to pack)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer=_padding_tokenizer(tokenizer), label_pad_token_id=IGNORE)
+
+
 # --- shared -------------------------------------------------------------------------------------------------
+
+def _task(name: str) -> Task:
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _function(name: str) -> Callable:
+    """This module's function a Task names (data.tasks names them: the CLI reads it without importing this)."""
+    return globals()[name]
+
 
 def _check_max_length(max_length: int) -> None:
     if max_length <= 0:
@@ -319,7 +340,7 @@ def _check_max_length(max_length: int) -> None:
 
 def _jsonl_records(path: Path, task: str) -> list[dict]:
     """The records of a JSONL file, which must be in the schema `task` trains on."""
-    wanted = TASK_SCHEMAS[task]
+    wanted = TASKS[task].schema
     if path.suffix not in JSONL_SUFFIXES:
         raise DataError(f"{path}: --task {task} reads JSONL records with {', '.join(JSONL_SCHEMAS[wanted])}; "
                         f"this is not a {'/'.join(JSONL_SUFFIXES)} file")

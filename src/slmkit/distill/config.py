@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from slmkit.data.tasks import task_names
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
 from slmkit.schema import setting
 
-DISTILL_TASKS = ("chat", "completion", "text", "classification")
-ON_POLICY_TASKS = ("chat", "completion")  # data with prompts for the student to answer
+DISTILL_TASKS = task_names("distill")  # chat, completion, text, classification (data.tasks)
+ON_POLICY_TASKS = task_names("on_policy")  # chat, completion: data with prompts for the student to answer
 LOSSES = ("fkl", "rkl", "jsd", "tvd")  # distill.losses
 HIDDEN_LOSSES = ("mse", "cosine")  # distill.intermediate
 NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses

@@ -1,25 +1,67 @@
 """`slmkit.distill`: train a student on a data file with a teacher's distributions in the loss.
 
-The run is a fine-tune's (finetune.run.train_model: the same checks, resumable checkpoints, LoRA, devices,
-output) with a DistillationTrainer, once the teacher is open and its token ids are checked against the
-student's. The teacher is opened in float32 on the CPU like the student; the trainer moves it beside the
-student on the first batch.
+The run is a fine-tune's (train.lifecycle through finetune.run's FineTuning: the same checks, resumable
+checkpoints, LoRA, devices, output) with a DistillationTrainer, once the teacher is open and its token ids are
+checked against the student's. The teacher is opened in float32 on the CPU like the student; the trainer
+moves it beside the student on the first batch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.data.loaders import infer_task
+from slmkit.data.loaders import infer_task, load_text
+from slmkit.data.tasks import Task
+from slmkit.data.training import pad_token_id
 from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS, DistillConfig
 from slmkit.distill.intermediate import check_attention, resolve_layer_map, without_attention_dropout
 from slmkit.distill.trainer import CacheSettings, DistillationTrainer, Internals, OnPolicy
 from slmkit.distill.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
-from slmkit.finetune.run import TASK_KINDS, FinetuneResult, Teaching, train_model
+from slmkit.finetune.run import FineTuning
+from slmkit.models import loading
 from slmkit.train.base import TrainProgress
+from slmkit.train.lifecycle import FinetuneResult, train_model
 
 PROBE_CHARS = 2000  # of the training text, tokenized by both models to compare their ids
+
+
+class Distillation(FineTuning):
+    """A fine-tune whose trainer learns from `teacher` (a spec): the teacher is read beside the data (`out`
+    must not replace it, a resume must name the same one), and opened once the student is."""
+
+    stage = "distill"
+    tasks = DISTILL_TASKS
+
+    def __init__(self, config: DistillConfig, teacher: str):
+        super().__init__(config)
+        self.teacher = teacher
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.teacher,)
+
+    @property
+    def settings(self) -> dict:
+        return {"teacher": self.teacher}
+
+    def check(self) -> None:
+        if self.config.on_policy_ratio > 0:
+            _check_prompts(self.config)
+
+    def prepare(self, lm, task: Task, labels) -> tuple[type, dict]:
+        config = self.config
+        teacher = _open_teacher(self.teacher, task, labels, config)
+        check_same_vocabulary(teacher.tokenizer, lm.tokenizer, _vocab_size(teacher.model), _vocab_size(lm.model),
+                              [_probe_text(config.data)])
+        cache = None
+        if config.teacher_cache:
+            cache = CacheSettings(config.teacher_cache, config.top_k_logits, self.teacher, teacher.path,
+                                  teacher.tokenizer)
+        return DistillationTrainer, {"teacher": teacher.model, "loss": config.loss,
+                                     "temperature": config.temperature, "alpha_ce": config.alpha_ce,
+                                     "beta": config.beta, "cache": cache, "internals": _internals(lm, teacher, config),
+                                     "on_policy": _on_policy(lm, config)}
 
 
 def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, *,
@@ -29,31 +71,11 @@ def distill(teacher: str, student: str, out: str | Path, config: DistillConfig, 
 
     Example: `slmkit.distill("smollm2-135m-instruct", "out/student", "out/kd", DistillConfig(data="wiki.txt"))`.
     """
-
-    def prepare(lm, task: str, labels) -> tuple[type, dict]:
-        teacher_lm = _open_teacher(teacher, task, labels, config)
-        check_same_vocabulary(teacher_lm.tokenizer, lm.tokenizer, _vocab_size(teacher_lm.model),
-                              _vocab_size(lm.model), [_probe_text(config.data)])
-        cache = None
-        if config.teacher_cache:
-            cache = CacheSettings(config.teacher_cache, config.top_k_logits, teacher, teacher_lm.path,
-                                  teacher_lm.tokenizer)
-        return DistillationTrainer, {"teacher": teacher_lm.model, "loss": config.loss,
-                                     "temperature": config.temperature, "alpha_ce": config.alpha_ce,
-                                     "beta": config.beta, "cache": cache,
-                                     "internals": _internals(lm, teacher_lm, config),
-                                     "on_policy": _on_policy(lm, config)}
-
-    if config.on_policy_ratio > 0:
-        _check_prompts(config)
-    teaching = Teaching("distill", {"teacher": teacher}, prepare, DISTILL_TASKS, models=(teacher,))
-    return train_model(student, out, config, progress=progress, teaching=teaching, force=force)
+    return train_model(student, out, Distillation(config, teacher), progress=progress, force=force)
 
 
-def _open_teacher(spec: str, task: str, labels, config: DistillConfig):
-    from slmkit.models.loading import load
-
-    lm = load(spec, kind=TASK_KINDS[task], dtype="float32", device="cpu", allow_pickle=config.allow_pickle,
+def _open_teacher(spec: str, task: Task, labels, config: DistillConfig):
+    lm = loading.load(spec, kind=task.kind, dtype="float32", device="cpu", allow_pickle=config.allow_pickle,
               trust_remote_code=config.trust_remote_code)
     if lm.tokenizer is None:
         raise SlmError(f"{spec}: the teacher has no tokenizer files; its token ids cannot be checked")
@@ -86,8 +108,6 @@ def _check_prompts(config: DistillConfig) -> None:
 
 
 def _on_policy(student, config: DistillConfig) -> OnPolicy | None:
-    from slmkit.data.training import pad_token_id
-
     if config.on_policy_ratio == 0:
         return None
     return OnPolicy(config.on_policy_ratio, config.on_policy_max_new_tokens, config.on_policy_temperature,
@@ -100,8 +120,6 @@ def _vocab_size(model) -> int:
 
 
 def _probe_text(path: str) -> str:
-    from slmkit.data.loaders import load_text
-
     try:
         return load_text(path)[:PROBE_CHARS]
     except SlmError:  # classification rows and other records: the labels' texts are checked by the probes

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slmkit.data.tasks import task_names
 from slmkit.errors import SlmError
 from slmkit.models.devices import DTYPES, check_trainer_device
 from slmkit.schema import setting
 
-TASKS = ("chat", "completion", "text", "classification", "seq2seq")
+TASKS = task_names()  # data.tasks: chat, completion, text, classification, seq2seq
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slmkit.data.tasks import Task
 from slmkit.errors import SlmError
 from slmkit.models.catalog import lookup
 from slmkit.models.checkpoint import MANIFEST_NAME, atomic_directory, new_manifest
-
-PEFT_TASKS = {"chat": "CAUSAL_LM", "completion": "CAUSAL_LM", "text": "CAUSAL_LM", "classification": "SEQ_CLS",
-              "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 def check_targets(model, targets: list[str]) -> None:
@@ -26,7 +24,7 @@ def check_targets(model, targets: list[str]) -> None:
                        f"has that name; it has {', '.join(sorted(linear))} (or use all-linear)")
 
 
-def add_lora(model, task: str, config):
+def add_lora(model, task: Task, config):
     """`model` wrapped by peft with LoRA adapters on the configured targets (the new head of a classifier
     trains in full: peft's SEQ_CLS task keeps it in `modules_to_save`)."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -35,7 +33,7 @@ def add_lora(model, task: str, config):
     if isinstance(targets, list):
         check_targets(model, targets)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type=getattr(TaskType, PEFT_TASKS[task]))
+                      target_modules=targets, task_type=getattr(TaskType, task.peft_task))
     return get_peft_model(model, lora)
 
 

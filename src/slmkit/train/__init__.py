@@ -1,4 +1,5 @@
-"""The training base: transformers' Trainer with atomic checkpoints, a NaN guard and SIGTERM handling."""
+"""Training: transformers' Trainer with atomic checkpoints, a NaN guard and SIGTERM handling (base), the life
+cycle of a run on a data file that fine-tuning and distillation share (lifecycle), and its metrics."""
 
 from slmkit.train.base import SlmTrainer, TrainingError, TrainProgress, loss_curve
 
