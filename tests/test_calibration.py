@@ -85,11 +85,11 @@ def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path,
 
 
 def test_calibration_defaults_and_the_cache_switch():
-    from slmkit.cli.common import calibration_options
     from slmkit.settings import DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN
+    from slmkit.verbs.prune import PruneSettings
 
     assert (slmkit.Calibration("wiki.txt").samples, slmkit.Calibration("wiki.txt").seq_len) == (128, 512)
     assert (slmkit.Calibration().samples, slmkit.Calibration().seq_len) == (DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN)
-    assert calibration_options(None, 8, None, 0, "off").cache is False
+    assert slmkit.Calibration.from_settings(PruneSettings(calib_samples=8, calib_cache="off")).cache is False
     with pytest.raises(slmkit.SlmError, match="--calib-cache maybe: choose on or off"):
-        calibration_options(None, None, None, 0, "maybe")
+        PruneSettings(calib_cache="maybe")

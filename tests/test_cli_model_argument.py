@@ -1,9 +1,13 @@
-"""`slm generate [MODEL] PROMPT` and `slm chat [MODEL]`: the model first, as in every verb; -m kept as an alias."""
+"""`slm generate [MODEL] PROMPT`, `slm chat [MODEL]` and `slm synth [TEACHER]`: the model first, as in every verb;
+-m and -t kept as aliases."""
+
+import json
 
 import pytest
 from typer.testing import CliRunner
 
 import slmkit.cli.generate
+import slmkit.cli.synth
 from slmkit.cli.main import app, main
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -21,7 +25,8 @@ def loaded(monkeypatch, tiny_llama_dir):
         specs.append(spec)
         return real_load(str(tiny_llama_dir), **options)
 
-    monkeypatch.setattr(slmkit.cli.generate, "load_model", load_tiny)
+    for command in (slmkit.cli.generate, slmkit.cli.synth):
+        monkeypatch.setattr(command, "load_model", load_tiny)
     return specs
 
 
@@ -65,10 +70,25 @@ def test_chat_takes_the_model_first_or_with_m(loaded, tiny_llama_dir):
     assert loaded == [str(tiny_llama_dir), str(tiny_llama_dir), DEFAULT_MODEL]
 
 
+def test_synth_takes_the_teacher_first_or_with_t(loaded, tiny_llama_dir, tmp_path):
+    (tmp_path / "p.txt").write_text("small models\nwhy test\n")
+    lenient = ["--prompts", tmp_path / "p.txt", "--max-new-tokens", "4", "--keep-unfinished", "--min-words", "0",
+               "--max-repeat-fraction", "1", "--echo-fraction", "1", "--seed", "0", "--json"]
+    written = []
+    for index, teacher in enumerate([[tiny_llama_dir], ["-t", tiny_llama_dir], ["--teacher", tiny_llama_dir], []]):
+        stats = json.loads(slm("synth", *teacher, "--out", tmp_path / f"{index}.jsonl", *lenient))
+        assert stats["generated"] == 2
+        written.append([json.loads(line)["messages"] for line in (tmp_path / f"{index}.jsonl").open()])
+    assert written[1:] == written[:1] * 3
+    assert loaded == [str(tiny_llama_dir)] * 3 + [DEFAULT_MODEL]
+
+
 def test_a_model_given_twice_or_two_prompts_are_refused_before_loading(loaded):
     for command in (["generate", "./a", "hi", "-m", "./b"], ["chat", "./a", "--model", "./b"]):
         assert refused(*command) == ("the model is given twice (./a and -m ./b): drop -m/--model, "
                                      "the first argument names the model")
+    assert refused("synth", "./a", "-t", "./b", "--prompts", "p.txt", "--out", "d.jsonl") == (
+        "the teacher is given twice (./a and -t ./b): drop -t/--teacher, the first argument names the teacher")
     assert refused("generate", "./a", "hello", "world") == ("slm generate takes [MODEL] PROMPT, got 3 arguments: "
                                                             "quote a prompt that has spaces")
     assert loaded == []

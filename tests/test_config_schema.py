@@ -62,6 +62,39 @@ def test_cli_library_and_recipe_defaults_are_one(verb, config_class, stage_class
     assert offered == {field.name for field in dataclasses.fields(config_class)}
 
 
+# Every verb with options; `slm generate`/`slm chat` take the sampling settings, `slm run` a recipe.
+VERBS_WITH_OPTIONS = ("prune", "quantize", "student", "finetune", "distill", "synth", "export", "eval", "bench",
+                      "serve", "generate", "chat")
+
+
+def test_every_verb_is_made_from_one_config():
+    """Walks the registered commands and recipe stages: each option is a setting of the verb's config with its
+    default, each setting is offered where its declaration says, and no stage re-declares one."""
+    from slmkit.pipeline.registry import STAGES
+
+    commands = typer.main.get_command(app).commands
+    for verb in VERBS_WITH_OPTIONS:
+        config_class = getattr(commands[verb].callback, "config_class", None)
+        assert config_class is not None, f"slm {verb}: options not made from a config"
+        options = {param.name: param for param in commands[verb].params}
+        for field, _ in settings(config_class, "cli"):
+            default = None if field.default is dataclasses.MISSING else field.default
+            assert options[field.name].default == default, (verb, field.name)
+        offered = {field.name for field, _ in settings(config_class, "cli") + settings(config_class, "recipe")}
+        assert offered == {field.name for field in dataclasses.fields(config_class)}, verb
+    by_config = {}
+    for name, kind in STAGES.items():
+        config_class = getattr(kind.schema, "config_class", None)
+        assert config_class is not None, f"recipe stage {name}: fields not made from a config"
+        by_config.setdefault(config_class, set()).update(kind.schema.model_fields)
+        for field, _ in settings(config_class, "recipe"):
+            declared = kind.schema.model_fields.get(field.name)
+            own = kind.schema.stage_defaults.get(field.name, field.default)
+            assert declared is None or declared.default in (None, own), (name, field.name)
+    for config_class, fields in by_config.items():  # a setting left out of one stage is another's (structured)
+        assert {field.name for field, _ in settings(config_class, "recipe")} <= fields, config_class.__name__
+
+
 def test_every_option_reaches_the_config(data, tmp_path, monkeypatch):
     config = captured_config(monkeypatch, "finetune", [
         "m", "--data", data, "--out", str(tmp_path / "o"), "--lora", "--lora-rank", "4", "--eval-fraction", "0.1",
@@ -89,3 +122,14 @@ def test_a_new_setting_is_one_edit():
     schema = ExtendedStage.model_json_schema()["properties"]["warmup_ratio"]
     assert schema["description"] == "Share of the steps the learning rate warms up over."
     assert ExtendedStage(warmup_ratio=0.1).warmup_ratio == 0.1
+
+
+@pytest.mark.parametrize("stage", ["finetune", "distill"])
+def test_a_recipe_training_stage_is_checked_when_it_is_read(stage):
+    """Its settings are refused before any stage runs, although its data may not be written yet."""
+    from slmkit.errors import SlmError
+    from slmkit.pipeline.recipe import parse_recipe
+
+    with pytest.raises(SlmError, match=rf"stages\[0\] \({stage}\): --lora-rank 0: must be at least 1"):
+        parse_recipe(f"name: x\nstages:\n  - stage: {stage}\n    lora_rank: 0\n", "r.yaml")
+    parse_recipe(f"name: x\nstages:\n  - stage: {stage}\n    data: later.jsonl\n", "r.yaml")  # written later: fine

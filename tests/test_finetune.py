@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama_dir, tiny
     with pytest.raises(SlmError, match="--merge merges a LoRA adapter"):
         FinetuneConfig(data=str(data), merge=True)
     with pytest.raises(SlmError, match="no such file"):
-        FinetuneConfig(data=str(tmp_path / "missing.jsonl"))
+        slmkit.finetune(str(tiny_llama_dir), tmp_path / "ft", FinetuneConfig(data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(SlmError, match="--max-steps 0"):
         FinetuneConfig(data=str(data), max_steps=0)
     with pytest.raises(SlmError, match="--lora-targets wq: no linear layer"):

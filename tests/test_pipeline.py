@@ -449,3 +449,14 @@ def test_classifier_recipe_fine_tunes_exports_onnx_and_scores_the_held_back_rows
     markdown, _ = write_report([run_dir])
     assert (run_dir / "report-files" / "loss.png").is_file()
     assert "| finetuned | finetune |" in markdown.read_text()
+
+
+def test_run_directories_made_before_the_stages_took_their_configs_still_resume():
+    """run.json stores the recipe with every default written out (the file holds what slmkit 0.1, commit
+    a5ecc26, stored for each built-in recipe and every stage kind): read with today's stages, each must
+    fingerprint as the same recipe given afresh, or `slm run` would refuse to resume the directory."""
+    from slmkit.pipeline.recipe import validate_recipe
+
+    stored = json.loads((Path(__file__).parent / "recipes_stored_by_0_1.json").read_text())
+    for entry in stored:
+        assert validate_recipe(entry["stored"]).fingerprint() == validate_recipe(entry["recipe"]).fingerprint()

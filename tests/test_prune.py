@@ -6,7 +6,7 @@ from torch import nn
 
 import slmkit
 from slmkit.compress import MagnitudeConfig, SparseGPTConfig, WandaConfig, calibration_ids, prune
-from slmkit.compress.layers import block_lists, linear_layers, weight_matrix
+from slmkit.models.layers import block_lists, linear_layers, weight_matrix
 from slmkit.compress.prune import PRUNERS, MagnitudePruner, n_m_mask, sparsegpt_prune
 from slmkit.compress.runner import run_sequential
 

@@ -8,7 +8,7 @@ import slmkit
 from slmkit.compress import GPTQConfig, RTNConfig, quantize
 from slmkit.compress.grid import fake_quantize, group_params, quantize_codes
 from slmkit.compress.quantize import QUANTIZERS
-from slmkit.compress.layers import block_lists, linear_layers, weight_matrix
+from slmkit.models.layers import block_lists, linear_layers, weight_matrix
 
 from conftest import SAMPLE_TEXT, run_slm, tiny_model
 from test_prune import correlated_inputs

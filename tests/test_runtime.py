@@ -247,7 +247,7 @@ def test_bfloat16_a_tensor_at_a_time_is_the_whole_model_cast(tiny_llama_dir):
 def test_int8_converts_every_linear_layer_of_each_family(model_type):
     from conftest import tiny_model
 
-    from slmkit.compress.layers import is_linear
+    from slmkit.models.layers import is_linear
     from slmkit.runtime.weights import Int8Linear, quantize_int8
 
     reference, model = tiny_model(model_type), tiny_model(model_type)

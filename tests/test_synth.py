@@ -213,11 +213,8 @@ stages:
     assert [row.label for row in collect_rows(run, state, "synth-only")] == ["original"]  # data is not a model
     later = StageContext(run / "02-finetune", [], None, None, list(state["stages"].values()))
     assert later.newest_file("synth", "data") == str(run / "01-synth" / "data.jsonl")
-    from slmkit.pipeline.stages.quantize import QuantizeStage
-
-    quantize = QuantizeStage(stage="quantize", method="rtn")
-    assert quantize.calibration(later).data == str(run / "01-synth" / "data.jsonl")  # the domain's text
-    assert quantize.calibration(StageContext(run / "x", [], "wiki.txt", None, later.earlier)).data == "wiki.txt"
+    assert later.calibration_data() == str(run / "01-synth" / "data.jsonl")  # a later stage calibrates on it
+    assert StageContext(run / "x", [], "wiki.txt", None, later.earlier).calibration_data() == "wiki.txt"
     with pytest.raises(SlmError, match=r"stages\[0\] \(synth\): --n must be >= 1"):
         parse_recipe("name: x\nstages:\n  - stage: synth\n    prompts: p.txt\n    n: 0\n", "r.yaml")
 
@@ -237,3 +234,36 @@ def test_cli_writes_records_and_refuses_a_bad_file(tiny_llama_dir, tmp_path):
         f"error: {tmp_path / 'bad.jsonl'}: record 2: 'prompt' is not a non-empty string; each line needs "
         '{"prompt": "..."}']
     assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_the_cli_and_the_recipe_stage_make_one_synth_config(tmp_path, monkeypatch):
+    """SynthSettings is both: the same flags and recipe keys give the same SynthConfig; the stage seeds with 0."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from slmkit.cli.main import app
+    from slmkit.pipeline.stages.synth import SAMPLE_PROMPTS, SynthStage
+    from slmkit.synth import SynthSettings
+
+    seen = []
+
+    def handed_over(lm, prompts, out, config, **_):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module("slmkit.cli.synth"), "load_model",
+                        lambda spec, **options: seen.append(options))
+    monkeypatch.setattr(importlib.import_module("slmkit.synth.generate"), "synth", handed_over)
+    (tmp_path / "p.txt").write_text("q\n")
+    flags = ["--n", "2", "--temperature", "0.2", "--top-k", "5", "--min-words", "1", "--keep-unfinished",
+             "--num-perm", "64", "--weights", "int8"]
+    result = CliRunner().invoke(app, ["synth", "t", "--prompts", str(tmp_path / "p.txt"), "--out",
+                                      str(tmp_path / "d.jsonl"), *flags])
+    expected = SynthConfig(n=2, sampling=SamplingConfig(temperature=0.2, top_k=5),
+                           filters=FilterConfig(min_words=1, keep_unfinished=True, num_perm=64))
+    assert result.exit_code == 0 and seen[0]["weights"] == "int8" and seen[1] == expected, result.output
+    stage = SynthStage(stage="synth", n=2, temperature=0.2, top_k=5, min_words=1, keep_unfinished=True, num_perm=64)
+    assert stage.config() == SynthConfig(n=2, sampling=SamplingConfig(temperature=0.2, top_k=5, seed=0),
+                                         filters=expected.filters)
+    assert SynthStage(stage="synth").settings() == SynthSettings(prompts=SAMPLE_PROMPTS, seed=0)

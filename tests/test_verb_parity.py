@@ -3,6 +3,7 @@ once (issue 29)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 
@@ -12,10 +13,11 @@ from typer.testing import CliRunner
 
 import slmkit
 from slmkit.cli.main import app
-from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.compress.calibration import Calibration
 from slmkit.distill.qat import QATConfig
 from slmkit.errors import SlmError
 from slmkit.finetune.config import FinetuneConfig
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 
 QUICK = dict(start="rtn", steps=1, batch_size=2, device="cpu")
 
@@ -123,9 +125,12 @@ def test_quantize_and_qat_take_one_schema_from_the_cli_the_library_and_a_recipe(
     assert captured_settings(monkeypatch, []) == QuantizeStage(stage="quantize").settings() == QuantizeSettings()
     qat = QuantizeSettings(method="qat", target="gguf-q4_0")
     assert captured_settings(monkeypatch, ["--method", "qat", "--target", "gguf-q4_0"]) == qat
-    assert QATStage(stage="qat").settings() == qat  # the stage's target is the one QAT trains on
-    calibration = qat.calibration().for_method(qat.method_config())  # the stage's sequences where none are given
-    assert (calibration.samples, calibration.seq_len) == (QAT_SAMPLES, QAT_SEQ_LEN)
+    # The stage's target is the one QAT trains on, and it writes QAT's sequence shape out (as run.json always had it)
+    stage = QATStage(stage="qat").settings()
+    assert stage == dataclasses.replace(qat, calib_samples=QAT_SAMPLES, calib_seq_len=QAT_SEQ_LEN)
+    for settings in (qat, stage):  # the same sequences from the command and the recipe
+        calibration = Calibration.from_settings(settings).for_method(settings.method_config())
+        assert (calibration.samples, calibration.seq_len) == (QAT_SAMPLES, QAT_SEQ_LEN)
     asked = captured_settings(monkeypatch, ["--data", "wiki.txt", "--seq-len", "32", "--sym"])
     assert (asked.calib.name, asked.calib_seq_len, asked.symmetric) == ("wiki.txt", 32, True)
 

@@ -14,9 +14,10 @@ __version__ = "0.1.0"
 
 _VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "generate", "serve", "finetune", "synth",
           "student", "distill")
-_CONFIGS = {"Calibration": "slmkit.settings", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.api",
-            "OnnxConfig": "slmkit.api", "EvalConfig": "slmkit.api", "BenchConfig": "slmkit.api",
-            "SamplingConfig": "slmkit.runtime", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
+_CONFIGS = {"Calibration": "slmkit.compress.calibration", "CompressResult": "slmkit.api", "GGUFConfig": "slmkit.export.config",
+            "OnnxConfig": "slmkit.export.config", "EvalConfig": "slmkit.evaluate.config",
+            "BenchConfig": "slmkit.evaluate.config",
+            "SamplingConfig": "slmkit.sampling", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",
             "AWQConfig": "slmkit.compress", "QATConfig": "slmkit.distill.qat",
             "StructuredConfig": "slmkit.compress.structured",

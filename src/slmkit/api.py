@@ -13,16 +13,18 @@ printing. A typical session:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
 
 from slmkit.errors import SlmError
+from slmkit.evaluate.config import BenchConfig, EvalConfig
+from slmkit.export.config import ExportSettings, GGUFConfig, OnnxConfig
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.loading import LoadedModel
-from slmkit.settings import Calibration
+from slmkit.compress.calibration import Calibration
 
 Progress = Callable[[int, int], None] | None
 
@@ -228,23 +230,6 @@ def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str |
     return CompressResult("quantize", settings, metrics, summary, seed, config, params, fake_quant)
 
 
-@dataclass
-class GGUFConfig:
-    """A GGUF file for llama.cpp / Ollama, with an Ollama Modelfile beside it.
-
-    Args:
-        quant: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0. A checkpoint quantized with
-            `target="gguf-q4_0"` (or q8_0) keeps its calibrated values exactly with the matching quant.
-    """
-
-    quant: str = "f16"
-
-
-@dataclass
-class OnnxConfig:
-    """An ONNX directory (model.onnx, config, tokenizer) for onnxruntime: encoders and classifiers."""
-
-
 class ExportResult(TypedDict, total=False):
     """What `export` wrote. GGUF: quant, architecture, tensors, calibrated_exact_layers (kept bit for bit),
     calibrated_requantized_layers, modelfile; ONNX: kind, inputs, output, opset."""
@@ -264,13 +249,15 @@ class ExportResult(TypedDict, total=False):
     opset: int
 
 
-def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | None = None, *,
+def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings | None = None, *,
            force: bool = False) -> ExportResult:
     """Write a loaded model for another runtime; returns what was written (path, size, ...).
 
     Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0"))`.
     """
     config = config or GGUFConfig()
+    if isinstance(config, ExportSettings):  # `slm export`'s settings: the config they name
+        config = config.export_config()
     out = Path(out)
     if isinstance(config, OnnxConfig):
         from slmkit.export import export_onnx
@@ -292,18 +279,6 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | None = None, *
             "calibrated_exact_layers": len(written.exact_layers),
             "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
             "run_with": f"slm chat {written.path}"}
-
-
-@dataclass
-class EvalConfig:
-    """What `evaluate` measures. task: perplexity | choice | lambada | classification (default: inferred
-    from the file); max_length/stride: perplexity windows; limit: the first N windows or examples."""
-
-    task: str | None = None
-    max_length: int | None = None
-    stride: int | None = None
-    limit: int | None = None
-    batch_size: int | None = None
 
 
 class EvalResult(TypedDict, total=False):
@@ -332,17 +307,7 @@ def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress
     """
     from slmkit.evaluate import evaluate as run_evaluation
 
-    return run_evaluation(lm, data, **asdict(config or EvalConfig()), progress=progress)
-
-
-@dataclass
-class BenchConfig:
-    """llama-bench's shape: prefill of `prompt_tokens`, `gen_tokens` decode steps, median of `repeats`."""
-
-    prompt_tokens: int = 512
-    gen_tokens: int = 128
-    repeats: int = 3
-    seed: int = 0
+    return run_evaluation(lm, data, **(config or EvalConfig()).options(), progress=progress)
 
 
 class BenchResult(TypedDict):
@@ -372,7 +337,7 @@ def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -
     """
     from slmkit.evaluate.bench import bench as run_bench
 
-    return run_bench(lm, **asdict(config or BenchConfig()), progress=progress)
+    return run_bench(lm, **(config or BenchConfig()).options(), progress=progress)
 
 
 def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator[str]:

@@ -35,10 +35,20 @@ def settings(config_class: type, where: str) -> list[tuple[dataclasses.Field, ty
     return [(field, hints[field.name]) for field in ordered if "help" in field.metadata and field.metadata[where]]
 
 
-def stage_fields(config_class: type, exclude: set[str] = frozenset()) -> dict[str, tuple]:
-    """pydantic `create_model` fields of a recipe stage that fills `config_class`: every setting optional, None
-    meaning the config's own default (which is kept in the config only)."""
+def stage_fields(config_class: type, exclude: set[str] = frozenset(), *, written_out: bool = False,
+                 own_defaults: dict | None = None) -> dict[str, tuple]:
+    """pydantic `create_model` fields of a recipe stage that fills `config_class`. Each setting defaults to None,
+    meaning the config's own default, or with `written_out` to the config's default itself (a run directory
+    stores its recipe with every default written out, so a stage keeps the defaults it had, or no run made
+    before would resume); `own_defaults`: the stage's own default of a setting."""
     from pydantic import Field
 
-    return {field.name: (kind | None, Field(None, description=field.metadata["help"]))
-            for field, kind in settings(config_class, "recipe") if field.name not in exclude}
+    own_defaults = own_defaults or {}
+    fields = {}
+    for field, kind in settings(config_class, "recipe"):
+        if field.name in exclude:
+            continue
+        default = own_defaults.get(field.name, field.default if written_out else None)
+        optional = kind if written_out and default is not None else kind | None
+        fields[field.name] = (optional, Field(default, description=field.metadata["help"]))
+    return fields

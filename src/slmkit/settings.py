@@ -4,7 +4,7 @@ is declared once for every command and recipe stage that offers it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit.errors import SlmError
@@ -19,62 +19,6 @@ DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN = 32, 256
 # QAT's training sequences x tokens when none are asked for (with --calib text or without): more than a one-shot
 # calibration reads, few enough that a model sampling its own on llama.cpp takes a couple of minutes.
 QAT_SAMPLES, QAT_SEQ_LEN = 64, 256
-
-
-@dataclass
-class Calibration:
-    """Which text calibrates a method that reads activations (Wanda, SparseGPT, GPTQ, AWQ, structured).
-
-    Args:
-        data: a text file (anything `slm eval` reads); None: text the model samples itself (data-free).
-        samples: sequences; seq_len: tokens per sequence (None: 128 x 512 windows of data, or
-            DATA_FREE_SAMPLES x DATA_FREE_SEQ_LEN sampled: the smallest sample measured to calibrate GPTQ as
-            well as 128 x 512, see benchmarks/datafree_calibration.py; a method with its own
-            `calibration_shape`, as QAT, takes that instead); seed: picks the windows or seeds the sampling.
-        cache: keep sampled text in the cache (per model and settings) and reuse it.
-    """
-
-    data: str | Path | None = None
-    samples: int | None = None
-    seq_len: int | None = None
-    seed: int = 0
-    cache: bool = True
-    _made: dict = field(default_factory=dict, repr=False, compare=False)  # model spec -> its ids
-    _asked: tuple = field(init=False, repr=False, compare=False)  # (samples, seq_len) as given, None: default
-
-    def __post_init__(self):
-        self._asked = (self.samples, self.seq_len)
-        if self.samples is None:
-            self.samples = 128 if self.data else DATA_FREE_SAMPLES
-        if self.seq_len is None:
-            self.seq_len = 512 if self.data else DATA_FREE_SEQ_LEN
-
-    def for_method(self, config) -> Calibration:
-        """This calibration, or a copy taking the method's own `calibration_shape` (QATConfig's) for the
-        sequence count or length it was not given."""
-        shape = getattr(config, "calibration_shape", None)
-        samples, seq_len = self._asked
-        if shape is None or (samples is not None and seq_len is not None):
-            return self
-        return Calibration(self.data, shape[0] if samples is None else samples,
-                           shape[1] if seq_len is None else seq_len, self.seed, self.cache)
-
-    def record(self) -> dict:
-        """How a checkpoint was calibrated, for its manifest."""
-        return {"calib": str(self.data) if self.data else "self-generated", "calib_samples": self.samples,
-                "calib_seq_len": self.seq_len}
-
-    def ids(self, lm, progress=None):
-        """[samples, seq_len] token ids for `lm`, made once per model spec (sampling them from the model takes a
-        while; a model pruned in between keeps the ids its original wrote, as data-free calibration wants).
-        `progress(tokens, total)` while the model samples them."""
-        # Imported here: the compressors need torch, which a command's option parsing does not.
-        from slmkit.compress.calibration import calibration_ids
-
-        if lm.spec not in self._made:
-            self._made[lm.spec] = calibration_ids(lm, self.data, samples=self.samples, seq_len=self.seq_len,
-                                                  seed=self.seed, cache=self.cache, progress=progress)
-        return self._made[lm.spec]
 
 
 @dataclass(kw_only=True)
@@ -95,11 +39,6 @@ class CalibrationSettings:
     def __post_init__(self) -> None:
         if self.calib_cache not in ("on", "off"):
             raise SlmError(f"--calib-cache {self.calib_cache}: choose on or off")
-
-    def calibration(self, data: str | Path | None = None) -> Calibration:
-        """The Calibration these settings ask for; `data`: the text when `calib` is not set (a recipe's)."""
-        return Calibration(self.calib or data, self.calib_samples, self.calib_seq_len, self.seed,
-                           cache=self.calib_cache == "on")
 
 
 @dataclass(kw_only=True)
@@ -138,3 +77,11 @@ class RuntimeSettings:
 
     def runtime_options(self) -> dict:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype, "weights": self.weights}
+
+
+@dataclass(kw_only=True)
+class CompileSettings:
+    """Whether the torch runtime compiles its decode step."""
+
+    compile: bool = setting("torch backend: compile the decode step with torch.compile (much faster tokens; the "
+                            "first answer waits for the compilation, ~10-50 s on a CPU).", False)

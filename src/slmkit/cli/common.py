@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from slmkit.errors import SlmError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -26,79 +25,12 @@ AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle",
                                                help="Load pickle (.bin/.pt) weights; they can run code.")]
 TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code",
                                                    help="Run Python code shipped with the model.")]
-
-
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new checkpoint.")]
-CalibOpt = Annotated[Path | None, typer.Option(help="Calibration text (any file `slm eval` reads); "
-                                               "default: text sampled from the model itself.")]
-CalibSamplesOpt = Annotated[int | None, typer.Option(help="Calibration sequences [default: 128 windows of --calib; "
-                                                     "without it, the data-free default the README gives].")]
-CalibSeqLenOpt = Annotated[int | None, typer.Option(help="Tokens per calibration sequence [default: 512 with "
-                                                    "--calib; without it, the data-free default].")]
-CalibCacheOpt = Annotated[str, typer.Option("--calib-cache", help="on | off: keep the text a model samples for "
-                                            "data-free calibration, per model and settings, and reuse it.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for choosing or sampling calibration text.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
-BackendOpt = Annotated[str, typer.Option(help="auto | torch | llamacpp | onnx. auto runs a .gguf file with llama.cpp "
-                                              "when llama-cpp-python is installed, an ONNX export (a directory with "
-                                              "model.onnx, or the .onnx file) with onnxruntime, everything else "
-                                              "with torch.")]
-WeightsOpt = Annotated[str, typer.Option(help="torch backend: float32 | bfloat16 | int8 (int8 weights, one scale "
-                                              "per output channel: faster decoding on a CPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="torch backend: auto | cpu | cuda | cuda:N | mps (auto: CUDA when "
                                              "present, else the CPU).")]
 DtypeOpt = Annotated[str, typer.Option(help="torch backend: auto | float32 | bfloat16 | float16 (auto: float32 on "
-                                            "the CPU, bfloat16 on a GPU that has it).")]
-ComputeDeviceOpt = Annotated[str, typer.Option("--device", help="Where each block is computed: auto | cpu | cuda | "
-                                             "cuda:N | mps (the model waits on the CPU; auto: CUDA when present).")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch backend: compile the decode step with "
-                                          "torch.compile (much faster tokens; the first answer waits for the "
-                                          "compilation, ~10-50 s on a CPU).")]
-
-
-def calibration_options(calib: Path | None, samples: int | None, seq_len: int | None, seed: int,
-                        calib_cache: str):
-    """The `Calibration` the --calib* options ask for."""
-    import slmkit
-
-    if calib_cache not in ("on", "off"):
-        raise SlmError(f"--calib-cache {calib_cache}: choose on or off")
-    return slmkit.Calibration(calib, samples, seq_len, seed, cache=calib_cache == "on")
-
-
-def calibration_for(lm, config, calibration):
-    """`calibration` with its token ids made when the method reads data: under a status line for a file's
-    windows, under a bar showing tokens/s while the model samples them."""
-    from slmkit.compress import needs_calibration
-
-    if not needs_calibration(config):
-        return calibration
-    if calibration.data:
-        with stderr.status("preparing calibration data"):
-            calibration.ids(lm)
-        return calibration
-    with sampling_bar() as progress:
-        calibration.ids(lm, progress=progress)
-    return calibration
-
-
-@contextmanager
-def sampling_bar():
-    """Yields a `progress(tokens, total)` callback drawing tokens sampled, tokens/s and the time left."""
-    import time
-
-    columns = (TextColumn("sampling calibration text from the model"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
-        task = progress.add_task("sampling", total=None, rate="")
-        started = time.perf_counter()
-
-        def update(tokens: int, total: int) -> None:
-            elapsed = time.perf_counter() - started
-            progress.update(task, completed=tokens, total=total,
-                            rate=f"{tokens / elapsed:.0f} tokens/s" if elapsed > 0 else "")
-
-        yield update
+                                            "the CPU, bfloat16 on a GPU that has it).")]  # slm info's
 
 
 def load_model(spec: str, *, backend: str = "torch", **options):

@@ -7,20 +7,18 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import ForceOpt, JsonOpt, ModelArg, OutOpt
+from slmkit.cli.common import ModelArg
 from slmkit.cli.finetune import report_training, training_bar
 from slmkit.cli.options import with_config
 from slmkit.distill.config import DistillConfig
 
 
-@with_config(DistillConfig)
+@with_config(DistillConfig, adds=("out", "force", "json"))
 def distill_command(
     config: DistillConfig,
     student: ModelArg = ...,
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Alias, directory, .gguf or hub id.")] = ...,
-    out: OutOpt = ...,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
+    *, out: Path, force: bool, json_output: bool,
 ) -> None:
     """Distill a teacher into a student: the student learns the teacher's next-token distributions.
 

@@ -7,24 +7,18 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import (AllowPickleOpt, ForceOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, human_bytes,
-                               load_model, print_json, print_table)
-from slmkit.errors import SlmError
+from slmkit.cli.common import ModelArg, human_bytes, load_model, print_json, print_table
+from slmkit.cli.options import with_config
+from slmkit.export.config import ExportSettings
 from slmkit.models.catalog import DEFAULT_MODEL
 
-FORMATS = ("gguf", "onnx")
 
-
+@with_config(ExportSettings, adds=("force", "json"))
 def export_command(
+    config: ExportSettings,
     model: ModelArg = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option("--out", help="What to write: FILE.gguf, or a directory for onnx.")] = ...,
-    format: Annotated[str, typer.Option("--format", help="gguf (decoders) | onnx (encoders, classifiers)")] = "gguf",
-    quant: Annotated[str | None, typer.Option(help="gguf only: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 "
-                                              "(default f16)")] = None,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
+    *, force: bool, json_output: bool,
 ) -> None:
     """Export a model for llama.cpp / Ollama / LM Studio (GGUF, with an Ollama Modelfile beside it)
     or for onnxruntime (ONNX: encoders and sequence classifiers, float32).
@@ -43,29 +37,24 @@ def export_command(
     import slmkit
     from slmkit.models.loading import local_path
 
-    if format not in FORMATS:
-        raise SlmError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    target = config.export_config()
     # Checks before the (slow) load.
-    if format == "onnx":
+    if config.format == "onnx":
         from slmkit.export.onnx import check_onnx_target
 
-        if quant is not None:
-            raise SlmError("--quant applies to --format gguf; an ONNX export keeps the float32 weights (drop --quant)")
         check_onnx_target(out, force, reads=[local_path(model)])
     else:
         from slmkit.export.gguf import check_target
 
-        quant = quant or "f16"
-        check_target(out, quant, force, reads=[local_path(model)])
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device="cpu",
-                    dtype="float32")
-    config = slmkit.OnnxConfig() if format == "onnx" else slmkit.GGUFConfig(quant=quant)
-    written = slmkit.export(lm, out, config, force=force)
+        check_target(out, target.quant, force, reads=[local_path(model)])
+    lm = load_model(model, **config.open_options(), device="cpu", dtype="float32")
+    written = slmkit.export(lm, out, target, force=force)
     result = {"model": model, "out": str(out), **written}
     if json_output:
         print_json(result)
         return
     print_table(f"{model} → {out.name}", {**result, "bytes": human_bytes(result["bytes"])})
     if result.get("calibrated_requantized_layers"):
-        typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {quant} grid and "
-                   f"were re-rounded; quantize with --target gguf-{quant} to keep them exactly", err=True)
+        typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {target.quant} "
+                   f"grid and were re-rounded; quantize with --target gguf-{target.quant} to keep them exactly",
+                   err=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from slmkit.cli.common import ForceOpt, JsonOpt, ModelArg, OutOpt, print_json, print_table, stderr
+from slmkit.cli.common import ModelArg, print_json, print_table, stderr
 from slmkit.cli.options import with_config
 from slmkit.finetune.config import FinetuneConfig
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -30,13 +32,11 @@ def training_bar():
         yield update
 
 
-@with_config(FinetuneConfig)
+@with_config(FinetuneConfig, adds=("out", "force", "json"))
 def finetune_command(
     config: FinetuneConfig,
     model: ModelArg = DEFAULT_MODEL,
-    out: OutOpt = ...,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
+    *, out: Path, force: bool, json_output: bool,
 ) -> None:
     """Fine-tune a model on your data: chat, completion, text, classification or seq2seq.
 

@@ -12,7 +12,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from slmkit.cli.common import ForceOpt, JsonOpt, OutOpt
 from slmkit.schema import settings
+
+# Parameters many commands take, by the name `with_config(adds=...)` gives them: (parameter, annotation, default).
+STANDARD = {"out": ("out", OutOpt, ...), "force": ("force", ForceOpt, False), "json": ("json_output", JsonOpt, False)}
 
 
 def config_options(config_class: type) -> list[inspect.Parameter]:
@@ -30,15 +34,20 @@ def config_options(config_class: type) -> list[inspect.Parameter]:
     return parameters
 
 
-def with_config(config_class: type) -> Callable[[Callable], Callable]:
+def with_config(config_class: type, adds: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Decorates `command(config, model, ...)`: the command Typer sees takes the config's settings as options
-    after its first parameter (the model) and calls it with the config they make.
+    after its first parameter (the model) and calls it with the config they make. `adds`: standard parameters
+    (STANDARD: "out", "force", "json") the command takes by name, declared here once for every command.
 
-    Example: `@with_config(FinetuneConfig) def finetune_command(config, model: ModelArg = ..., out: OutOpt = ...)`.
+    Example: `@with_config(FinetuneConfig, adds=("out", "force", "json"))
+    def finetune_command(config, model: ModelArg = DEFAULT_MODEL, *, out, force, json_output)`.
     """
+    standard = {STANDARD[key][0]: inspect.Parameter(STANDARD[key][0], inspect.Parameter.KEYWORD_ONLY,
+                                                    default=STANDARD[key][2], annotation=STANDARD[key][1])
+                for key in adds}
 
     def decorate(command: Callable) -> Callable:
-        own = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        own = [standard.get(parameter.name, parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
                for parameter in inspect.signature(command, eval_str=True).parameters.values()][1:]
         options = config_options(config_class)
         names = [parameter.name for parameter in options]

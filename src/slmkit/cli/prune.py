@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from slmkit.cli.common import ForceOpt, JsonOpt, ModelArg, OutOpt, print_result, progress_bar
+from pathlib import Path
+
+from slmkit.cli.common import ModelArg, print_result, progress_bar
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.verbs import prune
 from slmkit.verbs.prune import PruneSettings
 
 
-@with_config(PruneSettings)
+@with_config(PruneSettings, adds=("out", "force", "json"))
 def prune_command(
     config: PruneSettings,
     model: ModelArg = DEFAULT_MODEL,
-    out: OutOpt = ...,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
+    *, out: Path, force: bool, json_output: bool,
 ) -> None:
     """Zero out weights in every Linear layer of the model's blocks.
 

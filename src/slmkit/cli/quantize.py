@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from slmkit.cli.common import ForceOpt, JsonOpt, ModelArg, OutOpt, print_result, progress_bar
+from pathlib import Path
+
+from slmkit.cli.common import ModelArg, print_result, progress_bar
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.verbs import quantize
 from slmkit.verbs.quantize import QuantizeSettings
 
 
-@with_config(QuantizeSettings)
+@with_config(QuantizeSettings, adds=("out", "force", "json"))
 def quantize_command(
     config: QuantizeSettings,
     model: ModelArg = DEFAULT_MODEL,
-    out: OutOpt = ...,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
+    *, out: Path, force: bool, json_output: bool,
 ) -> None:
     """Quantize the weights of every Linear layer in the model's blocks.
 

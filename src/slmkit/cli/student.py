@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from slmkit.cli.common import ForceOpt, JsonOpt, ModelArg, OutOpt, print_result, progress_bar
+from pathlib import Path
+
+from slmkit.cli.common import ModelArg, print_result, progress_bar
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.verbs import student
 from slmkit.verbs.student import StudentSettings
 
 
-@with_config(StudentSettings)
+@with_config(StudentSettings, adds=("out", "force", "json"))
 def student_command(
     settings: StudentSettings,
     teacher: ModelArg = DEFAULT_MODEL,
-    out: OutOpt = ...,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
+    *, out: Path, force: bool, json_output: bool,
 ) -> None:
     """Make a student: the teacher's blocks kept or spaced out, a fresh config, or structured pruning.
 

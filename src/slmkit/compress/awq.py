@@ -19,7 +19,7 @@ import torch
 
 from slmkit.compress.families import FAMILIES, family_of
 from slmkit.compress.grid import fake_quantize, group_params
-from slmkit.compress.layers import set_weight_matrix, weight_matrix
+from slmkit.models.layers import set_weight_matrix, weight_matrix
 from slmkit.compress.quantize import QuantConfig, RTNQuantizer, _group_size, register
 from slmkit.errors import SlmError
 

@@ -14,15 +14,77 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from slmkit import data
 from slmkit.errors import SlmError
+from slmkit.settings import DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN
 
 # Bump when the sampling itself changes, so no cached ids from an older sampler are reused.
 SAMPLER_VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """Which text calibrates a method that reads activations (Wanda, SparseGPT, GPTQ, AWQ, structured).
+
+    Args:
+        data: a text file (anything `slm eval` reads); None: text the model samples itself (data-free).
+        samples: sequences; seq_len: tokens per sequence (None: 128 x 512 windows of data, or
+            DATA_FREE_SAMPLES x DATA_FREE_SEQ_LEN sampled: the smallest sample measured to calibrate GPTQ as
+            well as 128 x 512, see benchmarks/datafree_calibration.py; a method with its own
+            `calibration_shape`, as QAT, takes that instead); seed: picks the windows or seeds the sampling.
+        cache: keep sampled text in the cache (per model and settings) and reuse it.
+    """
+
+    data: str | Path | None = None
+    samples: int | None = None
+    seq_len: int | None = None
+    seed: int = 0
+    cache: bool = True
+    _made: dict = field(default_factory=dict, repr=False, compare=False)  # model spec -> its ids
+    _asked: tuple = field(init=False, repr=False, compare=False)  # (samples, seq_len) as given, None: default
+
+    def __post_init__(self):
+        self._asked = (self.samples, self.seq_len)
+        if self.samples is None:
+            self.samples = 128 if self.data else DATA_FREE_SAMPLES
+        if self.seq_len is None:
+            self.seq_len = 512 if self.data else DATA_FREE_SEQ_LEN
+
+    @classmethod
+    def from_settings(cls, settings, data: str | Path | None = None) -> Calibration:
+        """The calibration a stage's CalibrationSettings (slmkit.settings) ask for; `data`: the text when their
+        `calib` is unset (a recipe's --data)."""
+        return cls(settings.calib or data, settings.calib_samples, settings.calib_seq_len, settings.seed,
+                   cache=settings.calib_cache == "on")
+
+    def for_method(self, config) -> Calibration:
+        """This calibration, or a copy taking the method's own `calibration_shape` (QATConfig's) for the
+        sequence count or length it was not given."""
+        shape = getattr(config, "calibration_shape", None)
+        samples, seq_len = self._asked
+        if shape is None or (samples is not None and seq_len is not None):
+            return self
+        return Calibration(self.data, shape[0] if samples is None else samples,
+                           shape[1] if seq_len is None else seq_len, self.seed, self.cache)
+
+    def record(self) -> dict:
+        """How a checkpoint was calibrated, for its manifest."""
+        return {"calib": str(self.data) if self.data else "self-generated", "calib_samples": self.samples,
+                "calib_seq_len": self.seq_len}
+
+    def ids(self, lm, progress=None):
+        """[samples, seq_len] token ids for `lm`, made once per model spec (sampling them from the model takes a
+        while; a model pruned in between keeps the ids its original wrote, as data-free calibration wants).
+        `progress(tokens, total)` while the model samples them."""
+        if lm.spec not in self._made:
+            self._made[lm.spec] = calibration_ids(lm, self.data, samples=self.samples, seq_len=self.seq_len,
+                                                  seed=self.seed, cache=self.cache, progress=progress)
+        return self._made[lm.spec]
 
 
 def calibration_ids(lm, path: str | Path | None, *, samples: int = 128, seq_len: int = 512, seed: int = 0,

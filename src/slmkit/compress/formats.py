@@ -54,23 +54,3 @@ def prepare_compressed_tensors(model, config: QuantConfig, params: dict[str, tup
         compressor.update_config(str(directory))
 
     return write_config
-
-
-def stored_weight_scales(directory: Path | None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Module name -> (weight_scale, weight_zero_point or None) as a quantized checkpoint's safetensors files
-    store them (compressed-tensors' names); {} for a checkpoint of plain float weights, or no directory."""
-    if directory is None or not Path(directory).is_dir():
-        return {}
-    from safetensors import safe_open
-
-    found = {}
-    for file in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(file, "pt") as tensors:
-            keys = set(tensors.keys())
-            for key in keys:
-                if key.endswith(".weight_scale"):
-                    module = key.removesuffix(".weight_scale")
-                    zero_point = f"{module}.weight_zero_point"
-                    found[module] = (tensors.get_tensor(key),
-                                     tensors.get_tensor(zero_point) if zero_point in keys else None)
-    return found

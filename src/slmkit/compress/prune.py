@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from slmkit.compress.layers import set_weight_matrix, weight_matrix
+from slmkit.models.layers import set_weight_matrix, weight_matrix
 from slmkit.compress.obs import Hessians, inverse_hessian_factor, obs_sweep
 from slmkit.compress.runner import run_sequential
 from slmkit.errors import SlmError

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from slmkit.compress.grid import OBSERVERS, fake_quantize, group_params
-from slmkit.compress.layers import block_lists, linear_layers, set_weight_matrix, weight_matrix
+from slmkit.models.layers import block_lists, linear_layers, set_weight_matrix, weight_matrix
 from slmkit.compress.obs import Hessians, inverse_hessian_factor, obs_sweep
 from slmkit.compress.runner import run_sequential
 from slmkit.errors import SlmError

@@ -30,7 +30,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from slmkit.compress.layers import block_lists, linear_layers
+from slmkit.models.layers import block_lists, linear_layers
 from slmkit.compress.obs import single_thread
 
 

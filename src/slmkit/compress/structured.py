@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from slmkit.compress.families import FAMILIES, family_of
-from slmkit.compress.layers import block_lists
+from slmkit.models.layers import block_lists
 from slmkit.errors import SlmError
 from slmkit.models.kinds import head_dim
 
@@ -52,18 +52,6 @@ class StructuredConfig:
 
     def to_dict(self) -> dict:
         return {"method": "structured", **asdict(self)}
-
-
-def parse_count(text: str | None) -> int | None:
-    """A parameter count as people write it: 90M, 1.2B, 500K or a plain number."""
-    if text is None:
-        return None
-    multipliers = {"K": 10**3, "M": 10**6, "B": 10**9}
-    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in multipliers else (text, "")
-    try:
-        return int(float(number) * multipliers.get(unit, 1))
-    except ValueError:
-        raise SlmError(f"--target-params {text!r}: expected a number like 90M or 1.2B") from None
 
 
 def _text_config(model):

@@ -166,7 +166,7 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
 def check_layers(model: nn.Module) -> None:
     """Refuse, before any slow work, a layer QAT cannot train onto q4_0's grid: GPT-2's Conv1D (QAT swaps
     nn.Linear layers) or an input width q4_0's blocks of 32 do not divide."""
-    from slmkit.compress.layers import block_lists, linear_layers
+    from slmkit.models.layers import block_lists, linear_layers
 
     for _, blocks in block_lists(model):
         for name, layer in linear_layers(blocks[0]).items():

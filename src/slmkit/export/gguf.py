@@ -18,10 +18,10 @@ import gguf
 import numpy as np
 import torch
 
-from slmkit.compress.grid import recover_codes
 from slmkit.errors import SlmError
 from slmkit.export.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.export.gguf_vocab import add_tokenizer
+from slmkit.models.codes import recover_codes, stored_weight_scales
 from slmkit.models.checkpoint import (atomic_file, check_not_input, check_writable, claim_output, release_output,
                                      write_atomic)
 
@@ -63,8 +63,6 @@ def grid_codes(checkpoint: Path | None, model) -> dict[str, tuple[np.ndarray, np
     """For each layer the checkpoint stores quantized (has a weight_scale): (integer codes [rows, cols],
     float16 scales [rows, cols/32]) when its weights sit exactly on a symmetric group-32 grid with
     float16 scales, else None (calibrated, but on a grid no GGUF block type holds)."""
-    from slmkit.compress.formats import stored_weight_scales
-
     parameters = dict(model.named_parameters())
     found = {}
     for module, (scale, _) in stored_weight_scales(checkpoint).items():

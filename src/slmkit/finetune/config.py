@@ -106,6 +106,10 @@ class FinetuneConfig:
             raise SlmError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         if not self.lora_targets.strip():
             raise SlmError("--lora-targets is empty; give module names (q_proj,v_proj) or all-linear")
+
+    def check_files(self) -> None:
+        """The data files are there (apart from the values, so a recipe's settings are checked when it is read,
+        before an earlier stage has written the data)."""
         for path in (self.data, self.eval_data):
             if path is not None and not Path(path).is_file():
                 raise SlmError(f"{path}: no such file" if not Path(path).exists() else f"{path}: not a file")

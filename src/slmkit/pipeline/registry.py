@@ -47,6 +47,11 @@ class StageContext:
         """The checkpoint a model-making stage starts from."""
         return self.models[-1].spec
 
+    def calibration_data(self) -> str | None:
+        """The text a stage calibrates on: the run's --data, else the newest synth stage's answers (the domain
+        the model is made for), else none (the model writes its own)."""
+        return self.data or self.newest_file("synth", "data")
+
     def newest_file(self, stage: str, key: str) -> str | None:
         """The file the newest earlier `stage` stage named in its result under `key` (a path relative to the
         run directory), e.g. the data a synth stage wrote or the rows a finetune stage held back."""
@@ -69,6 +74,7 @@ class Stage(BaseModel):
     name: str | None = Field(None, description="Sub-directory name; default NN-<stage>.")
 
     makes_model: ClassVar[bool] = True  # False: it measures the models (eval, bench)
+    stage_defaults: ClassVar[dict] = {}  # a setting's default that is the stage's own, not its config's
 
     def config(self):
         """The method's config, checked (a bad value is an error when the recipe is read); None if none."""
@@ -79,10 +85,14 @@ class Stage(BaseModel):
         return False
 
 
-def with_settings(config_class: type, base: type[Stage], exclude: set[str] = frozenset()) -> type[Stage]:
-    """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema), bar `exclude`
-    (fields the stage declares itself): one left out takes the config's default, kept there only."""
-    return create_model(f"{config_class.__name__}Settings", __base__=base, **stage_fields(config_class, exclude))
+def with_settings(config_class: type, base: type[Stage], exclude: set[str] = frozenset(), *,
+                  written_out: bool = False, own_defaults: dict | None = None) -> type[Stage]:
+    """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema.stage_fields), bar
+    `exclude` (fields the stage declares itself). `own_defaults` are kept on the class (`stage_defaults`)."""
+    fields = stage_fields(config_class, exclude, written_out=written_out, own_defaults=own_defaults)
+    stage = create_model(f"{config_class.__name__}Settings", __base__=base, **fields)
+    stage.stage_defaults = dict(own_defaults or {})
+    return stage
 
 
 def known_method(methods: dict, method: str) -> str:

@@ -8,11 +8,10 @@ whether the request runs alone or beside others.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
 
 import torch
 
-from slmkit.errors import SlmError
+from slmkit.sampling import SamplingConfig  # defined torch-free, for the CLI's options
 
 
 def row_generators(generator: torch.Generator, rows: int) -> list[torch.Generator]:
@@ -32,45 +31,6 @@ def inverse_cdf_draw(logits: torch.Tensor, generators: list[torch.Generator]) ->
     # side="right": tokens of zero probability (an empty CDF step) are never chosen.
     choice = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), side="right")
     return choice.clamp_(max=logits.shape[-1] - 1).squeeze(1)
-
-
-@dataclass
-class SamplingConfig:
-    """How to pick each next token. temperature 0 means greedy decoding.
-
-    Args:
-        temperature: softmax temperature; 0 picks the most likely token.
-        top_p: keep the smallest set of tokens whose probability sums to top_p.
-        top_k: keep the k most likely tokens; 0 keeps all.
-        min_p: drop tokens less likely than min_p x the top token's probability.
-        repetition_penalty: >1 discourages tokens already in the text (CTRL paper).
-        seed: makes sampling repeatable.
-        max_new_tokens: stop after this many tokens.
-    """
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    max_new_tokens: int = 256
-
-    def __post_init__(self):
-        checks = [
-            (self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= 0, f"--top-k must be >= 0, got {self.top_k}"),
-            (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
-            (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}"),
-            (self.max_new_tokens > 0, f"--max-new-tokens must be positive, got {self.max_new_tokens}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SlmError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 GREEDY_BELOW = 1e-5  # vLLM's threshold too

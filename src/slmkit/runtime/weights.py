@@ -21,7 +21,8 @@ import mmap
 import torch
 from torch import nn
 
-from slmkit.compress.grid import recover_codes, row_chunks
+from slmkit.models.codes import recover_codes, row_chunks, stored_weight_scales
+from slmkit.models.layers import is_linear, weight_matrix
 from slmkit.errors import SlmError, first_line
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
@@ -178,8 +179,6 @@ def quantize_int8(model: nn.Module, scales: dict[str, torch.Tensor] | None = Non
     `scales` (module name -> per-output-channel scale, from `checkpoint_scales`) keeps a layer's weights on
     its checkpoint's grid when they lie on it. Returns (layers replaced, layers kept on the checkpoint grid).
     """
-    from slmkit.compress.layers import is_linear, weight_matrix
-
     scales, memory = scales or {}, MemoryReturn()
     # Names, not modules: a list of the modules would keep every replaced float layer alive to the end.
     layers = [name for name, module in model.named_modules()
@@ -218,7 +217,6 @@ def checkpoint_scales(directory) -> dict[str, torch.Tensor]:
     (other checkpoints have none)."""
     from pathlib import Path
 
-    from slmkit.compress.formats import stored_weight_scales
     from slmkit.models.loading import _read_config
 
     if directory is None or not (Path(directory) / "config.json").is_file():

@@ -5,9 +5,19 @@ Example:
     slmkit.finetune("my-student", "out/student", FinetuneConfig(data="data.jsonl"))
 """
 
+from slmkit.synth.config import DEFAULT_BATCH_SIZE, SynthConfig, SynthSettings
 from slmkit.synth.filters import FilterConfig, NearDuplicates, drop_reason
-from slmkit.synth.generate import DEFAULT_BATCH_SIZE, SynthConfig, SynthResult, synth
 from slmkit.synth.prompts import read_prompts
 
-__all__ = ["DEFAULT_BATCH_SIZE", "FilterConfig", "NearDuplicates", "SynthConfig", "SynthResult", "drop_reason",
-           "read_prompts", "synth"]
+__all__ = ["DEFAULT_BATCH_SIZE", "FilterConfig", "NearDuplicates", "SynthConfig", "SynthResult", "SynthSettings",
+           "drop_reason", "read_prompts", "synth"]
+
+
+def __getattr__(name: str):
+    """Answering imports torch: only when it is used, not when a CLI reads the settings to make its options
+    (`slm --help` stays instant)."""
+    if name in ("SynthResult", "synth"):
+        from slmkit.synth import generate
+
+        return getattr(generate, name)
+    raise AttributeError(f"module 'slmkit.synth' has no attribute {name!r}")

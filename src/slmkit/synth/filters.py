@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from slmkit.errors import SlmError
+from slmkit.schema import setting
 
 # Phrases of a refusal or of a model talking about itself instead of answering (matched lower-cased, anywhere).
 REFUSALS = (
@@ -46,14 +47,16 @@ class FilterConfig:
         num_perm: MinHash permutations (more: a finer similarity estimate, slower).
     """
 
-    min_words: int = 3
-    max_words: int = 1000
-    keep_unfinished: bool = False
-    repeat_ngram: int = 4
-    max_repeat_fraction: float = 0.3
-    echo_fraction: float = 0.8
-    dedup_threshold: float = 0.8
-    num_perm: int = 128
+    min_words: int = setting("Drop shorter answers.", 3)
+    max_words: int = setting("Drop longer answers.", 1000)
+    keep_unfinished: bool = setting("Keep answers cut off at --max-new-tokens.", False,
+                                    flag="--keep-unfinished/--no-keep-unfinished")
+    repeat_ngram: int = setting("Word n-gram that measures loops.", 4)
+    max_repeat_fraction: float = setting("Drop answers with more of their n-grams repeated.", 0.3)
+    echo_fraction: float = setting("Drop answers with this share of word 3-grams from the prompt.", 0.8)
+    dedup_threshold: float = setting("MinHash Jaccard similarity at which an answer is a near-duplicate of a kept "
+                                     "one.", 0.8)
+    num_perm: int = setting("MinHash permutations (more: a finer similarity estimate, slower).", 128)
 
     def __post_init__(self):
         checks = [

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from slmkit.errors import SlmError
@@ -26,55 +26,10 @@ from slmkit.models.checkpoint import claimed
 from slmkit.runtime import SamplingConfig, as_runtime, open_model
 from slmkit.runtime.batched import answer_batch, batches_rows
 from slmkit.runtime.generate import applies_template, prompt_ids
-from slmkit.synth.filters import REASONS, FilterConfig, NearDuplicates, drop_reason
+from slmkit.synth.config import SynthConfig
+from slmkit.synth.filters import REASONS, NearDuplicates, drop_reason
 from slmkit.synth.output import SynthOutput, chat_record, check_output_path
-from slmkit.synth.prompts import STYLES, Style, read_prompts, style_for
-
-# Prompts per forward pass of a torch teacher. benchmarks/synth_throughput.py, SmolLM2-135M on 2 CPU cores,
-# 64 answers: 8 rows gave 4.1x the tokens/s of one at a time, 32 rows 8.4x (decoding there is bound by
-# memory bandwidth, so a row costs little; a GPU takes larger batches still).
-DEFAULT_BATCH_SIZE = 32
-
-
-@dataclass
-class SynthConfig:
-    """How a teacher writes training data.
-
-    Args:
-        style: plain: `system` (if any) is the system prompt of the teacher and of the record; orca: the teacher
-            answers under a step-by-step instruction (`system` replaces it) and the record keeps a generic
-            system prompt (Orca 2's prompt erasing).
-        system: see `style`.
-        samples_per_prompt: answers per prompt (needs temperature > 0: greedy answers are all the same).
-        n: answer only the first n prompts (None: all).
-        batch_size: a torch teacher's prompts per forward pass (other runtimes answer one at a time).
-        sampling: how the teacher samples; its seed seeds every (prompt, sample) pair (None: a new seed per run).
-        filters: what a kept answer must pass.
-    """
-
-    style: str = "plain"
-    system: str | None = None
-    samples_per_prompt: int = 1
-    n: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    filters: FilterConfig = field(default_factory=FilterConfig)
-
-    def __post_init__(self):
-        checks = [
-            (self.style in STYLES, f"--style must be one of {', '.join(STYLES)}, got {self.style!r}"),
-            (self.samples_per_prompt >= 1, f"--samples-per-prompt must be >= 1, got {self.samples_per_prompt}"),
-            (self.n is None or self.n >= 1, f"--n must be >= 1, got {self.n}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.samples_per_prompt == 1 or self.sampling.temperature > 0,
-             "--samples-per-prompt > 1 needs --temperature > 0 (greedy answers to one prompt are all the same)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SlmError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from slmkit.synth.prompts import Style, read_prompts, style_for
 
 
 @dataclass

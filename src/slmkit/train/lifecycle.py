@@ -137,6 +137,7 @@ def train_model(model: str, out: str | Path, method: TrainingMethod, *, progress
     """Train `model` (a spec) into `out` by `method` (`force` replaces an earlier output): the life cycle
     above."""
     config, out = method.config, Path(out)
+    config.check_files()
     task, reads = _checked_task(model, out, method, force)
     checkpoints = checkpoint_dir(out)
     run_settings = {"model": model, "task": task.name, **_resumable_settings(config), **method.settings}

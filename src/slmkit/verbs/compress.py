@@ -9,6 +9,7 @@ from pathlib import Path
 
 import slmkit
 from slmkit.compress import needs_calibration
+from slmkit.compress.calibration import Calibration
 from slmkit.models.checkpoint import check_destination
 from slmkit.models.devices import resolve_device
 from slmkit.models.loading import local_path
@@ -19,7 +20,7 @@ def compress(settings, model: str, out: Path, config, *, method: Callable, descr
              progress: ProgressFactory, force: bool, data: str | Path | None) -> StageResult:
     """`method(lm, calibration, device, update) -> CompressResult` on `model`, saved in `out`; `settings`: a
     stage's settings, which take the calibration, compute and open groups of slmkit.settings."""
-    calibration = settings.calibration(data).for_method(config)
+    calibration = Calibration.from_settings(settings, data).for_method(config)
     device = resolve_device(settings.device)  # a device that is not there: before the slow load
     check_destination(out, force, reads=[local_path(model), settings.calib])
     lm = load_float32(settings, model, progress)

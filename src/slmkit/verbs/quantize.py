@@ -66,7 +66,7 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
             config = qat_config(**grid, **{name: getattr(self, name) for name in QAT_ONLY}, device=self.device)
             # Too few sequences to hold some out: refused before they are read or sampled. The count does not
             # depend on the text (QAT's own, or the one asked for).
-            config.held_out_count(self.calibration().for_method(config).samples)
+            config.held_out_count(config.calibration_shape[0] if self.calib_samples is None else self.calib_samples)
         else:
             from slmkit.compress.quantize import quant_config
 

@@ -47,11 +47,12 @@ def run(settings: StudentSettings, model: str, out: Path, *, progress: ProgressF
     import slmkit
     from slmkit.models.checkpoint import check_destination
     from slmkit.models.loading import local_path
+    from slmkit.compress.calibration import Calibration
     from slmkit.verbs.compress import calibrate, load_float32
 
     config = settings.method_config()
     structured = config.structured()
-    calibration = settings.calibration(data)
+    calibration = Calibration.from_settings(settings, data)
     check_destination(out, force, reads=[local_path(model), settings.config, settings.calib])
     lm = load_float32(settings, model, progress)
     if structured is None:  # blocks kept or a fresh config: nothing to score, seconds

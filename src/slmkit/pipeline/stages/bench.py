@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
-
-from slmkit.pipeline.registry import RunModel, StageContext, StageOutput, measure_each, register_stage
+from slmkit.evaluate.config import BenchSettings
+from slmkit.pipeline.registry import (RunModel, StageContext, StageOutput, measure_each, register_stage,
+                                      with_settings)
 from slmkit.pipeline.stages.eval import TorchMeasureStage
 
 
-class BenchStage(TorchMeasureStage):
+class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weights"}, written_out=True)):
+    """BenchSettings' recipe settings and which models to measure."""
+
     stage: Literal["bench"]
-    prompt_tokens: int = 512
-    gen_tokens: int = 128
-    repeats: int = 3
-    compile: bool = Field(False, description="As --compile (causal LMs the torch backend runs).")
+
+    config_class: ClassVar[type] = BenchSettings
+    not_settings: ClassVar[set[str]] = {"stage", "name", "models"}  # fields the stage keeps for itself
+
+    def config(self) -> BenchSettings:
+        return self.config_class(**self.model_dump(exclude=self.not_settings))
 
 
 def run_bench(stage: BenchStage, context: StageContext) -> StageOutput:
     from slmkit.evaluate.bench import bench_in_fresh_process
 
+    config = stage.config()
+
     def measure(model: RunModel, update) -> dict:
-        on_torch = {"weights": stage.weights, "compile_decode": stage.compile} if stage.on_torch(model) else {}
-        return bench_in_fresh_process(model.spec, prompt_tokens=stage.prompt_tokens, gen_tokens=stage.gen_tokens,
-                                      repeats=stage.repeats, n_ctx=stage.prompt_tokens + stage.gen_tokens + 16,
-                                      **on_torch)
+        on_torch = {"weights": config.weights, "compile_decode": config.compile} if stage.on_torch(model) else {}
+        return bench_in_fresh_process(model.spec, prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens,
+                                      repeats=config.repeats, n_ctx=config.n_ctx, **on_torch)
 
     return measure_each(stage, context, measure)
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import MeasureStage, RunModel, StageContext, StageOutput, measure_each, register_stage
+from slmkit.evaluate.config import EvalConfig, EvalSettings
+from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, StageOutput, measure_each, register_stage,
+                                      with_settings)
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[2] / "samples" / "small-models.txt"
 
 
 class TorchMeasureStage(MeasureStage):
+    # Its own type: a recipe naming weights the runtime lacks fails on the key when it is read.
     weights: Literal["float32", "bfloat16", "int8"] = Field(
         "float32", description="As --weights, for the models the torch backend runs (a GGUF keeps its own).")
 
@@ -24,14 +27,20 @@ class TorchMeasureStage(MeasureStage):
         return choose_backend(model.spec) == "torch"
 
 
-class EvalStage(TorchMeasureStage):
+class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights"})):
+    """EvalSettings' recipe settings, which models to measure and the file to measure them on."""
+
     stage: Literal["eval"]
     data: str | None = Field(None, description="Evaluation file; default: the rows the newest finetune stage "
                                                "held back (a classifier), else the run's --data, else a "
                                                "built-in text.")
-    task: str | None = None
-    max_length: int | None = None
-    limit: int | None = None
+
+    config_class: ClassVar[type] = EvalSettings
+    # Fields the stage keeps for itself; `weights` is which weights a model is opened with.
+    not_settings: ClassVar[set[str]] = {"stage", "name", "models", "data", "weights"}
+
+    def config(self) -> EvalConfig:
+        return EvalConfig(**self.model_dump(exclude=self.not_settings, exclude_none=True))
 
 
 def run_eval(stage: EvalStage, context: StageContext) -> StageOutput:
@@ -39,12 +48,12 @@ def run_eval(stage: EvalStage, context: StageContext) -> StageOutput:
     from slmkit.runtime import open_model
 
     path = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
+    config = stage.config()
 
     def measure(model: RunModel, update) -> dict:
         weights = stage.weights if stage.on_torch(model) else "float32"
         # "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
-        lm = open_model(model.spec, n_ctx=stage.max_length or 2048, logits_all=True, weights=weights)
-        config = slmkit.EvalConfig(task=stage.task, max_length=stage.max_length, limit=stage.limit)
+        lm = open_model(model.spec, n_ctx=config.max_length or 2048, logits_all=True, weights=weights)
         return {**slmkit.evaluate(lm, path, config, progress=update), "backend": lm.backend, "weights": weights}
 
     return measure_each(stage, context, measure)

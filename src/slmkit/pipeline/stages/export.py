@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
+from typing import ClassVar, Literal
 
 from slmkit.errors import SlmError
+from slmkit.export.config import ExportSettings, GGUFConfig, OnnxConfig
 from slmkit.models.checkpoint import atomic_directory
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage
+from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
 
 
-class ExportStage(Stage):
+class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
+    """ExportSettings' recipe settings."""
+
     stage: Literal["export"]
-    format: Literal["gguf", "onnx"] = "gguf"
-    quant: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"] = Field("f16", description="GGUF only.")
 
-    def config(self):
-        import slmkit
+    config_class: ClassVar[type] = ExportSettings
 
-        # Against the default, not model_fields_set: the recipe stored in a run directory writes every field.
-        if self.format == "onnx" and self.quant != "f16":
+    def config(self) -> GGUFConfig | OnnxConfig:
+        # The recipe's own words for the one-line error (its keys are no flags).
+        if self.format == "onnx" and self.quant != GGUFConfig.quant:
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
-        return slmkit.OnnxConfig() if self.format == "onnx" else slmkit.GGUFConfig(quant=self.quant)
+        return ExportSettings(**self.model_dump(exclude={"stage", "name"})).export_config()
 
     def onnx_only_output(self) -> bool:
         return self.format == "onnx"
@@ -31,15 +30,16 @@ class ExportStage(Stage):
 def run_export(stage: ExportStage, context: StageContext) -> StageOutput:
     import slmkit
 
+    config = stage.config()
     lm = slmkit.load(context.source, device="cpu", dtype="float32")
     out = context.out
-    if stage.format == "onnx":
-        return StageOutput(slmkit.export(lm, out, stage.config()), out.name)
-    path = out / f"model.{stage.quant}.gguf"
+    if isinstance(config, OnnxConfig):
+        return StageOutput(slmkit.export(lm, out, config), out.name)
+    path = out / f"model.{config.quant}.gguf"
     result = {}
 
     def write(tmp) -> None:  # the GGUF and its Modelfile appear together, in one directory rename
-        result.update(slmkit.export(lm, tmp / path.name, stage.config()))
+        result.update(slmkit.export(lm, tmp / path.name, config))
 
     atomic_directory(out, write)
     result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})

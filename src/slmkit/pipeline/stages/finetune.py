@@ -25,6 +25,10 @@ class FinetuneStage(with_settings(FinetuneConfig, Stage, exclude={"data"})):
         chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
         return self.config_class(data=data, resume=resume, **chosen)
 
+    def config(self):
+        """The settings checked when the recipe is read (the training file may come from an earlier stage)."""
+        return self.settings(self.data or "")
+
 
 def training_file(stage: FinetuneStage, context: StageContext) -> str:
     from slmkit.errors import SlmError

@@ -12,7 +12,7 @@ from slmkit.verbs import prune
 from slmkit.verbs.prune import STRUCTURED_ONLY, PruneSettings
 
 
-class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY))):
+class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY), written_out=True)):
     stage: Literal["prune"]
     config_class: ClassVar[type] = PruneSettings
 
@@ -31,7 +31,8 @@ class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY
         return self.settings().method_config()
 
 
-class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sparsity", "pattern", "target_params"})):
+class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sparsity", "pattern", "target_params"},
+                                    written_out=True)):
     stage: Literal["structured"]
     # A number or a size as people write it (100M): wider than the CLI's text.
     target_params: str | int | None = Field(None, description="Total parameters wanted, e.g. 100M.")
@@ -41,8 +42,8 @@ class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sp
 
 
 def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageOutput:
-    data = context.data or context.newest_file("synth", "data")
-    result = prune.run(stage.settings(), context.source, context.out, progress=context.progress, data=data)
+    result = prune.run(stage.settings(), context.source, context.out, progress=context.progress,
+                       data=context.calibration_data())
     return StageOutput(result.summary, context.out.name)
 
 

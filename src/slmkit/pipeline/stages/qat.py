@@ -13,22 +13,25 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
-
 from slmkit.models.checkpoint import read_manifest
 from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
 from slmkit.pipeline.stages.quantize import QuantizeSettingsStage, run_quantize
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.verbs.quantize import GRID, QuantizeSettings
 
 ONE_SHOT_ONLY = {"method", "act_order", "fake_quant"}
 
 
-class QATStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(GRID) | ONE_SHOT_ONLY)):
+# The one grid QAT trains on, so a recipe need not name it (the CLI asks for --target), and QATConfig's sequence
+# shape, which the stage has always written into run.json.
+OWN_DEFAULTS = {"target": "gguf-q4_0", "calib_samples": QAT_SAMPLES, "calib_seq_len": QAT_SEQ_LEN}
+
+
+class QATStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=(set(GRID) - {"target"}) | ONE_SHOT_ONLY,
+                             written_out=True, own_defaults=OWN_DEFAULTS)):
     """QuantizeSettings' QAT training and calibration settings; one left out takes QATConfig's default."""
 
     stage: Literal["qat"]
-    # The one grid QAT trains on: the stage names it for the recipe (the CLI asks for --target).
-    target: Literal["gguf-q4_0"] = Field("gguf-q4_0", description="The GGUF type whose grid it trains on.")
     fixed: ClassVar[dict] = {"method": "qat"}
 
 

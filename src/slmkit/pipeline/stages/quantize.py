@@ -14,7 +14,7 @@ from slmkit.verbs.quantize import QAT_ONLY, QuantizeSettings
 
 
 class QuantizeSettingsStage(Stage):
-    """What the quantize and qat stages share: their settings, checked, and the text they calibrate on."""
+    """What the quantize and qat stages share: their settings, checked."""
 
     config_class: ClassVar[type] = QuantizeSettings
     fixed: ClassVar[dict] = {}  # settings the stage sets itself (the qat stage's method)
@@ -25,13 +25,8 @@ class QuantizeSettingsStage(Stage):
     def config(self):
         return self.settings().method_config()
 
-    def calibration(self, context: StageContext):
-        """Calibration text: the run's --data, else the newest synth stage's answers (the domain the model is
-        made for), else none (the model writes its own)."""
-        return self.settings().calibration(context.data or context.newest_file("synth", "data"))
 
-
-class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(QAT_ONLY))):
+class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(QAT_ONLY), written_out=True)):
     stage: Literal["quantize"]
 
     @field_validator("method")
@@ -44,7 +39,7 @@ class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclu
 
 def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageOutput:
     result = quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
-                          data=stage.calibration(context).data)
+                          data=context.calibration_data())
     return StageOutput(result.summary, context.out.name)
 
 

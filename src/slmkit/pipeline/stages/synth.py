@@ -21,57 +21,37 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, write_json_atomic
+from slmkit.pipeline.registry import (Stage, StageContext, StageOutput, register_stage, with_settings,
+                                      write_json_atomic)
+from slmkit.synth.config import SynthSettings
 
 DATA_FILE = "data.jsonl"
 SAMPLE_PROMPTS = Path(__file__).resolve().parents[2] / "samples" / "kitchen-questions.txt"
 STATS_FILE = "stats.json"
 
 
-SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens")
-FILTERS = ("min_words", "max_words", "keep_unfinished", "repeat_ngram", "max_repeat_fraction", "echo_fraction",
-           "dedup_threshold")
-
-
-class SynthStage(Stage):
-    """SynthConfig's settings, with its sampling and filter settings flat; one left out takes the default of
-    SynthConfig / SamplingConfig / FilterConfig (kept there only), except `seed`."""
+class SynthStage(with_settings(SynthSettings, Stage, exclude={"prompts"})):
+    """SynthSettings' settings, flat; one left out takes SynthSettings' default (kept there only), bar those
+    a recipe states its own way: the teacher and the prompts (default: the run's model, slmkit's sample
+    questions), the backend and the seed (default 0: a recipe writes the same data each time)."""
 
     stage: Literal["synth"]
     makes_model: ClassVar[bool] = False
     teacher: str | None = Field(None, description="Alias, directory, .gguf or hub id; default: the run's model.")
     prompts: str | None = Field(None, description=".jsonl ({\"prompt\": ...} per line) or .txt (one per line); "
                                                  "default: slmkit's 64 sample kitchen questions.")
-    backend: str = "auto"
-    n: int | None = None
-    style: Literal["plain", "orca"] | None = None
-    system: str | None = None
-    samples_per_prompt: int | None = None
-    batch_size: int | None = Field(None, description="A torch teacher's prompts per forward pass; default: "
-                                                     "the size measured fastest on 2 CPU cores.")
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    max_new_tokens: int | None = None
+    backend: str = "auto"  # a recipe key since before RuntimeSettings, which keeps the backend off recipes
     seed: int = Field(0, description="Seeds every (prompt, sample) pair: a recipe writes the same data each time.")
-    min_words: int | None = None
-    max_words: int | None = None
-    keep_unfinished: bool | None = None
-    repeat_ngram: int | None = None
-    max_repeat_fraction: float | None = None
-    echo_fraction: float | None = None
-    dedup_threshold: float | None = None
+
+    not_settings: ClassVar[set[str]] = {"stage", "name", "teacher", "prompts"}  # fields the stage keeps for itself
+    config_class: ClassVar[type] = SynthSettings
+
+    def settings(self) -> SynthSettings:
+        chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
+        return self.config_class(prompts=self.prompts or SAMPLE_PROMPTS, **chosen)
 
     def config(self):
-        from slmkit.runtime import SamplingConfig
-        from slmkit.synth import FilterConfig, SynthConfig
-
-        chosen = self.model_dump(exclude={"stage", "name", "teacher", "prompts", "backend"}, exclude_none=True)
-        sampling = SamplingConfig(**{key: chosen.pop(key) for key in SAMPLING if key in chosen})
-        filters = FilterConfig(**{key: chosen.pop(key) for key in FILTERS if key in chosen})
-        return SynthConfig(sampling=sampling, filters=filters, **chosen)
+        return self.settings().synth_config()
 
 
 def partial_dir(out: Path) -> Path:
@@ -90,9 +70,10 @@ def run_synth(stage: SynthStage, context: StageContext) -> StageOutput:
     teacher = stage.teacher or context.models[0].spec
     work = partial_dir(context.out)
     work.mkdir(parents=True, exist_ok=True)
-    lm = open_model(teacher, backend=stage.backend)
+    settings = stage.settings()
+    lm = open_model(teacher, **settings.runtime_options(), **settings.open_options())
     with context.progress(f"synth: {teacher} answering") as update:
-        result = synth(lm, stage.prompts or SAMPLE_PROMPTS, work / DATA_FILE, stage.config(), progress=update)
+        result = synth(lm, settings.prompts, work / DATA_FILE, settings.synth_config(), progress=update)
     if result.records == 0:
         dropped = ", ".join(f"{reason} {count}" for reason, count in result.dropped_records.items() if count)
         raise SlmError(f"synth kept no answers (dropped: {dropped}); loosen the filters or raise max_new_tokens")

@@ -1,4 +1,4 @@
-"""The layers one-shot methods rewrite, and their repeated blocks."""
+"""The layers one-shot methods rewrite, and their repeated blocks (the runtime reads them too)."""
 
 from __future__ import annotations
 
