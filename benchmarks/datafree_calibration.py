@@ -3,11 +3,12 @@ of `slm quantize --method gptq --target gguf-q4_0` without --calib before and af
 
 On smollm2-135m-instruct (the packaged Q4_1 GGUF, converted once to float for torch), in one run:
 
-  1. throughput: --samples x --seq-len tokens sampled by each engine (nothing cached), tokens/s:
-       hf-generate   transformers' generate on the float32 model, all rows in one batch (the path before);
-       hf-static     the same with the static KV cache (cache_implementation="static");
-       hf-int8       the same on slmkit's int8-weight Linear layers (`--weights int8`);
-       llamacpp      `runtime.llamacpp.sample_together` on the GGUF, 32 sequences per llama.cpp batch;
+  1. throughput: --samples x --seq-len tokens sampled by each engine (nothing cached), tokens/s; both engines
+     decode through `runtime.batched.sample_rows` (the runtime's batched rows, `Model.open_batch`):
+       torch         the float32 model, all rows in one batch (transformers' generate until issue 29: the same
+                     ids; its static KV cache was measured no faster on a CPU);
+       torch-int8    the same on slmkit's int8-weight Linear layers (`--weights int8`);
+       llamacpp      the GGUF on llama.cpp, 32 sequences per batch;
   2. size: the largest of --sizes sampled once on llama.cpp; GPTQ q4_0 (w4, groups of 32, the gguf-q4_0 target)
      calibrated on its first N rows cut to L tokens, for each --sizes entry (a prefix of a sample is a sample
      of the shorter length), and the WikiText-2 raw test perplexity of each result on its first --windows
@@ -51,10 +52,9 @@ def sampler_throughput(samples: int, seq_len: int) -> dict[str, float]:
 
     rates = {}
     lm = slmkit.load(MODEL)
-    engines = {"hf-generate": lambda: self_generated(lm, samples, seq_len, engine="torch", cache=False),
-               "hf-static": lambda: _generate_static(lm, samples, seq_len),
-               "hf-int8": lambda: self_generated(open_model(MODEL, weights="int8"), samples, seq_len, engine="torch",
-                                                 cache=False),
+    engines = {"torch": lambda: self_generated(lm, samples, seq_len, engine="torch", cache=False),
+               "torch-int8": lambda: self_generated(open_model(MODEL, weights="int8"), samples, seq_len,
+                                                    engine="torch", cache=False),
                "llamacpp": lambda: self_generated(lm, samples, seq_len, engine="llamacpp", cache=False)}
     for name, sample in engines.items():
         started = time.perf_counter()
@@ -64,25 +64,6 @@ def sampler_throughput(samples: int, seq_len: int) -> dict[str, float]:
         rates[name] = samples * seq_len / seconds
         print(f"  {name:<12} {rates[name]:8.1f} tokens/s  ({seconds:.1f} s)", flush=True)
     return rates
-
-
-@torch.inference_mode()
-def _generate_static(lm, samples: int, seq_len: int) -> torch.Tensor:
-    """The torch sampler's generate call (same prefixes, per-row draws) with the static KV cache."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    from slmkit.compress.calibration import _InverseCdfSampler, data_free_prefixes
-    from slmkit.runtime.sampling import row_generators
-
-    generator = torch.Generator().manual_seed(0)
-    prefix = data_free_prefixes(lm, samples, generator)
-    eos = lm.tokenizer.eos_token_id
-    config = GenerationConfig(do_sample=False, max_new_tokens=seq_len - prefix.shape[1],
-                              min_new_tokens=seq_len - prefix.shape[1], eos_token_id=eos, pad_token_id=eos,
-                              cache_implementation="static")
-    sampler = _InverseCdfSampler(row_generators(generator, samples))
-    return lm.model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), generation_config=config,
-                             logits_processor=LogitsProcessorList([sampler]))
 
 
 def wikitext_perplexity(lm, windows: int) -> float:
@@ -185,7 +166,7 @@ def main() -> None:
         after, before = before_and_after(args)
     print()
     if rates:
-        base = rates["hf-generate"]
+        base = rates["torch"]
         print("sampler tokens/s: " + ", ".join(f"{name} {rate:.0f} ({rate / base:.2f}x)"
                                                for name, rate in rates.items()))
     if studied:

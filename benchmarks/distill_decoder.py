@@ -89,7 +89,7 @@ def train_result(metrics: dict, started: float, step_times: list[float]) -> dict
 
 def worker_ce(args) -> dict:
     import slmkit
-    from slmkit.finetune import FinetuneConfig
+    from slmkit.finetuning import FinetuneConfig
 
     step_times: list[float] = []
     started = time.perf_counter()
@@ -101,7 +101,7 @@ def worker_ce(args) -> dict:
 def worker_kd(args) -> dict:
     """KD from the original; with --cache through the teacher cache, without it live for --max-steps steps."""
     import slmkit
-    from slmkit.distill import DistillConfig
+    from slmkit.distillation import DistillConfig
 
     settings = training_settings(args)
     if args.cache:

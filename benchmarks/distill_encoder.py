@@ -63,7 +63,7 @@ def training_config(config_class, args, lr: float, **extra):
 def worker_finetune(args) -> dict:
     """The teacher (MiniLM itself), or with --student the student, fine-tuned on the hard labels alone."""
     import slmkit
-    from slmkit.finetune import FinetuneConfig
+    from slmkit.finetuning import FinetuneConfig
 
     model = args.student or MODEL_ALIAS
     metrics = slmkit.finetune(model, args.out, training_config(FinetuneConfig, args, args.lr)).metrics
@@ -72,7 +72,7 @@ def worker_finetune(args) -> dict:
 
 def worker_student(args) -> dict:
     import slmkit
-    from slmkit.distill import StudentConfig
+    from slmkit.distillation import StudentConfig
 
     lm = slmkit.load(MODEL_ALIAS)
     slmkit.student(lm, StudentConfig(layers=STUDENT_LAYERS))
@@ -82,7 +82,7 @@ def worker_student(args) -> dict:
 
 def worker_kd(args) -> dict:
     import slmkit
-    from slmkit.distill import DistillConfig
+    from slmkit.distillation import DistillConfig
 
     config = training_config(DistillConfig, args, args.lr, loss="fkl", temperature=args.temperature,
                              alpha_ce=args.alpha_ce, hidden_loss=args.hidden_loss, attention_loss=args.attention_loss)

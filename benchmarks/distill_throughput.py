@@ -51,7 +51,7 @@ TOOLS = ("slmkit", "trl")
 
 def worker_student(args) -> dict:
     import slmkit
-    from slmkit.distill import StudentConfig
+    from slmkit.distillation import StudentConfig
 
     lm = slmkit.load(TEACHER_ALIAS)
     made = slmkit.student(lm, StudentConfig(depth=args.student_depth))
@@ -61,7 +61,7 @@ def worker_student(args) -> dict:
 
 def worker_slmkit(args) -> dict:
     import slmkit
-    from slmkit.distill import DistillConfig
+    from slmkit.distillation import DistillConfig
 
     config = DistillConfig(data=args.data, task="chat", loss="jsd", beta=0.5, temperature=1.0, max_steps=args.max_steps,
                            batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, save_every=0,

@@ -81,7 +81,7 @@ DATASETS = {
 
 def worker_slmkit(args) -> dict:
     import slmkit
-    from slmkit.finetune import FinetuneConfig
+    from slmkit.finetuning import FinetuneConfig
 
     config = FinetuneConfig(data=args.train, task="classification", eval_data=args.eval, lora=args.lora,
                             epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,

@@ -69,7 +69,7 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-l
 
 def worker_slmkit(args) -> dict:
     import slmkit
-    from slmkit.finetune import FinetuneConfig
+    from slmkit.finetuning import FinetuneConfig
 
     config = FinetuneConfig(data=args.train, task="text", eval_data=args.eval, lora=args.lora,
                             lora_rank=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],

@@ -30,7 +30,7 @@ import torch
 import slmkit
 from slmkit.compress.calibration import calibration_ids, self_generated
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
-from slmkit.distill.qat import QATConfig, check_layers, q8_0_values, start_on_grid, train_on_grid
+from slmkit.distillation.qat import QATConfig, check_layers, q8_0_values, start_on_grid, train_on_grid
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 VARIANTS = {

@@ -12,10 +12,10 @@ sampled at temperature 0.7 with per-pair seeds from --seed, up to --max-new-toke
      prompt at a time), when llama-cpp-python is installed.
 
 "tok/s" is generated tokens per second of generation (prefill included, loading not); "x (a)" divides it by
-row (a)'s. (a) and (c) with B=1 stream text, so their token counts are the answers re-tokenized; the batched rows
-count the tokens they sampled. kept/dropped are `slm synth`'s default filters (row (a) runs no filters). The rows run one after
-another in this process, never two at once, all on --threads threads; on a machine other jobs also use, run
-it with `nice` and expect the figures to move by 10-20 %.
+row (a)'s. (a) streams text, so its token counts are the answers re-tokenized; the synth rows count the tokens they
+sampled. kept/dropped are `slm synth`'s default filters (row (a) runs no filters). The rows run one after another
+in this process, never two at once, all on --threads threads; on a machine other jobs also use, run it with `nice`
+and expect the figures to move by 10-20 %.
 
 Usage (from the repository root):
 
@@ -52,8 +52,8 @@ PROMPTS = [
 
 def answer_one_at_a_time(lm, pairs: list[tuple[int, int]], prompts: list[str], config) -> dict:
     """Row (a): each pair streamed alone through the torch runtime, with the pair's own seed as synth seeds it."""
-    from slmkit.synth.generate import pair_seed, teacher_ids
-    from slmkit.synth.prompts import style_for
+    from slmkit.synthesis.generate import pair_seed, teacher_ids
+    from slmkit.synthesis.prompts import style_for
 
     style = style_for(config.style, config.system)
     tokens, started = 0, time.perf_counter()
@@ -66,7 +66,7 @@ def answer_one_at_a_time(lm, pairs: list[tuple[int, int]], prompts: list[str], c
 
 
 def answer_with_synth(lm, prompts: list[str], config, workdir: Path, label: str) -> dict:
-    from slmkit.synth import synth
+    from slmkit.synthesis import synth
 
     result = synth(lm, prompts, workdir / f"{label}.jsonl", config)
     return {"answers": result.generated, "tokens": result.new_tokens, "seconds": result.seconds,
@@ -114,7 +114,7 @@ def main() -> None:
 
     from slmkit.logs import quiet_libraries
     from slmkit.runtime import SamplingConfig, open_model
-    from slmkit.synth import SynthConfig, read_prompts
+    from slmkit.synthesis import SynthConfig, read_prompts
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

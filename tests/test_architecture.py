@@ -9,8 +9,8 @@ SOURCE = Path(__file__).parents[1] / "src"
 # DESIGN.md's rooms, lowest first; `api` (the public verbs) sits under `verbs` (their stages), which the pipeline
 # and the CLI run. The runtime runs models; compression samples through it, never the other way round.
 ROOMS = [{"errors", "schema", "settings", "sampling", "models", "data"}, {"runtime"}, {"compress"},
-         {"train", "evaluate", "export"}, {"api", "serve", "finetune", "distill", "synth"}, {"verbs"}, {"pipeline"},
-         {"cli"}]
+         {"train", "evaluation", "exporters"}, {"api", "server", "finetuning", "distillation", "synthesis"},
+         {"verbs"}, {"pipeline"}, {"cli"}]
 LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}
 
 
@@ -91,7 +91,7 @@ def test_the_checks_see_real_imports():
     graph = imports()
     assert "slmkit.cli.common" in graph["slmkit.cli.bench"]  # a module-level import
     assert "slmkit.runtime.open" in graph["slmkit.runtime"]
-    assert any(target.startswith("slmkit.runtime") for target in graph["slmkit.evaluate.bench"])
+    assert any(target.startswith("slmkit.runtime") for target in graph["slmkit.evaluation.bench"])
 
 
 def runtime_peeks(source: str) -> list[str]:
@@ -122,3 +122,11 @@ elif "torch" != lm.info().backend:
     pass
 """
     assert sorted(runtime_peeks(source)) == ["2: .backend compared", "3: .llm", "4: .backend compared"]
+
+
+def test_no_module_is_named_like_a_verb():
+    """`import slmkit.<name>` would set the module as the package's attribute and hide the verb `slmkit.<name>`."""
+    import slmkit
+
+    names = {path.stem if path.suffix else path.name for path in (SOURCE / "slmkit").iterdir()}
+    assert names & set(slmkit._VERBS) == set()

@@ -43,16 +43,55 @@ def test_llama_cpp_samples_the_rows_torch_samples_from_the_same_weights(tiny_ggu
     assert not cache.exists()
 
 
-def test_a_rows_tokens_do_not_depend_on_the_sequences_decoded_beside_it(tiny_gguf):
-    from slmkit.runtime.llamacpp import sample_together
+def test_a_rows_tokens_do_not_depend_on_the_sequences_decoded_beside_it(tiny_gguf, tiny_llama_dir):
+    from slmkit.runtime import open_model
+    from slmkit.runtime.batched import sample_rows
+    from slmkit.runtime.open import as_runtime
+    from slmkit.runtime.sampling import row_generators
 
     prefixes = [[1, 5], [1, 9, 17, 33], [1], [1, 40, 41], [1, 7]]  # rows of a batch finish at different steps
-    alone = [sample_together(tiny_gguf, prefixes, 20, torch.Generator().manual_seed(0), wave=wave)
-             for wave in (1, 2, 5)]
+
+    def sample(lm, wave=None, length=20):
+        return sample_rows(lm, prefixes, length, row_generators(torch.Generator().manual_seed(0), 5), wave=wave)
+
+    on_llama_cpp = open_model(str(tiny_gguf))
+    alone = [sample(on_llama_cpp, wave) for wave in (1, 2, 5)]
     assert torch.equal(alone[0], alone[1]) and torch.equal(alone[0], alone[2])
     assert [row[:len(prefix)] for row, prefix in zip(alone[0].tolist(), prefixes)] == prefixes
-    with pytest.raises(slmkit.SlmError, match="every prefix must hold 1 to 19 tokens"):
-        sample_together(tiny_gguf, [[1] * 20], 20, torch.Generator())
+    on_torch = as_runtime(slmkit.load(str(tiny_llama_dir)))  # the same weights
+    assert all(torch.equal(sample(on_torch, wave), alone[0]) for wave in (None, 2))  # rows join a running batch
+    with pytest.raises(slmkit.SlmError, match="every prefix must hold 1 to 3 tokens to sample 4"):
+        sample(on_llama_cpp, length=4)
+    with pytest.raises(slmkit.SlmError, match="200 tokens per sequence exceed .*tiny.f32.gguf's trained context"):
+        sample(on_llama_cpp, length=200)
+
+
+def test_sampled_tokens_follow_the_softmax_and_never_a_banned_one():
+    from slmkit.runtime.batched import sample_rows
+    from slmkit.runtime.sampling import row_generators
+
+    logits = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.5, 0.0])
+
+    class Fixed:  # a runtime whose next-token logits are always `logits`
+        def open_batch(self, slots, length):
+            return self
+
+        def admits(self, running):
+            return True
+
+        def advance(self, new, going):
+            return logits.repeat(len(new) + len(going), 1)
+
+        def release(self, slot):
+            pass
+
+    rows = 20_000
+    ids = sample_rows(Fixed(), [[0]] * rows, 3, row_generators(torch.Generator().manual_seed(0), rows),
+                      banned=(3, 5))
+    frequencies = torch.bincount(ids[:, 1:].flatten(), minlength=6) / (2 * rows)
+    assert frequencies[3] == 0 and frequencies[5] == 0  # banned tokens (EOS, so every row runs the full length)
+    assert torch.allclose(frequencies, torch.softmax(logits.index_fill(0, torch.tensor([3, 5]), float("-inf")), 0),
+                          atol=0.01)
 
 
 def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path, cache, monkeypatch):
@@ -61,10 +100,10 @@ def test_sampled_text_is_cached_per_model_and_settings(tiny_llama_dir, tmp_path,
     first = self_generated(lm, 3, 12, seed=0)
     assert len(list(cache.iterdir())) == 1
 
-    def no_sampling(*args):
+    def no_sampling(*args, **kwargs):
         raise AssertionError("sampled again")
 
-    monkeypatch.setattr(calibration, "_sample_on_torch", no_sampling)
+    monkeypatch.setattr(calibration, "sample_rows", no_sampling)
     assert torch.equal(self_generated(lm, 3, 12, seed=0), first)
     with pytest.raises(AssertionError, match="sampled again"):
         self_generated(lm, 3, 12, seed=1)  # another seed is another sample

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import slmkit.cli.generate
-import slmkit.cli.synth
+import slmkit.verbs.synth
 from slmkit.cli.main import app, main
 from slmkit.errors import SlmError
 from slmkit.models.catalog import DEFAULT_MODEL
@@ -25,8 +25,9 @@ def loaded(monkeypatch, tiny_llama_dir):
         specs.append(spec)
         return real_load(str(tiny_llama_dir), **options)
 
-    for command in (slmkit.cli.generate, slmkit.cli.synth):
-        monkeypatch.setattr(command, "load_model", load_tiny)
+    monkeypatch.setattr(slmkit.cli.generate, "load_model", load_tiny)
+    monkeypatch.setattr(slmkit.verbs.synth, "open_runtime",
+                        lambda spec, progress, **options: load_tiny(spec, **options))
     return specs
 
 

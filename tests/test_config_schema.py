@@ -12,8 +12,8 @@ from slmkit.cli.distill import distill_command
 from slmkit.cli.finetune import finetune_command
 from slmkit.cli.main import app
 from slmkit.cli.options import with_config
-from slmkit.distill import DistillConfig
-from slmkit.finetune import FinetuneConfig
+from slmkit.distillation import DistillConfig
+from slmkit.finetuning import FinetuneConfig
 from slmkit.pipeline.registry import Stage
 from slmkit.pipeline.stages.distill import DistillStage
 from slmkit.pipeline.registry import with_settings
@@ -98,8 +98,13 @@ def test_every_verb_is_made_from_one_config():
 def test_every_option_reaches_the_config(data, tmp_path, monkeypatch):
     config = captured_config(monkeypatch, "finetune", [
         "m", "--data", data, "--out", str(tmp_path / "o"), "--lora", "--lora-rank", "4", "--eval-fraction", "0.1",
-        "--task", "text", "--device", "cpu"])
-    assert config == FinetuneConfig(data=data, lora=True, lora_rank=4, eval_fraction=0.1, task="text", device="cpu")
+        "--task", "text", "--device", "cpu", "--weight-decay", "0.01"])
+    assert config == FinetuneConfig(data=data, lora=True, lora_rank=4, eval_fraction=0.1, task="text", device="cpu",
+                                    weight_decay=0.01)
+    from slmkit.data.tasks import TASKS
+    from slmkit.train.lifecycle import _arguments
+
+    assert _arguments(config, TASKS["text"], 16, tmp_path / "c").weight_decay == 0.01  # it reaches the Trainer
     result = CliRunner().invoke(app, ["finetune", "m", "--data", data, "--out", str(tmp_path / "o"),
                                       "--lora-rank", "0"])
     assert str(result.exception) == "--lora-rank 0: must be at least 1"  # the config's own check

@@ -9,10 +9,10 @@ import torch
 from conftest import VOCAB, tiny_config
 
 import slmkit
-from slmkit.distill import DistillConfig, StudentConfig
-from slmkit.distill.losses import distillation_loss
+from slmkit.distillation import DistillConfig, StudentConfig
+from slmkit.distillation.losses import distillation_loss
 from slmkit.errors import SlmError
-from slmkit.finetune import FinetuneConfig
+from slmkit.finetuning import FinetuneConfig
 
 DOCS = "\n\n".join(f"the small model number {i} runs on a laptop and answers quickly." for i in range(40))
 
@@ -87,7 +87,7 @@ def test_cli_distills_and_refuses_a_bad_loss_in_one_line(tmp_path, tiny_llama_di
 
 
 def test_only_positions_before_a_label_are_compared():
-    from slmkit.distill.losses import compared
+    from slmkit.distillation.losses import compared
 
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, -100, -100, 2]])
@@ -133,7 +133,7 @@ stages:
 
 
 def test_a_full_vocabulary_cache_trains_as_the_live_teacher_and_is_built_once(tmp_path, tiny_llama_dir, monkeypatch):
-    from slmkit.distill.trainer import DistillationTrainer
+    from slmkit.distillation.trainer import DistillationTrainer
 
     data = tmp_path / "docs.txt"
     data.write_text(DOCS)

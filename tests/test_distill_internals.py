@@ -11,12 +11,12 @@ import torch
 from conftest import tiny_config
 
 import slmkit
-from slmkit.distill import DistillConfig
-from slmkit.distill.intermediate import (LayerPairs, attention_loss, hidden_loss, parse_layer_map, projections,
+from slmkit.distillation import DistillConfig
+from slmkit.distillation.intermediate import (LayerPairs, attention_loss, hidden_loss, parse_layer_map, projections,
                                          resolve_layer_map)
-from slmkit.distill.trainer import PROJECTIONS_FILE
+from slmkit.distillation.trainer import PROJECTIONS_FILE
 from slmkit.errors import SlmError
-from slmkit.finetune import FinetuneConfig, checkpoint_dir
+from slmkit.finetuning import FinetuneConfig, checkpoint_dir
 
 
 def blocks(count: int, width: int = 32):
@@ -98,7 +98,7 @@ def test_attention_loss_is_the_kl_per_head_and_real_query():
 def test_the_students_attention_weights_are_not_dropped_out(model_type):
     from conftest import tiny_model
 
-    from slmkit.distill.intermediate import without_attention_dropout
+    from slmkit.distillation.intermediate import without_attention_dropout
 
     model = tiny_model(model_type)
     model.set_attn_implementation("eager")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from slmkit.distill.losses import TopK, distillation_loss, teacher_with_rest, top_k
+from slmkit.distillation.losses import TopK, distillation_loss, teacher_with_rest, top_k
 from slmkit.errors import SlmError
 
 STUDENT = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.5, 0.5, 3.0, 0.0]])

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import slmkit
-from slmkit.distill import DistillConfig
-from slmkit.distill.on_policy import draws_on_policy, on_policy_batch
-from slmkit.distill.trainer import DistillationTrainer
+from slmkit.distillation import DistillConfig
+from slmkit.distillation.on_policy import draws_on_policy, on_policy_batch
+from slmkit.distillation.trainer import DistillationTrainer
 from slmkit.errors import SlmError
-from slmkit.finetune import FinetuneConfig
+from slmkit.finetuning import FinetuneConfig
 
 I = -100  # noqa: E741 (the ignored label, short so the rows below line up)
 PAD, END = 0, 9

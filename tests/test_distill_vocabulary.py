@@ -7,7 +7,7 @@ import copy
 import pytest
 from conftest import VOCAB
 
-from slmkit.distill.vocabulary import check_same_vocabulary
+from slmkit.distillation.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
 
 

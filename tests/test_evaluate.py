@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import slmkit
-from slmkit.evaluate import evaluate
-from slmkit.evaluate.perplexity import perplexity
+from slmkit.evaluation import evaluate
+from slmkit.evaluation.perplexity import perplexity
 
 from conftest import SAMPLE_TEXT
 
@@ -108,7 +108,7 @@ def test_choice_picks_the_learned_answer(sky_model, tmp_path):
 
 def test_choice_matches_manual_loglikelihood_and_acc_norm(tiny_lm, tmp_path):
     """acc_norm divides by the choice's length in characters, so a long choice can win."""
-    from slmkit.evaluate.loglikelihood import loglikelihoods
+    from slmkit.evaluation.loglikelihood import loglikelihoods
 
     choices = ["a", "the small models run on a laptop"]
     pairs = [("Question: Where?\nAnswer:", f" {c}") for c in choices]
@@ -142,7 +142,7 @@ def test_lambada_last_word(sky_model, tmp_path):
     path = write_jsonl(tmp_path / "lambada_toy.jsonl", [{"text": "Question: What colour is the sky?\nAnswer: blue"}])
     result = evaluate(sky_model, path)
     assert result["task"] == "lambada"
-    from slmkit.evaluate.loglikelihood import loglikelihoods
+    from slmkit.evaluation.loglikelihood import loglikelihoods
 
     [(logprob, greedy)] = loglikelihoods(sky_model, [("Question: What colour is the sky?\nAnswer:", " blue")])
     assert greedy and result["acc"] == 1.0
@@ -178,7 +178,7 @@ def test_classification_accuracy(tiny_tokenizer, tmp_path):
 
 
 def test_macro_f1():
-    from slmkit.evaluate.classification import macro_f1
+    from slmkit.evaluation.classification import macro_f1
 
     assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
     # class 0: tp=1 fp=0 fn=1 -> 2/3; class 1: tp=2 fp=1 fn=0 -> 4/5
@@ -186,7 +186,7 @@ def test_macro_f1():
 
 
 def test_bench_reports_speeds(tiny_lm):
-    from slmkit.evaluate.bench import bench
+    from slmkit.evaluation.bench import bench
 
     result = bench(tiny_lm, prompt_tokens=16, gen_tokens=8, repeats=2)
     assert result["parameters"] == sum(p.numel() for p in tiny_lm.model.parameters())

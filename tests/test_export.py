@@ -11,8 +11,8 @@ from conftest import SAMPLE_TEXT, run_slm, tiny_config, tiny_model
 
 from slmkit import load, save
 from slmkit.errors import SlmError
-from slmkit.export import export_gguf
-from slmkit.export.gguf import _permute_rows
+from slmkit.exporters import export_gguf
+from slmkit.exporters.gguf import _permute_rows
 
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")

@@ -16,7 +16,7 @@ from conftest import run_slm, tiny_model
 
 import slmkit
 from slmkit.errors import SlmError
-from slmkit.finetune import FinetuneConfig, checkpoint_dir
+from slmkit.finetuning import FinetuneConfig, checkpoint_dir
 
 
 def chat_file(path: Path, count: int = 24) -> Path:

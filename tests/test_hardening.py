@@ -109,7 +109,7 @@ def test_max_length_is_checked_the_same_on_llama_cpp(tmp_path, checkpoint):
     pytest.importorskip("llama_cpp")
     from conftest import run_slm
 
-    from slmkit.evaluate.perplexity import perplexity
+    from slmkit.evaluation.perplexity import perplexity
     from slmkit.runtime import open_model
 
     gguf = tmp_path / "tiny.gguf"

@@ -42,7 +42,7 @@ def test_smollm2_loads_from_gguf_and_matches_a_direct_gguf_load(smollm2):
 @pytest.mark.integration
 @needs_smollm2
 def test_smollm2_perplexity_and_answer(smollm2):
-    from slmkit.evaluate.perplexity import perplexity
+    from slmkit.evaluation.perplexity import perplexity
     from slmkit.runtime import SamplingConfig, generate
 
     result = perplexity(smollm2, SAMPLE_TEXT, max_length=256)
@@ -68,7 +68,7 @@ def test_smollm2_gguf_export_tokenizes_and_templates_as_transformers(smollm2, tm
     llama_cpp = pytest.importorskip("llama_cpp")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from slmkit.export import export_gguf
+    from slmkit.exporters import export_gguf
 
     written = export_gguf(smollm2, tmp_path / "smollm2.q8_0.gguf", "q8_0")
     llm = llama_cpp.Llama(str(written.path), vocab_only=True, verbose=False)
@@ -95,7 +95,7 @@ def test_served_minilm_embeddings_equal_sentence_transformers(tmp_path):
     from test_serve import Running
 
     from slmkit.runtime import open_model
-    from slmkit.serve import ServeSettings, create_app
+    from slmkit.server import ServeSettings, create_app
 
     texts = ["Small models run on a laptop.", "A cat sleeps on the warm windowsill."]
     running = Running(create_app(open_model("minilm-l6"), ServeSettings(name="minilm-l6")))

@@ -55,8 +55,8 @@ def test_scores_through_the_interface_are_the_models_own(runtimes):
 
 
 def test_log_likelihoods_and_perplexity_agree_across_runtimes(runtimes):
-    from slmkit.evaluate.loglikelihood import loglikelihoods
-    from slmkit.evaluate.perplexity import perplexity
+    from slmkit.evaluation.loglikelihood import loglikelihoods
+    from slmkit.evaluation.perplexity import perplexity
 
     torch_lm, llama = runtimes
     pairs = [("Small models run", " on laptops"), ("The", " sea"), ("", "hello world")]
@@ -236,7 +236,7 @@ def test_compression_and_export_refuse_a_model_they_cannot_rewrite_exactly(tiny_
 
 
 def test_a_failed_bench_worker_is_one_error_line(tmp_path):
-    from slmkit.evaluate.bench import bench_in_fresh_process
+    from slmkit.evaluation.bench import bench_in_fresh_process
 
     with pytest.raises(slmkit.SlmError, match=f"^{tmp_path / 'missing'}: no such file or directory$"):
         bench_in_fresh_process(str(tmp_path / "missing"), prompt_tokens=4, gen_tokens=1, repeats=1)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import slmkit
 from slmkit.cli.main import app
-from slmkit.evaluate.config import BenchSettings, EvalConfig, EvalSettings
-from slmkit.export.config import ExportSettings, GGUFConfig, OnnxConfig
+from slmkit.evaluation.config import BenchSettings, EvalConfig, EvalSettings
+from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
 from slmkit.pipeline.recipe import parse_recipe
 from slmkit.pipeline.stages.bench import BenchStage
 from slmkit.pipeline.stages.eval import EvalStage
@@ -20,6 +20,7 @@ from slmkit.schema import settings
 # verb, its settings, its recipe stage, the library verb the command calls
 VERBS = [("eval", EvalSettings, EvalStage, "evaluate"), ("bench", BenchSettings, BenchStage, "bench"),
          ("export", ExportSettings, ExportStage, "export")]
+STAGE_MODULES = {"eval": "evaluation", "bench": "bench", "export": "export"}  # slmkit.verbs.<module>: each verb's run
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def handed_to_library(monkeypatch, verb: str, library_verb: str, arguments: list
         raise SystemExit(0)
 
     monkeypatch.setattr(slmkit, library_verb, record)
-    monkeypatch.setattr(f"slmkit.cli.{verb}.load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(f"slmkit.verbs.{STAGE_MODULES[verb]}.open_runtime", lambda *args, **kwargs: None)
     result = CliRunner().invoke(app, [verb, *arguments])
     assert result.exit_code == 0 and seen, result.output
     return seen[0]
@@ -82,8 +83,8 @@ def test_the_commands_hand_the_library_their_settings(monkeypatch, data, tmp_pat
 ])
 def test_a_bad_setting_is_refused_before_the_model_opens(arguments, message, data, monkeypatch):
     opened = []
-    for verb in ("eval", "bench", "export"):
-        monkeypatch.setattr(f"slmkit.cli.{verb}.load_model", lambda *args, **kwargs: opened.append(args))
+    for module in STAGE_MODULES.values():
+        monkeypatch.setattr(f"slmkit.verbs.{module}.open_runtime", lambda *args, **kwargs: opened.append(args))
     result = CliRunner().invoke(app, [argument.format(data=data) for argument in arguments])
     assert isinstance(result.exception, slmkit.SlmError) and message in str(result.exception) and not opened
 

@@ -17,7 +17,7 @@ from slmkit.errors import SlmError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from slmkit.export import export_onnx  # noqa: E402
+from slmkit.exporters import export_onnx  # noqa: E402
 from slmkit.runtime.onnx import OnnxModel  # noqa: E402
 
 LABELS = {0: "neg", 1: "pos"}
@@ -119,7 +119,7 @@ def test_eval_classification_on_onnx_matches_torch(classifier_dirs, tiny_tokeniz
 
 
 def test_bench_runs_the_onnx_encoder(classifier_dirs):
-    from slmkit.evaluate.bench import bench
+    from slmkit.evaluation.bench import bench
 
     result = bench(OnnxModel(classifier_dirs[1]), prompt_tokens=32, repeats=2)
     assert result["backend"] == "onnx" and result["gen_tokens"] == 0 and result["prefill_tokens_per_s"] > 0
@@ -181,7 +181,7 @@ def test_force_replaces_and_seq2seq_is_refused(classifier_dirs, tmp_path, tiny_t
 
 
 def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
-    from slmkit.export.onnx import check_onnx_target
+    from slmkit.exporters.onnx import check_onnx_target
 
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
     with pytest.raises(SlmError, match=re.escape("pip install 'slmkit[onnx]'")):

@@ -297,7 +297,7 @@ def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp
 
 def test_bench_stage_reports_each_models_own_peak_memory(tiny_llama_dir):
     """A bench process started by a big process must not report the parent's peak (Linux keeps ru_maxrss)."""
-    from slmkit.evaluate.bench import bench_in_fresh_process
+    from slmkit.evaluation.bench import bench_in_fresh_process
 
     ballast = bytearray(1_500_000_000)  # noqa: F841  (held while the child runs)
     result = bench_in_fresh_process(str(tiny_llama_dir), prompt_tokens=8, gen_tokens=2, repeats=1)

@@ -152,19 +152,6 @@ def test_calibration_windows(tiny_llama_dir, tmp_path):
     assert not torch.equal(generated, calibration_ids(lm, None, samples=2, seq_len=12, seed=1))
 
 
-def test_data_free_sampler_draws_from_the_softmax():
-    from slmkit.compress.calibration import _InverseCdfSampler
-    from slmkit.runtime.sampling import row_generators
-
-    logits = torch.tensor([0.0, 1.0, 2.0, float("-inf"), 0.5, float("-inf")])
-    generators = row_generators(torch.Generator().manual_seed(0), 40_000)
-    scores = _InverseCdfSampler(generators)(torch.zeros(40_000, 3, dtype=torch.long), logits.repeat(40_000, 1))
-    assert torch.equal(torch.isfinite(scores).sum(dim=1), torch.ones(40_000, dtype=torch.long))
-    frequencies = torch.bincount(scores.argmax(dim=1), minlength=6) / 40_000
-    assert frequencies[3] == 0 and frequencies[5] == 0  # masked tokens (e.g. EOS before min length)
-    assert torch.allclose(frequencies, torch.softmax(logits, dim=0), atol=0.01)
-
-
 def test_cli_prune_writes_a_checkpoint_transformers_loads(tiny_llama_dir, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text(SAMPLE_TEXT)

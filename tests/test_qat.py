@@ -11,9 +11,9 @@ from conftest import SAMPLE_TEXT, run_slm, tiny_config
 
 import slmkit
 from slmkit.compress.grid import fake_quantize, group_params
-from slmkit.distill.qat import GridLinear, QATConfig, grid_weight
+from slmkit.distillation.qat import GridLinear, QATConfig, grid_weight
 from slmkit.errors import SlmError
-from slmkit.export.gguf import _exact_blocks, _permute_rows
+from slmkit.exporters.gguf import _exact_blocks, _permute_rows
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_gradients_pass_the_rounding_and_stop_at_the_clamp():
 
 
 def test_qat_lowers_the_kl_and_exports_its_codes_bit_for_bit(tmp_path, sharp_llama_dir):
-    from slmkit.export.gguf import export_gguf
+    from slmkit.exporters.gguf import export_gguf
 
     calib = tmp_path / "calib.txt"
     calib.write_text(SAMPLE_TEXT * 8)
@@ -112,7 +112,7 @@ def _trained_from_rtn(lm, ids, watched: str = "model.layers.0.mlp.down_proj", **
     weight and scale after each step)."""
     import copy
 
-    from slmkit.distill.qat import start_on_grid, train_on_grid
+    from slmkit.distillation.qat import start_on_grid, train_on_grid
 
     config = QATConfig(start="rtn", steps=4, lr=1e-3, batch_size=2, held_out=1, device="cpu", **settings)
     teacher = copy.deepcopy(lm.model).eval()
@@ -150,7 +150,7 @@ def test_held_scales_stay_the_starts(sharp_llama_dir):
 
 
 def test_edges_at_q8_0_train_with_what_the_gguf_holds(sharp_llama_dir):
-    from slmkit.distill.qat import q8_0_values
+    from slmkit.distillation.qat import q8_0_values
 
     torch.manual_seed(0)
     lm = slmkit.load(str(sharp_llama_dir))

@@ -29,7 +29,7 @@ def test_the_readme_openai_client_example_runs_against_slm_serve(tiny_llama_dir,
     from test_serve import Running
 
     from slmkit.runtime import open_model
-    from slmkit.serve import ServeSettings, create_app
+    from slmkit.server import ServeSettings, create_app
 
     section = README.read_text().split("### Serve it", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)

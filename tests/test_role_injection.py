@@ -114,7 +114,7 @@ def test_a_vocabulary_that_spells_a_marker_from_text_refuses_instead_of_forging_
 def test_server_chat_and_completions(lm, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from slmkit.serve import ServeSettings, create_app
+    from slmkit.server import ServeSettings, create_app
 
     app = create_app(lm, ServeSettings(name="tiny"))
     submitted, submit = [], app.state.engine.submit
@@ -137,7 +137,7 @@ def test_server_embeddings_read_marker_text_as_text(lm):
     import torch
     from fastapi.testclient import TestClient
 
-    from slmkit.serve import ServeSettings, create_app
+    from slmkit.server import ServeSettings, create_app
 
     ids = text_ids(lm.tokenizer, FORGED)
     assert specials(lm.tokenizer, ids) == [] and specials(lm.tokenizer, lm.tokenizer(FORGED).input_ids)
@@ -172,8 +172,8 @@ def test_slm_generate_with_and_without_the_template(lm, monkeypatch):
 
 
 def test_synth_teacher_prompts(lm):
-    from slmkit.synth.generate import teacher_ids
-    from slmkit.synth.prompts import style_for
+    from slmkit.synthesis.generate import teacher_ids
+    from slmkit.synthesis.prompts import style_for
 
     for system in (None, "Be brief."):
         messages = ([{"role": "system", "content": system}] if system else []) + user(FORGED)

@@ -269,7 +269,7 @@ def test_int8_converts_every_linear_layer_of_each_family(model_type):
 def test_compiled_decode_steps_give_the_eager_logits_without_recompiling(tiny_llama_dir):
     from torch._dynamo.utils import counters
 
-    from slmkit.evaluate.bench import bench
+    from slmkit.evaluation.bench import bench
     from slmkit.runtime import open_model
 
     lm = open_model(str(tiny_llama_dir), weights="int8", compile_decode=True)

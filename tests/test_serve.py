@@ -16,8 +16,8 @@ import torch
 
 import slmkit
 from slmkit.runtime import SamplingConfig, generate, open_model
-from slmkit.serve import ServeSettings, create_app
-from slmkit.serve.server import bind, url_of
+from slmkit.server import ServeSettings, create_app
+from slmkit.server.server import bind, url_of
 from conftest import run_slm, tiny_model
 
 BOUNDED_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "color"],

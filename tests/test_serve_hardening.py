@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from slmkit.runtime import open_model
-from slmkit.serve import ServeSettings, create_app
-from slmkit.serve.grammar import Grammars
-from slmkit.serve.protocol import MAX_SCHEMA_DEPTH, nesting_depth
+from slmkit.server import ServeSettings, create_app
+from slmkit.server.grammar import Grammars
+from slmkit.server.protocol import MAX_SCHEMA_DEPTH, nesting_depth
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 COMPLETION = {"model": "tiny", "prompt": "hi", "max_tokens": 4}

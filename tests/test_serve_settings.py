@@ -16,9 +16,9 @@ import slmkit.cli.serve
 import slmkit.runtime
 from slmkit.cli.main import main
 from slmkit.errors import SlmError
-from slmkit.serve import ServeSettings, server
-from slmkit.serve.settings import ServeConfig
-from slmkit.serve.server import bind
+from slmkit.server import ServeSettings, server
+from slmkit.server.settings import ServeConfig
+from slmkit.server.server import bind
 
 ORIGIN_RULE = ("--cors-origin must be * or scheme://host[:port] as a browser sends it (lowercase, no path), "
                "e.g. http://localhost:3000; got ")

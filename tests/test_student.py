@@ -9,7 +9,7 @@ import torch
 from conftest import VOCAB, run_slm, tiny_config
 
 import slmkit
-from slmkit.distill import StudentConfig, evenly_spaced
+from slmkit.distillation import StudentConfig, evenly_spaced
 from slmkit.errors import SlmError
 
 

@@ -11,8 +11,8 @@ from conftest import run_slm, tiny_model
 from slmkit.errors import SlmError
 from slmkit.runtime import SamplingConfig, open_model
 from slmkit.runtime.batched import answer_batch
-from slmkit.synth import FilterConfig, NearDuplicates, SynthConfig, drop_reason, read_prompts, synth
-from slmkit.synth.prompts import GENERIC_SYSTEM, ORCA_TEACHER_SYSTEM
+from slmkit.synthesis import FilterConfig, NearDuplicates, SynthConfig, drop_reason, read_prompts, synth
+from slmkit.synthesis.prompts import GENERIC_SYSTEM, ORCA_TEACHER_SYSTEM
 
 PROMPTS = ["small models", "a language model runs on a laptop", "the weights"]
 # The tiny random model writes noise: keep everything but empty answers and exact repeats.
@@ -142,8 +142,8 @@ def test_records_are_chat_jsonl_a_rerun_adds_nothing_and_a_cut_line_is_repaired(
 
 
 def test_orca_style_answers_under_a_task_prompt_and_records_a_generic_one(teacher, tmp_path):
-    from slmkit.synth.generate import teacher_ids
-    from slmkit.synth.prompts import style_for
+    from slmkit.synthesis.generate import teacher_ids
+    from slmkit.synthesis.prompts import style_for
 
     seen_by_teacher = teacher.tokenizer.decode(teacher_ids(teacher, "small models", style_for("orca", None)))
     assert ORCA_TEACHER_SYSTEM in seen_by_teacher
@@ -244,7 +244,7 @@ def test_the_cli_and_the_recipe_stage_make_one_synth_config(tmp_path, monkeypatc
 
     from slmkit.cli.main import app
     from slmkit.pipeline.stages.synth import SAMPLE_PROMPTS, SynthStage
-    from slmkit.synth import SynthSettings
+    from slmkit.synthesis import SynthSettings
 
     seen = []
 
@@ -252,9 +252,9 @@ def test_the_cli_and_the_recipe_stage_make_one_synth_config(tmp_path, monkeypatc
         seen.append(config)
         raise SystemExit(0)
 
-    monkeypatch.setattr(importlib.import_module("slmkit.cli.synth"), "load_model",
-                        lambda spec, **options: seen.append(options))
-    monkeypatch.setattr(importlib.import_module("slmkit.synth.generate"), "synth", handed_over)
+    monkeypatch.setattr(importlib.import_module("slmkit.verbs.synth"), "open_runtime",
+                        lambda spec, progress, **options: seen.append(options))
+    monkeypatch.setattr(importlib.import_module("slmkit.synthesis.generate"), "synth", handed_over)
     (tmp_path / "p.txt").write_text("q\n")
     flags = ["--n", "2", "--temperature", "0.2", "--top-k", "5", "--min-words", "1", "--keep-unfinished",
              "--num-perm", "64", "--weights", "int8"]

@@ -246,8 +246,8 @@ def test_each_task_is_one_record_that_every_task_list_reads():
     from slmkit.data import training
     from slmkit.data.loaders import SCHEMA_TASKS
     from slmkit.data.tasks import TASKS
-    from slmkit.distill.config import DISTILL_TASKS, ON_POLICY_TASKS
-    from slmkit.finetune.config import TASKS as FINETUNE_TASKS
+    from slmkit.distillation.config import DISTILL_TASKS, ON_POLICY_TASKS
+    from slmkit.finetuning.config import TASKS as FINETUNE_TASKS
     from slmkit.models.kinds import KINDS
     from slmkit.train.metrics import METRICS
 

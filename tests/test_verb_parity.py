@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import slmkit
 from slmkit.cli.main import app
 from slmkit.compress.calibration import Calibration
-from slmkit.distill.qat import QATConfig
+from slmkit.distillation.qat import QATConfig
 from slmkit.errors import SlmError
-from slmkit.finetune.config import FinetuneConfig
+from slmkit.finetuning.config import FinetuneConfig
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 
 QUICK = dict(start="rtn", steps=1, batch_size=2, device="cpu")
@@ -81,7 +81,7 @@ def test_the_quantize_command_resolves_its_device_once(tmp_path, tiny_llama_dir,
             resolved.append(name)
         return real(name)
 
-    for module in ("slmkit.models.devices", "slmkit.verbs.compress", "slmkit.distill.qat"):
+    for module in ("slmkit.models.devices", "slmkit.verbs.compress", "slmkit.distillation.qat"):
         monkeypatch.setattr(importlib.import_module(module), "resolve_device", counting)
     qat = ["--method", "qat", "--target", "gguf-q4_0", "--start", "rtn", "--steps", "1", "--batch-size", "2",
            "--calib-samples", "3", "--seq-len", "16"]

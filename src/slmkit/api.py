@@ -19,12 +19,25 @@ from typing import Any, TypedDict
 
 import torch
 
-from slmkit.errors import SlmError
-from slmkit.evaluate.config import BenchConfig, EvalConfig
-from slmkit.export.config import ExportSettings, GGUFConfig, OnnxConfig
-from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.models.loading import LoadedModel
+from slmkit.compress import needs_calibration
+from slmkit.compress import prune as prune_layers
+from slmkit.compress import quantize as quantize_layers
 from slmkit.compress.calibration import Calibration
+from slmkit.compress.formats import check_compressed_tensors
+from slmkit.compress.runner import on_device
+from slmkit.compress.structured import StructuredConfig, prune_structured
+from slmkit.errors import SlmError
+from slmkit.evaluation.config import BenchConfig, EvalConfig
+from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
+from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.models.checkpoint import save as save_checkpoint
+from slmkit.models.devices import resolve_device
+from slmkit.models.loading import LoadedModel
+from slmkit.runtime import as_runtime, open_model
+from slmkit.runtime import generate as stream_answer
+
+# The verbs below import what they drive on use: training (transformers' Trainer, peft), the GGUF/ONNX writers,
+# the evaluators, the server (FastAPI) and synthesis each pull a stack the other verbs do not need.
 
 Progress = Callable[[int, int], None] | None
 
@@ -54,8 +67,6 @@ def load(spec: str = DEFAULT_MODEL, *, backend: str = "torch", device: str = "cp
 
     Example: `lm = slmkit.load("smollm2-135m-instruct", device="cuda", dtype="bfloat16")` to run it on a GPU.
     """
-    from slmkit.runtime import open_model
-
     if backend != "torch":  # llama.cpp and onnxruntime take neither
         return open_model(spec, backend=backend, **options)
     return open_model(spec, backend=backend, device=device, dtype=dtype, **options)
@@ -71,8 +82,6 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
     manifest records the result; otherwise `stage`/`config`/`metrics` say what to record.
     Example: `slmkit.save(lm, "out/gptq", result=slmkit.quantize(lm, GPTQConfig(), Calibration("wiki.txt")))`.
     """
-    from slmkit.models.checkpoint import save as save_checkpoint
-
     loaded = isinstance(lm, LoadedModel)
     model = lm.model if loaded else lm
     tokenizer = tokenizer if tokenizer is not None or not loaded else lm.tokenizer
@@ -107,10 +116,6 @@ def _model_of(lm):
 
 def _calibration_for(lm, config, calibration):
     """Token ids for the method, or None when it reads no data (magnitude, RTN)."""
-    import torch
-
-    from slmkit.compress import needs_calibration
-
     if isinstance(calibration, torch.Tensor):
         return calibration, {}
     if not needs_calibration(config):
@@ -131,17 +136,13 @@ def prune(lm, config, calibration: Calibration | Any = None, *, device: str | to
 
     Example: `slmkit.prune(lm, WandaConfig(sparsity=0.5), Calibration("wiki.txt"))`.
     """
-    from slmkit.compress.structured import StructuredConfig
-
     ids, record = _calibration_for(lm, config, calibration)
     seed = getattr(calibration, "seed", None)
-    from slmkit.models.devices import resolve_device
 
     _require_float32_on_cpu(lm, "pruning")
     target = resolve_device(device) if device else None
     if isinstance(config, StructuredConfig):
         return _structured(lm, config, ids, record, seed, target, progress)
-    from slmkit.compress import prune as prune_layers
 
     layers = prune_layers(_model_of(lm), config, ids, progress=progress, device=target)
     sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
@@ -152,8 +153,6 @@ def prune(lm, config, calibration: Calibration | Any = None, *, device: str | to
 
 
 def _structured(lm, config, ids, record: dict, seed: int | None, device, progress: Progress) -> CompressResult:
-    from slmkit.compress.runner import on_device
-    from slmkit.compress.structured import prune_structured
 
     model = _model_of(lm)
     before = sum(p.numel() for p in model.parameters())
@@ -180,10 +179,7 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
 
     Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`.
     """
-    from slmkit.compress import quantize as quantize_layers
-    from slmkit.compress.formats import check_compressed_tensors
-    from slmkit.distill.qat import QATConfig
-    from slmkit.models.devices import resolve_device
+    from slmkit.distillation.qat import QATConfig
 
     if not fake_quant:
         check_compressed_tensors(config)  # before any slow work
@@ -209,7 +205,7 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None, device,
                         progress: Progress) -> CompressResult:
     """QAT (distill.qat): the model trained onto the grid against its own float distributions."""
-    from slmkit.distill.qat import check_layers, quantization_aware_training, training_device
+    from slmkit.distillation.qat import check_layers, quantization_aware_training, training_device
 
     model = _model_of(lm)
     if not isinstance(lm, LoadedModel) or lm.tokenizer is None:
@@ -260,7 +256,7 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
         config = config.export_config()
     out = Path(out)
     if isinstance(config, OnnxConfig):
-        from slmkit.export import export_onnx
+        from slmkit.exporters import export_onnx
 
         written = export_onnx(lm, out, force=force)
         run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
@@ -269,7 +265,7 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
                 "output": written.output, "opset": written.opset, "bytes": written.bytes, "run_with": run_with}
     if not isinstance(config, GGUFConfig):
         raise SlmError(f"export takes a GGUFConfig or an OnnxConfig, not {type(config).__name__}")
-    from slmkit.export import export_gguf, write_modelfile
+    from slmkit.exporters import export_gguf, write_modelfile
 
     _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
@@ -305,7 +301,7 @@ def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress
 
     Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048))["token_perplexity"]`.
     """
-    from slmkit.evaluate import evaluate as run_evaluation
+    from slmkit.evaluation import evaluate as run_evaluation
 
     return run_evaluation(lm, data, **(config or EvalConfig()).options(), progress=progress)
 
@@ -335,7 +331,7 @@ def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -
 
     Example: `slmkit.bench(slmkit.load(weights="int8"), BenchConfig(gen_tokens=64))["decode_tokens_per_s"]`.
     """
-    from slmkit.evaluate.bench import bench as run_bench
+    from slmkit.evaluation.bench import bench as run_bench
 
     return run_bench(lm, **(config or BenchConfig()).options(), progress=progress)
 
@@ -345,8 +341,6 @@ def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator
 
     Example: `"".join(slmkit.generate(lm, "Hi", SamplingConfig(temperature=0)))`.
     """
-    from slmkit.runtime import generate as stream_answer
-
     return stream_answer(lm, prompt, sampling, **options)
 
 
@@ -354,14 +348,13 @@ def serve(lm, settings=None, *, host: str = "127.0.0.1", port: int = 8000, liste
           on_ready: Callable[[str], None] | None = None) -> None:
     """Serve a model with the OpenAI API until Ctrl-C (`slm serve`): an opened model (`slmkit.runtime.open_model`:
     torch, llama.cpp) and `serve.ServeSettings` (default: named after the model's spec). `listening`: a socket
-    bound already (`slmkit.serve.server.bind`, as the CLI does before the model loads, so a port in use fails at
+    bound already (`slmkit.server.server.bind`, as the CLI does before the model loads, so a port in use fails at
     once); `on_ready(url)` is called when the app is built.
 
     Example: `slmkit.serve(open_model("smollm2-135m-instruct"), ServeSettings("smollm2-135m-instruct"), port=8080)`.
     """
-    from slmkit.runtime import as_runtime
-    from slmkit.serve import ServeSettings, create_app
-    from slmkit.serve.server import bind, serve_forever, url_of
+    from slmkit.server import ServeSettings, create_app
+    from slmkit.server.server import bind, serve_forever, url_of
 
     sock = listening or bind(host, port)
     lm = as_runtime(lm)
@@ -377,7 +370,7 @@ def finetune(model: str, out: str | Path, config, *, progress=None, force: bool 
 
     Example: `slmkit.finetune("smollm2-135m-instruct", "out/chat", FinetuneConfig(data="chat.jsonl", lora=True))`.
     """
-    from slmkit.finetune import finetune as run_finetune
+    from slmkit.finetuning import finetune as run_finetune
 
     return run_finetune(model, out, config, progress=progress, force=force)
 
@@ -389,7 +382,7 @@ def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress 
 
     Example: `slmkit.synth("smollm2-135m-instruct", "prompts.txt", "data.jsonl", SynthConfig(style="orca"))`.
     """
-    from slmkit.synth import synth as write_records
+    from slmkit.synthesis import synth as write_records
 
     return write_records(teacher, prompts, out, config, progress=progress)
 
@@ -402,7 +395,7 @@ def student(lm, config, calibration: Calibration | Any = None, *, progress: Prog
     Example: `lm = slmkit.load("minilm-l6"); slmkit.student(lm, StudentConfig(layers=(0, 2, 4)))`,
     then `slmkit.save(lm, "out/student", stage="student", parent="minilm-l6")`.
     """
-    from slmkit.distill import make_student
+    from slmkit.distillation import make_student
 
     _require_float32_on_cpu(lm, "making a student")
     structured = config.structured()
@@ -417,6 +410,6 @@ def distill(teacher: str, student: str, out: str | Path, config, *, progress=Non
 
     Example: `slmkit.distill("smollm2-135m-instruct", "out/student", "out/kd", DistillConfig(data="wiki.txt"))`.
     """
-    from slmkit.distill.run import distill as run_distill
+    from slmkit.distillation.run import distill as run_distill
 
     return run_distill(teacher, student, out, config, progress=progress, force=force)

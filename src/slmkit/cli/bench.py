@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from slmkit.cli.common import ModelArg, human_bytes, load_model, print_json, print_table, progress_bar
+from slmkit.cli.common import ModelArg, human_bytes, print_json, print_table, progress_bar
 from slmkit.cli.options import with_config
-from slmkit.evaluate.config import BenchSettings
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.verbs import bench
+from slmkit.verbs.bench import BenchSettings
 
 
 @with_config(BenchSettings, adds=("json",))
@@ -20,12 +21,7 @@ def bench_command(
     slm bench --weights int8 --compile   # the fastest torch decoding on a CPU;
     slm bench ./minilm-onnx --prompt-tokens 128   # an encoder: one forward pass, on onnxruntime
     """
-    import slmkit
-
-    lm = load_model(model, **config.open_options(), **config.runtime_options(), compile_decode=config.compile,
-                    n_ctx=config.n_ctx)
-    with progress_bar("bench") as progress:
-        result = slmkit.bench(lm, config, progress=progress)
+    result = bench.run(config, model, progress=progress_bar).summary
     if json_output:
         print_json(result)
         return

@@ -10,7 +10,8 @@ import typer
 from slmkit.cli.common import ModelArg
 from slmkit.cli.finetune import report_training, training_bar
 from slmkit.cli.options import with_config
-from slmkit.distill.config import DistillConfig
+from slmkit.verbs import distill
+from slmkit.verbs.distill import DistillConfig
 
 
 @with_config(DistillConfig, adds=("out", "force", "json"))
@@ -34,11 +35,6 @@ def distill_command(
       slm distill out/clf-3 -t out/clf --data train.tsv --hidden-loss mse --attention-loss --out out/kd-clf-3
       slm distill out/student -t smollm2-135m-instruct --data chats.jsonl --loss jsd --on-policy-ratio 0.5 --out out/gkd
     """
-    import slmkit
-    from slmkit.logs import quiet_libraries
-
-    quiet_libraries()
-    with training_bar() as progress:
-        result = slmkit.distill(teacher, student, out, config, progress=progress, force=force)
+    result = distill.run(config, student, out, progress=training_bar, force=force, teacher=teacher)
     report_training(result, {"teacher": teacher, "student": student, "out": str(out)}, f"{student} — distilled",
                     json_output)

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import ModelArg, human_bytes, load_model, print_json, print_table
+from slmkit.cli.common import ModelArg, human_bytes, print_json, print_table, progress_bar
 from slmkit.cli.options import with_config
-from slmkit.export.config import ExportSettings
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.verbs import export
+from slmkit.verbs.export import ExportSettings
 
 
 @with_config(ExportSettings, adds=("force", "json"))
@@ -34,27 +35,13 @@ def export_command(
       slm export ./my-classifier --format onnx --out my-classifier-onnx
       slm eval my-classifier-onnx --data dev.tsv   # run by onnxruntime
     """
-    import slmkit
-    from slmkit.models.loading import local_path
-
-    target = config.export_config()
-    # Checks before the (slow) load.
-    if config.format == "onnx":
-        from slmkit.export.onnx import check_onnx_target
-
-        check_onnx_target(out, force, reads=[local_path(model)])
-    else:
-        from slmkit.export.gguf import check_target
-
-        check_target(out, target.quant, force, reads=[local_path(model)])
-    lm = load_model(model, **config.open_options(), device="cpu", dtype="float32")
-    written = slmkit.export(lm, out, target, force=force)
-    result = {"model": model, "out": str(out), **written}
+    result = {"model": model, "out": str(out), **export.run(config, model, out, progress=progress_bar,
+                                                             force=force).summary}
     if json_output:
         print_json(result)
         return
     print_table(f"{model} → {out.name}", {**result, "bytes": human_bytes(result["bytes"])})
     if result.get("calibrated_requantized_layers"):
-        typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {target.quant} "
-                   f"grid and were re-rounded; quantize with --target gguf-{target.quant} to keep them exactly",
+        typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {config.quant} "
+                   f"grid and were re-rounded; quantize with --target gguf-{config.quant} to keep them exactly",
                    err=True)

@@ -7,15 +7,17 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from slmkit.cli.common import ModelArg, print_json, print_table, stderr
+from slmkit.cli.common import ModelArg, print_result, stderr
 from slmkit.cli.options import with_config
-from slmkit.finetune.config import FinetuneConfig
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.verbs import StageResult, finetune
+from slmkit.verbs.finetune import FinetuneConfig
 
 
 @contextmanager
-def training_bar():
-    """A `progress(step, total, facts)` callback drawing step, loss, tokens/s and the time left."""
+def training_bar(description: str, unit: str | None = None):
+    """A training verb's progress factory: an `update(step, total, facts)` drawing step, loss, tokens/s and the
+    time left. The bar says "training" whatever the verb calls it (the table after it names the verb)."""
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[facts]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
@@ -50,25 +52,17 @@ def finetune_command(
       slm finetune ./t5-small --data pairs.jsonl --task seq2seq --out out/t5
       torchrun --nproc-per-node 4 -m slmkit.cli.main finetune ... # DDP on 4 GPUs
     """
-    import slmkit
-    from slmkit.logs import quiet_libraries
-
-    quiet_libraries()
-    with training_bar() as progress:
-        result = slmkit.finetune(model, out, config, progress=progress, force=force)
+    result = finetune.run(config, model, out, progress=training_bar, force=force)
     report_training(result, {"model": model, "out": str(out)}, f"{model} — fine-tuned", json_output)
 
 
-def report_training(result, names: dict, title: str, json_output: bool) -> None:
+def report_training(result: StageResult, names: dict, title: str, json_output: bool) -> None:
     """A training run's outcome: its metrics, or how to resume it when SIGTERM stopped it."""
-    if not result.main_process:  # under torchrun every process runs the command; one reports
+    done = result.record
+    if not done["main_process"]:  # under torchrun every process runs the command; one reports
         return
-    if not result.completed:
-        stderr.print(f"stopped at step {result.step}; checkpoint saved in {result.checkpoints}; run the same "
+    if not done["completed"]:
+        stderr.print(f"stopped at step {done['step']}; checkpoint saved in {done['checkpoints']}; run the same "
                      "command with --resume to continue")
         return
-    summary = {**names, "task": result.task, **result.metrics}
-    if json_output:
-        print_json(summary)
-    else:
-        print_table(title, summary)
+    print_result(title, {**names, "task": done["task"], **result.summary}, json_output)

@@ -33,7 +33,7 @@ def interrupted_line(command: str, params: dict) -> str:
         return line
     line += f"; nothing was written to {out}"
     if command in ("finetune", "distill"):
-        from slmkit.finetune.run import checkpoint_dir
+        from slmkit.finetuning.run import checkpoint_dir
 
         checkpoints = checkpoint_dir(Path(out))
         if any(checkpoints.glob("checkpoint-*")):  # saved by --save-every before the interruption

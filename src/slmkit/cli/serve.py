@@ -8,7 +8,7 @@ from pathlib import Path
 from slmkit.cli.common import ModelArg, load_model, stderr
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.serve.settings import ServeConfig
+from slmkit.server.settings import ServeConfig
 
 
 @with_config(ServeConfig)
@@ -23,7 +23,7 @@ def serve_command(config: ServeConfig, model: ModelArg = DEFAULT_MODEL) -> None:
     """
     import slmkit
     from slmkit.runtime import choose_backend
-    from slmkit.serve.server import bind
+    from slmkit.server.server import bind
 
     local = Path(model).expanduser()
     name = Path(os.path.abspath(local)).name if local.exists() else model  # abspath: `slm serve .` names the dir

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from slmkit.cli.common import JsonOpt, load_model, print_json, print_table, progress_bar, stderr
+from slmkit.cli.common import JsonOpt, print_json, print_table, progress_bar, stderr
 from slmkit.cli.generate import OptionalModelArg, one_model
 from slmkit.cli.options import with_config
-from slmkit.synth.config import SynthSettings
+from slmkit.verbs import synth
+from slmkit.verbs.synth import SynthSettings
 
 # The teacher comes first, as the model does in every verb; -t/--teacher is the older spelling, kept working.
 TeacherOpt = Annotated[str | None, typer.Option("--teacher", "-t", help="Same as the teacher argument.")]
@@ -36,22 +37,13 @@ def synth_command(
       slm synth ./teacher --prompts q.jsonl --out orca.jsonl --style orca --samples-per-prompt 4 --seed 0
       slm synth model.q4_0.gguf --prompts q.txt --out data.jsonl --temperature 0
     """
-    # Here, not above: answering imports torch, which `slm --help` should not wait for.
-    from slmkit.synth import read_prompts, synth
-    from slmkit.synth.output import check_output_path
-
     spec = one_model(teacher, teacher_option, flags="-t/--teacher", what="teacher")
-    questions = read_prompts(config.prompts)  # before the model loads: a bad file fails at once
-    check_output_path(out, reads=[config.prompts])
-    lm = load_model(spec, **config.runtime_options(), **config.open_options())
-    with progress_bar("answering") as update:
-        result = synth(lm, questions, out, config.synth_config(), progress=update)
-    for path in result.repaired:
+    result = synth.run(config, spec, out, progress=progress_bar).summary
+    for path in result["repaired"]:
         stderr.print(f"{path}: cut off a partial last line (a run stopped mid-write)")
     if json_output:
-        print_json(result.to_dict())
+        print_json(result)
         return
-    rows = {key: value for key, value in result.to_dict().items()
-            if key not in ("dropped", "dropped_records", "repaired")}
-    rows.update({f"dropped: {reason}": count for reason, count in result.dropped.items() if count})
-    print_table(f"synth: {result.records} records in {result.out}", rows)
+    rows = {key: value for key, value in result.items() if key not in ("dropped", "dropped_records", "repaired")}
+    rows.update({f"dropped: {reason}": count for reason, count in result["dropped"].items() if count})
+    print_table(f"synth: {result['records']} records in {result['out']}", rows)

@@ -2,11 +2,12 @@
 
 Without data, the model samples its own text (data-free calibration, as in
 LLM-QAT): the statistics then reflect what the model itself finds likely.
-Sampling runs on the fastest engine the model has: llama.cpp, several
-sequences per forward pass, when its weights came from a GGUF (as the
-packaged models do), else transformers' `generate` on torch, all rows in one
-batch. The sampled ids are cached per model and settings, so a second
-quantize, or QAT after GPTQ, does not sample them again.
+Sampling runs on the fastest engine the model has: llama.cpp, 32 sequences
+per forward pass, when its weights came from a GGUF (as the packaged models
+do), else torch, all rows in one batch; both decode through the runtime's
+batched rows (`runtime.batched.sample_rows`). The sampled ids are cached per
+model and settings, so a second quantize, or QAT after GPTQ, does not sample
+them again.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import torch
 
 from slmkit import data
 from slmkit.errors import SlmError
+from slmkit.runtime.batched import sample_rows
+from slmkit.runtime.llamacpp import has_llama_cpp
+from slmkit.runtime.open import as_runtime, open_model
+from slmkit.runtime.sampling import row_generators
 from slmkit.settings import DATA_FREE_SAMPLES, DATA_FREE_SEQ_LEN
 
 # Bump when the sampling itself changes, so no cached ids from an older sampler are reused.
 SAMPLER_VERSION = 1
+LLAMA_CPP_WAVE = 32  # sequences per llama.cpp batch: its context holds wave x seq_len tokens of KV cache
 
 
 @dataclass
@@ -131,8 +137,6 @@ def sampling_engine(lm) -> str:
 
 
 def _engine_for(gguf: Path | None) -> str:
-    from slmkit.runtime.llamacpp import has_llama_cpp
-
     return "llamacpp" if gguf is not None and has_llama_cpp() else "torch"
 
 
@@ -168,16 +172,15 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
         if isinstance(ids, torch.Tensor) and ids.shape == (samples, seq_len):
             return ids
     generator = torch.Generator().manual_seed(seed)
-    prefix = data_free_prefixes(lm, samples, generator)
+    prefix = data_free_prefixes(lm, samples, generator).tolist()
+    generators = row_generators(generator, samples)
+    eos = lm.tokenizer.eos_token_id
+    banned = () if eos is None else (eos,)  # no end of text: every row runs the full length
     if engine == "llamacpp":
-        from slmkit.runtime.llamacpp import sample_together
-
-        eos = lm.tokenizer.eos_token_id
-        # No end-of-text token, as generate's min_new_tokens on torch: every row runs the full length.
-        ids = sample_together(gguf, prefix.tolist(), seq_len, generator, progress=progress,
-                              banned=() if eos is None else (eos,))
+        model, wave = open_model(str(gguf), backend="llamacpp", n_ctx=seq_len), LLAMA_CPP_WAVE
     else:
-        ids = _sample_on_torch(lm, prefix, seq_len, generator, progress)
+        model, wave = as_runtime(lm), None  # all rows in one batch
+    ids = sample_rows(model, prefix, seq_len, generators, banned=banned, wave=wave, progress=progress)
     if cached is not None:
         _keep(cached, ids)
     return ids
@@ -199,39 +202,3 @@ def _keep(path: Path, ids: torch.Tensor) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, save({"ids": ids.contiguous()}))
-
-
-class _InverseCdfSampler:
-    """A logits processor that samples the next token itself (`inverse_cdf_draw`, a generator per row) and
-    leaves greedy decoding only that one; `progress(tokens, total)` after every step."""
-
-    def __init__(self, generators: list[torch.Generator], progress=None, total: int = 0):
-        self.generators, self.progress, self.total = generators, progress, total
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from slmkit.runtime.sampling import inverse_cdf_draw
-
-        choice = inverse_cdf_draw(scores, self.generators).unsqueeze(1)
-        if self.progress is not None:
-            self.progress(min(len(scores) * (input_ids.shape[1] + 1), self.total), self.total)
-        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
-
-
-@torch.inference_mode()
-def _sample_on_torch(lm, prefix: torch.Tensor, seq_len: int, generator: torch.Generator, progress) -> torch.Tensor:
-    """transformers' generate, all rows in one batch. Measured on 2 cores (benchmarks/datafree_calibration.py),
-    the static cache and bfloat16 weights were no faster than this on a CPU."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    from slmkit.runtime.sampling import row_generators
-
-    eos = lm.tokenizer.eos_token_id
-    new_tokens = seq_len - prefix.shape[1]
-    # Plain sampling at temperature 1 whatever the model's own generation defaults say.
-    settings = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                eos_token_id=eos, pad_token_id=eos)
-    sampler = _InverseCdfSampler(row_generators(generator, len(prefix)), progress, len(prefix) * seq_len)
-    prefix = prefix.to(lm.model.device)
-    out = lm.model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), generation_config=settings,
-                            logits_processor=LogitsProcessorList([sampler]))
-    return out[:, :seq_len].cpu()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -144,6 +145,12 @@ def measure_each(stage: MeasureStage, context: StageContext,
             results[model.label] = measure(model, update)
     atomic_directory(context.out, lambda tmp: write_json_atomic(tmp / "results.json", results))
     return StageOutput(results, context.out.name)
+
+
+def one_bar(update: Callable[[int, int], None]) -> ProgressFactory:
+    """A progress factory whose every bar is `update`: what a verb reports while it measures one model moves that
+    model's bar (measure_each's)."""
+    return lambda description, unit=None: nullcontext(update)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
                                       torch_only_flag)
 from slmkit.runtime.llamacpp_open import LlamaLog, llama_cpp_module, open_gguf
-from slmkit.runtime.sampling import SamplingConfig, inverse_cdf_draw, row_generators
+from slmkit.runtime.sampling import SamplingConfig
 
 
 class LlamaBatch:
@@ -42,6 +43,9 @@ class LlamaBatch:
         self.n_batch, self.vocab = n_batch, llm.n_vocab()
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.positions = [0] * slots  # the next position of each sequence
+        # Freed with this object (holding `llm` keeps the weights alive until then); not at exit, where a daemon
+        # thread (the server's engine) may still be decoding in it.
+        weakref.finalize(self, _free_batch, llama_cpp, llm, self.context, self.batch).atexit = False
 
     def advance(self, rows: list[tuple[int, list[int]]]) -> torch.Tensor:
         """Append tokens to sequences ((sequence id, tokens): a prompt, or the one token just chosen) and return
@@ -70,9 +74,10 @@ class LlamaBatch:
         self.llama_cpp.llama_memory_seq_rm(self.llama_cpp.llama_get_memory(self.context), sequence, -1, -1)
         self.positions[sequence] = 0
 
-    def close(self) -> None:
-        self.llama_cpp.llama_batch_free(self.batch)
-        self.llama_cpp.llama_free(self.context)
+
+def _free_batch(llama_cpp, llm, context, batch) -> None:  # `llm`: only held until now
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(context)
 
 
 class LlamaRows:
@@ -89,56 +94,6 @@ class LlamaRows:
 
     def release(self, slot: int) -> None:
         self.batch.release(slot)
-
-
-def sample_together(path: str | Path, prefixes: list[list[int]], length: int, generator: torch.Generator, *,
-                    wave: int = 32, banned: tuple[int, ...] = (), progress=None) -> torch.Tensor:
-    """[rows, length] token ids: each prefix continued by plain sampling at temperature 1 (never a `banned`
-    token), `wave` rows decoded together (`LlamaBatch`), one forward pass per token for the whole wave.
-    `progress(tokens, total)` after every step.
-
-    Tokens are drawn here from the logits (`inverse_cdf_draw`, a generator per row seeded from `generator`), so
-    a seed gives the same rows whatever the wave, and the rows torch samples from the same weights."""
-    llama_cpp = llama_cpp_module()
-    wave = max(1, min(wave, len(prefixes), llama_cpp.llama_max_parallel_sequences()))
-    widest = max(map(len, prefixes))
-    if not 0 < min(map(len, prefixes)) <= widest < length:
-        raise SlmError(f"every prefix must hold 1 to {length - 1} tokens to sample {length}")
-    llm = open_gguf(path, n_ctx=min(length, 512), n_batch=64)  # this context only loads the model
-    trained = llama_cpp.llama_model_n_ctx_train(llm.model)
-    if length > trained:
-        llm.close()
-        raise SlmError(f"{length} tokens per sequence exceed {path}'s trained context ({trained})")
-    try:
-        batch = LlamaBatch(llm, wave, length, n_batch=max(wave * widest, 64))
-    except SlmError:
-        llm.close()
-        raise
-    total = len(prefixes) * length
-    rows: list[list[int]] = []
-    generators = row_generators(generator, len(prefixes))
-    try:
-        for first in range(0, len(prefixes), wave):
-            group = [list(prefix) for prefix in prefixes[first:first + wave]]
-            for row in range(len(group)):
-                batch.release(row)
-            growing = list(range(len(group)))  # the rows still short of `length`, as their logits come back
-            logits = batch.advance([(row, ids) for row, ids in enumerate(group)])
-            while growing:
-                logits[:, list(banned)] = float("-inf")
-                draws = inverse_cdf_draw(logits, [generators[first + row] for row in growing])
-                for row, token in zip(growing, draws.tolist()):
-                    group[row].append(token)
-                if progress is not None:
-                    progress(len(rows) * length + sum(map(len, group)), total)
-                growing = [row for row in growing if len(group[row]) < length]
-                if growing:
-                    logits = batch.advance([(row, group[row][-1:]) for row in growing])
-            rows += group
-    finally:
-        batch.close()
-        llm.close()
-    return torch.tensor(rows, dtype=torch.long)
 
 
 def _decode(llama_cpp, context, batch, entries: list[tuple[int, int, int, bool]]) -> None:
@@ -317,6 +272,9 @@ class LlamaCppModel(RuntimeBase):
 
     def open_batch(self, slots: int, length: int) -> LlamaRows:
         """A context of its own (`LlamaBatch`) on the loaded weights: this model's one sequence stays free."""
+        trained = self.config.max_position_embeddings
+        if length > trained:
+            raise SlmError(f"{length} tokens per sequence exceed {self.spec}'s trained context ({trained})")
         return LlamaRows(self.llm, slots, length)
 
     def info(self) -> RuntimeInfo:

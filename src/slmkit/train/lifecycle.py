@@ -273,6 +273,7 @@ def _arguments(config, task: Task, examples: int, checkpoints: Path):
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         logging_steps=max(1, total // 100),  # about a hundred points on the loss curve

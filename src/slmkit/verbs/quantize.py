@@ -61,7 +61,7 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         """The config `slmkit.quantize` takes, checked: everything that can fail before the model is loaded."""
         grid = {name: getattr(self, name) for name in GRID}
         if self.method == "qat":
-            from slmkit.distill.qat import qat_config
+            from slmkit.distillation.qat import qat_config
 
             config = qat_config(**grid, **{name: getattr(self, name) for name in QAT_ONLY}, device=self.device)
             # Too few sequences to hold some out: refused before they are read or sampled. The count does not

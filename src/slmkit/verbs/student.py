@@ -1,5 +1,5 @@
 """`student`: the smaller model a teacher is distilled into, made from the teacher's blocks, from a fresh
-config.json, or by structured pruning (slmkit.distill.student). One settings class for `slm student` and the
+config.json, or by structured pruning (slmkit.distillation.student). One settings class for `slm student` and the
 StudentConfig `slmkit.student` takes."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class StudentSettings(CalibrationSettings, OpenSettings):
 
     def method_config(self):
         """The StudentConfig `slmkit.student` takes, checked."""
-        from slmkit.distill.student import StudentConfig, parse_layers
+        from slmkit.distillation.student import StudentConfig, parse_layers
 
         return StudentConfig(layers=parse_layers(self.layers) if self.layers is not None else None,
                              depth=self.depth, config=str(self.config) if self.config else None,

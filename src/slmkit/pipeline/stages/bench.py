@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Literal
 
-from slmkit.evaluate.config import BenchSettings
-from slmkit.pipeline.registry import (RunModel, StageContext, StageOutput, measure_each, register_stage,
+from slmkit.pipeline.registry import (RunModel, StageContext, StageOutput, measure_each, one_bar, register_stage,
                                       with_settings)
 from slmkit.pipeline.stages.eval import TorchMeasureStage
+from slmkit.verbs import bench
+from slmkit.verbs.bench import BenchSettings
 
 
 class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weights"}, written_out=True)):
@@ -21,18 +23,14 @@ class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weigh
     def config(self) -> BenchSettings:
         return self.config_class(**self.model_dump(exclude=self.not_settings))
 
+    def settings(self, model: RunModel) -> BenchSettings:
+        """The settings `model` is benched with: `weights` and `compile` apply to the models torch runs."""
+        return replace(self.config(), weights=self.weights_for(model), compile=self.compile and self.on_torch(model))
+
 
 def run_bench(stage: BenchStage, context: StageContext) -> StageOutput:
-    from slmkit.evaluate.bench import bench_in_fresh_process
-
-    config = stage.config()
-
-    def measure(model: RunModel, update) -> dict:
-        on_torch = {"weights": config.weights, "compile_decode": config.compile} if stage.on_torch(model) else {}
-        return bench_in_fresh_process(model.spec, prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens,
-                                      repeats=config.repeats, n_ctx=config.n_ctx, **on_torch)
-
-    return measure_each(stage, context, measure)
+    return measure_each(stage, context, lambda model, update: bench.run(
+        stage.settings(model), model.spec, progress=one_bar(update), fresh_process=True).summary)
 
 
 register_stage(BenchStage, run_bench)

@@ -13,9 +13,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.distill.config import DistillConfig
 from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
 from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
+from slmkit.verbs import distill
+from slmkit.verbs.distill import DistillConfig
 
 
 class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})):
@@ -35,11 +36,8 @@ class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})
 
 
 def run_distill(stage: DistillStage, context: StageContext) -> StageOutput:
-    import slmkit
-
     teacher = stage.teacher or context.models[0].spec
-    output = run_training(stage, context, "distill", lambda out, config, progress: slmkit.distill(
-        teacher, context.source, out, config, progress=progress))
+    output = run_training(stage, context, distill.run, teacher=teacher)
     output.result["teacher"] = teacher
     return output
 

@@ -7,9 +7,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.evaluate.config import EvalConfig, EvalSettings
-from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, StageOutput, measure_each, register_stage,
-                                      with_settings)
+from slmkit.evaluation.config import EvalConfig
+from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, StageOutput, measure_each, one_bar,
+                                      register_stage, with_settings)
+from slmkit.verbs import evaluation
+from slmkit.verbs.evaluation import EvalSettings
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[2] / "samples" / "small-models.txt"
 
@@ -25,6 +27,9 @@ class TorchMeasureStage(MeasureStage):
         from slmkit.runtime import choose_backend
 
         return choose_backend(model.spec) == "torch"
+
+    def weights_for(self, model: RunModel) -> str:
+        return self.weights if self.on_torch(model) else "float32"
 
 
 class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights"})):
@@ -42,19 +47,20 @@ class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights
     def config(self) -> EvalConfig:
         return EvalConfig(**self.model_dump(exclude=self.not_settings, exclude_none=True))
 
+    def settings(self, data: str, model: RunModel) -> EvalSettings:
+        """The settings `model` is measured with, on `data`."""
+        return self.config_class(data=data, weights=self.weights_for(model),
+                                 **self.model_dump(exclude=self.not_settings, exclude_none=True))
+
 
 def run_eval(stage: EvalStage, context: StageContext) -> StageOutput:
-    import slmkit
-    from slmkit.runtime import open_model
-
-    path = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
-    config = stage.config()
+    data = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
 
     def measure(model: RunModel, update) -> dict:
-        weights = stage.weights if stage.on_torch(model) else "float32"
-        # "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
-        lm = open_model(model.spec, n_ctx=config.max_length or 2048, logits_all=True, weights=weights)
-        return {**slmkit.evaluate(lm, path, config, progress=update), "backend": lm.backend, "weights": weights}
+        settings = stage.settings(data, model)
+        # backend "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
+        measured = evaluation.run(settings, model.spec, progress=one_bar(update))
+        return {**measured.summary, "backend": measured.record["backend"], "weights": settings.weights}
 
     return measure_each(stage, context, measure)
 

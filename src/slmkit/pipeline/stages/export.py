@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from slmkit.errors import SlmError
-from slmkit.export.config import ExportSettings, GGUFConfig, OnnxConfig
+from slmkit.exporters.config import GGUFConfig, OnnxConfig
 from slmkit.models.checkpoint import atomic_directory
 from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
+from slmkit.verbs import export
+from slmkit.verbs.export import ExportSettings
 
 
 class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
@@ -17,29 +20,30 @@ class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
 
     config_class: ClassVar[type] = ExportSettings
 
-    def config(self) -> GGUFConfig | OnnxConfig:
+    def settings(self) -> ExportSettings:
         # The recipe's own words for the one-line error (its keys are no flags).
         if self.format == "onnx" and self.quant != GGUFConfig.quant:
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
-        return ExportSettings(**self.model_dump(exclude={"stage", "name"})).export_config()
+        return self.config_class(**self.model_dump(exclude={"stage", "name"}))
+
+    def config(self) -> GGUFConfig | OnnxConfig:
+        return self.settings().export_config()
 
     def onnx_only_output(self) -> bool:
         return self.format == "onnx"
 
 
 def run_export(stage: ExportStage, context: StageContext) -> StageOutput:
-    import slmkit
-
-    config = stage.config()
-    lm = slmkit.load(context.source, device="cpu", dtype="float32")
-    out = context.out
-    if isinstance(config, OnnxConfig):
-        return StageOutput(slmkit.export(lm, out, config), out.name)
-    path = out / f"model.{config.quant}.gguf"
+    """ONNX: the stage's directory. GGUF: the file and its Modelfile in the stage's directory, which appears in one
+    rename."""
+    settings, out = stage.settings(), context.out
+    if settings.format == "onnx":
+        return StageOutput(export.run(settings, context.source, out, progress=context.progress).summary, out.name)
+    path = out / f"model.{settings.quant}.gguf"
     result = {}
 
-    def write(tmp) -> None:  # the GGUF and its Modelfile appear together, in one directory rename
-        result.update(slmkit.export(lm, tmp / path.name, config))
+    def write(tmp: Path) -> None:
+        result.update(export.run(settings, context.source, tmp / path.name, progress=context.progress).summary)
 
     atomic_directory(out, write)
     result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.finetune.config import FinetuneConfig
 from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
+from slmkit.verbs import ProgressFactory, finetune
+from slmkit.verbs.finetune import FinetuneConfig
 
 
 class FinetuneStage(with_settings(FinetuneConfig, Stage, exclude={"data"})):
@@ -41,28 +44,36 @@ def training_file(stage: FinetuneStage, context: StageContext) -> str:
 
 
 def run_finetune(stage: FinetuneStage, context: StageContext) -> StageOutput:
-    import slmkit
-
-    return run_training(stage, context, "finetune", lambda out, config, progress: slmkit.finetune(
-        context.source, out, config, progress=progress))
+    return run_training(stage, context, finetune.run)
 
 
-def run_training(stage: FinetuneStage, context: StageContext, verb: str, train) -> StageOutput:
-    """Run `train(out, config, progress)` for a finetune-like stage, resuming what a stopped run left."""
+def run_training(stage: FinetuneStage, context: StageContext, verb_run: Callable, **options) -> StageOutput:
+    """A finetune-like stage: `verb_run` (a training verb's run, given `options`) on the newest model, resuming
+    what a stopped run left; a run SIGTERM stopped is an error, so the stage is not taken as finished."""
     from slmkit.errors import SlmError
-    from slmkit.finetune import checkpoint_dir
-    from slmkit.finetune.run import HELD_BACK_FILE
+    from slmkit.finetuning import checkpoint_dir
 
     data = training_file(stage, context)
     resume = any(checkpoint_dir(context.out).glob("checkpoint-*"))  # a run cut short last time
-    with context.progress(f"{verb}, step") as update:
-        result = train(context.out, stage.settings(data, resume), lambda step, total, facts: update(step, total))
-    if not result.completed:
-        raise SlmError(f"{verb} stopped at step {result.step} (SIGTERM); `slm run` again resumes it")
-    held_back = context.out / HELD_BACK_FILE
-    return StageOutput({"data": data, **result.metrics, "loss_curve": result.curve,
-                        "heldout": f"{context.out.name}/{HELD_BACK_FILE}" if held_back.is_file() else None},
+    result = verb_run(stage.settings(data, resume), context.source, context.out, progress=steps(context.progress),
+                      **options)
+    done = result.record
+    if not done["completed"]:
+        raise SlmError(f"{stage.stage} stopped at step {done['step']} (SIGTERM); `slm run` again resumes it")
+    heldout = f"{context.out.name}/{done['heldout'].name}" if done["heldout"] else None
+    return StageOutput({"data": data, **result.summary, "loss_curve": done["curve"], "heldout": heldout},
                        context.out.name)
+
+
+def steps(progress: ProgressFactory) -> ProgressFactory:
+    """A training verb's progress (`update(step, total, facts)`) on a recipe's bars, which show the steps."""
+
+    @contextmanager
+    def bar(description: str, unit: str | None = None):
+        with progress(description, unit) as update:
+            yield lambda step, total, facts: update(step, total)
+
+    return bar
 
 
 register_stage(FinetuneStage, run_finetune)

@@ -23,7 +23,8 @@ from pydantic import Field
 
 from slmkit.pipeline.registry import (Stage, StageContext, StageOutput, register_stage, with_settings,
                                       write_json_atomic)
-from slmkit.synth.config import SynthSettings
+from slmkit.verbs import synth
+from slmkit.verbs.synth import SynthSettings
 
 DATA_FILE = "data.jsonl"
 SAMPLE_PROMPTS = Path(__file__).resolve().parents[2] / "samples" / "kitchen-questions.txt"
@@ -63,23 +64,17 @@ def partial_dir(out: Path) -> Path:
 def run_synth(stage: SynthStage, context: StageContext) -> StageOutput:
     from slmkit.errors import SlmError
     from slmkit.models.checkpoint import atomic_directory
-    from slmkit.runtime import open_model
-    from slmkit.synth import synth
-    from slmkit.synth.output import dropped_path
+    from slmkit.synthesis.output import dropped_path
 
-    teacher = stage.teacher or context.models[0].spec
     work = partial_dir(context.out)
     work.mkdir(parents=True, exist_ok=True)
-    settings = stage.settings()
-    lm = open_model(teacher, **settings.runtime_options(), **settings.open_options())
-    with context.progress(f"synth: {teacher} answering") as update:
-        result = synth(lm, settings.prompts, work / DATA_FILE, settings.synth_config(), progress=update)
-    if result.records == 0:
-        dropped = ", ".join(f"{reason} {count}" for reason, count in result.dropped_records.items() if count)
+    result = synth.run(stage.settings(), stage.teacher or context.models[0].spec, work / DATA_FILE,
+                       progress=context.progress).summary
+    if result["records"] == 0:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in result["dropped_records"].items() if count)
         raise SlmError(f"synth kept no answers (dropped: {dropped}); loosen the filters or raise max_new_tokens")
     written = [work / DATA_FILE, dropped_path(work / DATA_FILE)]
-    stats = {**result.to_dict(), "out": f"{context.out.name}/{DATA_FILE}",
-             "dropped_out": f"{context.out.name}/{written[1].name}"}
+    stats = {**result, "out": f"{context.out.name}/{DATA_FILE}", "dropped_out": f"{context.out.name}/{written[1].name}"}
 
     def write(tmp: Path) -> None:
         for path in written:

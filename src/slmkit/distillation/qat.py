@@ -1,0 +1,303 @@
+"""Quantization-aware training on q4_0's grid: a 4-bit model healed by distilling from its own float weights,
+ending on values llama.cpp's q4_0 blocks hold exactly.
+
+The model starts from a one-shot solution on the grid (GPTQ, or RTN): blocks of 32 weights, one float16 scale
+each, codes -8..7. Every quantized Linear then keeps a latent float weight and its blocks' scales, both trained,
+and computes with codes x scale: the rounding to codes passes the weight's gradient straight through (STE), the
+clamp to -8..7 does not; a scale's gradient is taken with its codes held (d value / d scale = code, as
+EfficientQAT trains step sizes; LSQ's estimate, code - weight / scale, raised the KL on a tiny model where
+this lowered it), through the rounding to float16 straight. The loss
+is the KL from the float model's next-token distributions (self-distillation, as Gemma 3's QAT and LLM-QAT),
+through DistillationTrainer. At the end each weight is snapped to its codes x float16 scale, so the checkpoint
+is on the grid and `slm export --quant q4_0` writes its blocks bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
+from slmkit.errors import SlmError
+from slmkit.models.devices import check_trainer_device, resolve_device
+
+START_METHODS = {"gptq": GPTQConfig, "rtn": RTNConfig}
+GROUP = 32  # q4_0's block
+
+
+@dataclass
+class QATConfig(QuantConfig):
+    """q4_0's grid (what `--target gguf-q4_0` picks), trained.
+
+    Args:
+        start: the one-shot solution training starts from: gptq (calibrated on the same sequences) or rtn.
+        steps: optimizer steps; batch_size: sequences per step; lr: peak learning rate (linear decay after a
+            3% warm-up) of the latent weights and the scales.
+        held_out: sequences kept out of training, on which the KL to the float model is measured before and
+            after (recorded in the manifest); None: an eighth of them, 1 to 8.
+        scale_steps: the first steps train the scales alone, the weights held (EfficientQAT's second phase).
+        learn_scales: False holds each block's scale (so its clipping range) at the start's.
+        edges_at_q8_0: train with the embedding and output matrices at the q8_0 values the export writes, not
+            their float ones.
+        device: where training runs: auto (a GPU when there is one) | cpu | cuda | mps; a whole device type, as
+            transformers' Trainer takes it (another GPU: CUDA_VISIBLE_DEVICES).
+
+    A Calibration that asks for no sequence count or length takes `calibration_shape` (QAT_SAMPLES x
+    QAT_SEQ_LEN), with text or without, as `slm quantize --method qat` and the qat stage do.
+    """
+
+    method: ClassVar[str] = "qat"
+    calibration_shape: ClassVar[tuple[int, int]] = (QAT_SAMPLES, QAT_SEQ_LEN)
+    group_size: int = GROUP
+    float16_scales: bool = True
+    observer: str = "mse"
+    start: str = "gptq"
+    steps: int = 120  # 4 x 256 tokens a step: SmolLM2-135M took 27 minutes end to end on 2 CPU cores
+    lr: float = 5e-5  # measured on SmolLM2: 100 steps at 5e-5 beat 1e-5 (held-out KL 0.081 vs 0.100)
+    batch_size: int = 4
+    held_out: int | None = None
+    scale_steps: int = 0
+    learn_scales: bool = True
+    edges_at_q8_0: bool = False
+    device: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.bits, self.group_size, self.symmetric, self.float16_scales) != (4, GROUP, True, True):
+            raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0 (4 bits, blocks of 32, "
+                           "symmetric, float16 scales)")
+        if self.start not in START_METHODS:
+            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        if self.steps < 1 or self.batch_size < 1 or (self.held_out is not None and self.held_out < 1):
+            raise SlmError(f"--steps, --batch-size and the held-out sequences must be at least 1 (got {self.steps}, "
+                           f"{self.batch_size}, {self.held_out})")
+        if not 0 <= self.scale_steps < self.steps:
+            raise SlmError(f"scale_steps {self.scale_steps}: must be from 0 to below steps ({self.steps})")
+        if self.scale_steps and not self.learn_scales:
+            raise SlmError("scale_steps trains the scales alone first: it needs learn_scales")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SlmError(f"--lr {self.lr}: must be a positive number")
+        check_trainer_device(self.device)
+
+    def held_out_count(self, sequences: int) -> int:
+        """How many of `sequences` are held out; refuses too few to train on the rest."""
+        held = self.held_out if self.held_out is not None else min(8, max(1, sequences // 8))
+        if sequences <= held:
+            raise SlmError(f"QAT holds {held} of its {sequences} sequences out to measure the KL and trains on the "
+                           f"rest: give more (--calib-samples)")
+        return held
+
+    def start_config(self) -> QuantConfig:
+        grid = dict(bits=self.bits, group_size=self.group_size, symmetric=True, float16_scales=True)
+        return START_METHODS[self.start](**grid, **({"observer": self.observer} if self.start == "gptq" else {}))
+
+
+def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | None, target: str | None,
+               observer: str | None, device: str = "auto", **training) -> QATConfig:
+    """The QATConfig `slm quantize --method qat` and the qat stage ask for: the target's grid (QATConfig refuses
+    any but q4_0's), and the training settings given (None: the default)."""
+    from slmkit.compress.quantize import resolve_grid
+
+    grid = resolve_grid(bits, group_size, symmetric, target)
+    given = {name: value for name, value in {**training, "observer": observer}.items() if value is not None}
+    return QATConfig(**grid, **given, device=device)
+
+
+def straight_through_round(values: torch.Tensor) -> torch.Tensor:
+    """round(values) forward, the identity backward."""
+    return values + (values.round() - values).detach()
+
+
+def straight_through_float16(values: torch.Tensor) -> torch.Tensor:
+    """values rounded to float16 (as a q4_0 block stores its scale) forward, the identity backward."""
+    return values + (values.half().float() - values).detach()
+
+
+def grid_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """codes x float16(scale) for a [rows, cols] weight and [rows, cols / 32] scales: the values a q4_0 block
+    dequantizes to, computed as the exporter's codes are (weight / scale, rounded half to even, clamped)."""
+    rows, cols = weight.shape
+    scale16 = straight_through_float16(scale)
+    blocks = weight.reshape(rows, cols // GROUP, GROUP)
+    # scale16 detached here: the scale's gradient is taken with the codes held
+    codes = straight_through_round(blocks / scale16.detach().unsqueeze(-1)).clamp(-(2 ** (bits - 1)),
+                                                                                  2 ** (bits - 1) - 1)
+    return (codes * scale16.unsqueeze(-1)).reshape(rows, cols)
+
+
+class GridLinear(nn.Module):
+    """A Linear that computes with its weight read through the grid; weight and scale both learn."""
+
+    def __init__(self, linear: nn.Linear, scale: torch.Tensor, bits: int):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().float().clone())
+        self.scale = nn.Parameter(scale.detach().float().clone().to(self.weight.device))
+        self.bias = linear.bias
+        self.bits = bits
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(inputs, grid_weight(self.weight, self.scale, self.bits), self.bias)
+
+    def snapped(self) -> tuple[nn.Linear, torch.Tensor]:
+        """A plain Linear holding codes x float16 scale, and those scales (what is exported)."""
+        out_features, in_features = self.weight.shape
+        linear = nn.Linear(in_features, out_features, bias=self.bias is not None, device=self.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(grid_weight(self.weight, self.scale, self.bits))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear, self.scale.detach().half().float().cpu()
+
+
+def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def check_layers(model: nn.Module) -> None:
+    """Refuse, before any slow work, a layer QAT cannot train onto q4_0's grid: GPT-2's Conv1D (QAT swaps
+    nn.Linear layers) or an input width q4_0's blocks of 32 do not divide."""
+    from slmkit.models.layers import block_lists, linear_layers
+
+    for _, blocks in block_lists(model):
+        for name, layer in linear_layers(blocks[0]).items():
+            if not isinstance(layer, nn.Linear):
+                raise SlmError(f"QAT trains nn.Linear layers; {name} is a {type(layer).__name__} (GPT-2 style)")
+            if layer.in_features % GROUP:
+                raise SlmError(f"q4_0 stores blocks of {GROUP} weights: {name} takes {layer.in_features} inputs, "
+                               f"not a multiple of {GROUP}, so --method qat --target gguf-q4_0 cannot train it")
+
+
+def training_device(config: QATConfig, device: torch.device | str | None = None) -> torch.device:
+    """Where QAT trains: `device` (a name, or resolved already), else `config.device`; never cuda:N, where the
+    one-shot start would run on that GPU and the Trainer on the first."""
+    device = resolve_device(config.device if device is None else device)
+    check_trainer_device(device)
+    return device
+
+
+def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, ids: torch.Tensor, *,
+                                device: torch.device | str | None = None,
+                                progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+    """Train `model` in place onto the grid (see the module's docstring) on `ids` [sequences, tokens]; returns
+    (metrics, per-layer (scale, zero point)) as `compress.quantize` does, for the compressed-tensors writer.
+    `device`: where it trains (`training_device`)."""
+    held = config.held_out_count(len(ids))
+    device = training_device(config, device)
+    check_layers(model)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    start = start_on_grid(model, config, ids[held:], device)
+    return train_on_grid(model, teacher, tokenizer, config, ids, start, device, progress=progress)
+
+
+def start_on_grid(model: nn.Module, config: QATConfig, train: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """The one-shot solution (config.start, calibrated on `train`) written into `model`; its scales per layer."""
+    from slmkit.compress.quantize import quantize as quantize_layers
+
+    _, params = quantize_layers(model, config.start_config(), train, device=device)
+    return {name: scale for name, (scale, _) in params.items()}
+
+
+def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: QATConfig, ids: torch.Tensor,
+                  start: dict[str, torch.Tensor], device, *, progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[dict, dict]:
+    """QAT from `start_on_grid`'s solution in `model` against the float `teacher`; see
+    quantization_aware_training."""
+    held = config.held_out_count(len(ids))
+    held_out, train = ids[:held], ids[held:]
+    grid_layers = {}
+    for name, scale in start.items():
+        grid_layers[name] = GridLinear(model.get_submodule(name), scale, config.bits)
+        grid_layers[name].scale.requires_grad_(config.learn_scales)
+        _swap(model, name, grid_layers[name])
+    # Written at q8_0 by the export, the embedding and output matrices are not trained.
+    embeddings = {id(e.weight): e.weight for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                  if e is not None}
+    trainable = {key: weight.requires_grad for key, weight in embeddings.items()}
+    for weight in embeddings.values():
+        weight.requires_grad_(False)
+        if config.edges_at_q8_0:
+            with torch.no_grad():
+                weight.copy_(q8_0_values(weight))
+
+    with tempfile.TemporaryDirectory(prefix="slmkit-qat-") as scratch:
+        trainer = _trainer(model, teacher, tokenizer, config, train, held_out, device, scratch, progress)
+        if config.scale_steps:
+            trainer.add_callback(ScalesFirst([layer.weight for layer in grid_layers.values()], config.scale_steps))
+        before = trainer.evaluate()["eval_kd_loss"]
+        trainer.train()
+        if trainer.stopped_by_signal:
+            raise SlmError(f"QAT stopped by a signal at step {trainer.state.global_step} of {config.steps}; "
+                           "nothing was written")
+        after = trainer.evaluate()["eval_kd_loss"]
+        curve = _curve(trainer)
+    model.to("cpu")
+    trained = {}
+    for name, layer in grid_layers.items():
+        linear, scale = layer.snapped()
+        _swap(model, name, linear)
+        trained[name] = (scale, torch.zeros_like(scale))
+    for key, weight in embeddings.items():
+        weight.requires_grad_(trainable[key])
+    metrics = {"kl_before": before, "kl_after": after, "steps": trainer.state.global_step,
+               "tokens": trainer.state.num_input_tokens_seen,
+               "train_sequences": len(train), "held_out_sequences": len(held_out), "loss_curve": curve}
+    return metrics, trained
+
+
+def q8_0_values(weight: torch.Tensor) -> torch.Tensor:
+    """What `slm export --quant q4_0` writes for an embedding or output matrix, dequantized: its q8_0 blocks."""
+    import gguf
+
+    kind = gguf.GGMLQuantizationType.Q8_0
+    rows = weight.detach().float().cpu().numpy()
+    values = gguf.quants.dequantize(gguf.quants.quantize(rows, kind), kind).reshape(rows.shape)
+    return torch.from_numpy(values).to(weight.device, weight.dtype)
+
+
+class ScalesFirst(TrainerCallback):
+    """Holds the latent weights (no gradient, so AdamW leaves them) for the first `steps` steps: the scales
+    train alone."""
+
+    def __init__(self, weights: list[nn.Parameter], steps: int):
+        self.weights, self.steps = weights, steps
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        for weight in self.weights:
+            weight.requires_grad_(state.global_step >= self.steps)
+
+
+def _rows(ids: torch.Tensor) -> list[dict]:
+    return [{"input_ids": row.tolist()} for row in ids]
+
+
+def _trainer(model, teacher, tokenizer, config: QATConfig, train: torch.Tensor, held_out: torch.Tensor, device,
+             scratch: str, progress):
+    from slmkit.data.training import collator
+    from slmkit.distillation.trainer import DistillationTrainer
+    from slmkit.train.base import training_arguments
+
+    # The Trainer places the model by device type alone (cuda: its first GPU); training_device refused cuda:N.
+    args = training_arguments(scratch, per_device_train_batch_size=config.batch_size,
+                              per_device_eval_batch_size=config.batch_size, learning_rate=config.lr,
+                              max_steps=config.steps, logging_steps=max(1, config.steps // 100), save_strategy="no",
+                              seed=0, prediction_loss_only=True, use_cpu=device.type == "cpu")
+    report = None if progress is None else (lambda step, total, facts: progress(step, total))
+    return DistillationTrainer(model=model, args=args, train_dataset=_rows(train), eval_dataset=_rows(held_out),
+                               data_collator=collator("text", tokenizer), processing_class=tokenizer, progress=report,
+                               teacher=teacher, loss="fkl", temperature=1.0, alpha_ce=0.0, beta=0.5)
+
+
+def _curve(trainer) -> dict:
+    from slmkit.train.base import loss_curve
+
+    return loss_curve(trainer.state.log_history, ("kd_loss",))

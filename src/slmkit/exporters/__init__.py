@@ -1,0 +1,20 @@
+"""Export to the formats local runtimes read: GGUF (llama.cpp, Ollama, LM Studio), ONNX (onnxruntime)."""
+
+from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
+
+__all__ = ["ExportSettings", "GGUFConfig", "OnnxConfig", "GGUF_QUANT_TYPES", "GGUFExport", "ONNXExport",
+           "export_gguf", "export_onnx", "write_modelfile"]
+
+_LAZY = {"GGUF_QUANT_TYPES": ("gguf", "QUANT_TYPES"), "GGUFExport": ("gguf", "GGUFExport"),
+         "export_gguf": ("gguf", "export_gguf"), "write_modelfile": ("gguf", "write_modelfile"),
+         "ONNXExport": ("onnx", "ONNXExport"), "export_onnx": ("onnx", "export_onnx")}
+
+
+def __getattr__(name: str):
+    """The exporters import torch: only when one runs, not when a CLI reads a config to make its options."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        module, attribute = _LAZY[name]
+        return getattr(import_module(f"slmkit.exporters.{module}"), attribute)
+    raise AttributeError(f"module 'slmkit.exporters' has no attribute {name!r}")

@@ -1,0 +1,15 @@
+"""Supervised fine-tuning, full or LoRA: chat, completion, text, classification and seq2seq."""
+
+from slmkit.finetuning.config import TASKS, FinetuneConfig
+
+__all__ = ["TASKS", "FinetuneConfig", "FinetuneResult", "checkpoint_dir", "finetune"]
+
+
+def __getattr__(name: str):
+    """The training run imports torch and transformers: only when it is used, not when a CLI reads the config
+    to make its options (`slm --help` stays instant)."""
+    if name in ("FinetuneResult", "checkpoint_dir", "finetune"):
+        from slmkit.finetuning import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'slmkit.finetuning' has no attribute {name!r}")

@@ -1,0 +1,21 @@
+"""`distill`: a student learns a teacher's next-token distributions (and, asked, its hidden states and attention).
+DistillConfig (slmkit.distillation.config) is `slm distill`'s options, the distill recipe stage's fields and what
+`slmkit.distill` takes; the run is a fine-tune's (slmkit.verbs.finetune, train.lifecycle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmkit.distillation.config import DistillConfig
+from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.verbs.finetune import trained
+
+
+def run(settings: DistillConfig, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
+        data: str | Path | None = None, teacher: str) -> StageResult:
+    """Train the student `model` on `settings.data` with `teacher`'s distributions into `out`; the StageResult is
+    a fine-tune's (slmkit.verbs.finetune.trained). `data`: unused (the training file is `settings.data`)."""
+    import slmkit
+
+    return trained(lambda update: slmkit.distill(teacher, model, out, settings, progress=update, force=force),
+                   "distill", progress)

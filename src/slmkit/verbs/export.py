@@ -1,0 +1,33 @@
+"""`export`: a model as files another runtime runs: a GGUF file (llama.cpp, Ollama, LM Studio; an Ollama Modelfile
+beside it) or an ONNX directory (onnxruntime). ExportSettings (slmkit.exporters.config) is `slm export`'s options,
+the export recipe stage's fields and, as the config it names, what `slmkit.export` takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmkit.exporters.config import ExportSettings, OnnxConfig
+from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.verbs.opening import open_runtime
+
+
+def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
+        data: str | Path | None = None) -> StageResult:
+    """Write `model` to `out`: the .gguf file (its Modelfile beside it), or the ONNX directory. `data`: unused (an
+    export reads no text)."""
+    import slmkit
+    from slmkit.models.loading import local_path
+
+    target = settings.export_config()
+    reads = [local_path(model)]
+    if isinstance(target, OnnxConfig):  # checks before the slow load
+        from slmkit.exporters.onnx import check_onnx_target
+
+        check_onnx_target(out, force, reads=reads)
+    else:
+        from slmkit.exporters.gguf import check_target
+
+        check_target(out, target.quant, force, reads=reads)
+    # float32 on the CPU: what the exporters read (GGUF rounds from it, ONNX keeps it)
+    lm = open_runtime(model, progress, backend="torch", device="cpu", dtype="float32", **settings.open_options())
+    return StageResult(slmkit.export(lm, out, target, force=force), Path(out))

@@ -1,0 +1,27 @@
+"""`synth`: a teacher answers prompts; the good answers become chat training data (`slm finetune` reads it).
+SynthSettings (slmkit.synthesis.config) is `slm synth`'s options and the synth recipe stage's fields; the
+SynthConfig it nests is what `slmkit.synth` takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmkit.synthesis.config import SynthSettings
+from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.verbs.opening import open_runtime
+
+
+def run(settings: SynthSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
+        data: str | Path | None = None) -> StageResult:
+    """`model` (the teacher) answers `settings.prompts` into the chat JSONL `out`, resuming what an earlier run
+    left there; the result's summary is the SynthResult's (`slmkit.synth`). `force`, `data`: unused (a run
+    appends to `out`; the prompts are `settings.prompts`)."""
+    from slmkit.synthesis import read_prompts, synth
+    from slmkit.synthesis.output import check_output_path
+
+    questions = read_prompts(settings.prompts)  # before the model loads: a bad file fails at once
+    check_output_path(out, reads=[settings.prompts])
+    lm = open_runtime(model, progress, **settings.runtime_options(), **settings.open_options())
+    with progress("answering") as update:
+        result = synth(lm, questions, out, settings.synth_config(), progress=update)
+    return StageResult(result.to_dict(), Path(result.out))
