@@ -82,7 +82,8 @@ def gguf_file() -> str | None:
 
 def print_table(rows: list[tuple[str, dict]]) -> None:
     baseline = rows[0][1]["tokens"] / rows[0][1]["seconds"]
-    header = f"{'run':<34} {'answers':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x (a)':>6} {'kept':>5}  dropped"
+    width = max(len(label) for label, _ in rows)
+    header = f"{'run':<{width}} {'answers':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x (a)':>6} {'kept':>5}  dropped"
     print()
     print(header)
     print("-" * len(header))
@@ -91,7 +92,7 @@ def print_table(rows: list[tuple[str, dict]]) -> None:
         dropped = ", ".join(f"{reason} {count}" for reason, count in row["dropped"].items()) if row["dropped"] \
             else ("-" if row["dropped"] is None else "none")
         kept = "-" if row["kept"] is None else row["kept"]
-        print(f"{label:<34} {row['answers']:>7} {row['tokens']:>7} {row['seconds']:>8.1f} {speed:>7.1f} "
+        print(f"{label:<{width}} {row['answers']:>7} {row['tokens']:>7} {row['seconds']:>8.1f} {speed:>7.1f} "
               f"{speed / baseline:>6.2f} {kept:>5}  {dropped}")
 
 
