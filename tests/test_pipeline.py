@@ -384,18 +384,19 @@ def test_a_stage_registered_in_its_own_module_runs_through_slm_run(tiny_llama_di
 
     import slmkit
     from slmkit.cli.main import app
-    from slmkit.pipeline.registry import STAGES, Stage, StageOutput, register_stage
+    from slmkit.pipeline.registry import STAGES, Stage, register_stage
+    from slmkit.verbs import StageResult
 
     class ScaleHeadStage(Stage):
         stage: Literal["scale-head"]
         factor: float = 2.0
 
-    def scale_head(stage: ScaleHeadStage, context) -> StageOutput:  # checkpoint -> checkpoint + metrics
+    def scale_head(stage: ScaleHeadStage, context) -> StageResult:  # checkpoint -> checkpoint + metrics
         lm = slmkit.load(context.source)
         with torch.no_grad():
             lm.model.lm_head.weight.mul_(stage.factor)
         slmkit.save(lm, context.out, stage="scale-head", config={"factor": stage.factor})
-        return StageOutput({"factor": stage.factor, "source": context.source}, context.out.name)
+        return StageResult({"factor": stage.factor, "source": context.source}, context.out)
 
     register_stage(ScaleHeadStage, scale_head)
     try:

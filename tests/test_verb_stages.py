@@ -53,14 +53,14 @@ def calls(monkeypatch):
 def test_the_measuring_stages_run_the_verb_once_per_chosen_model(calls, tmp_path):
     (tmp_path / "t.txt").write_text("text\n")
     evaluated = run_stage(stage_of(f"stage: eval\n    data: {tmp_path / 't.txt'}\n    limit: 3"), tmp_path / "02-eval")
-    assert evaluated.result == {label: {"task": "perplexity", "backend": "torch", "weights": "float32"}
+    assert evaluated.summary == {label: {"task": "perplexity", "backend": "torch", "weights": "float32"}
                                 for label in ("original", "01-prune")}
-    assert json.loads((tmp_path / "02-eval" / "results.json").read_text()) == evaluated.result
+    assert json.loads((tmp_path / "02-eval" / "results.json").read_text()) == evaluated.summary
     assert [(call[1].data, call[1].limit, call[2]) for call in calls] == [
         (str(tmp_path / "t.txt"), 3, "teacher-spec"), (str(tmp_path / "t.txt"), 3, "pruned-spec")]
     calls.clear()
     benched = run_stage(stage_of("stage: bench\n    models: last\n    weights: int8"), tmp_path / "03-bench")
-    assert benched.result == {"01-prune": {"decode_tokens_per_s": 9.0}}
+    assert benched.summary == {"01-prune": {"decode_tokens_per_s": 9.0}}
     # Each model in a process of its own (its peak memory alone); torch runs this one, so int8 applies.
     (verb, settings, model, _, options), = calls
     assert (model, settings.weights, options) == ("pruned-spec", "int8", {"fresh_process": True})
@@ -70,7 +70,7 @@ def test_a_training_stage_records_the_verbs_result_and_refuses_a_stopped_run(cal
     data = tmp_path / "train.txt"
     data.write_text("text\n")
     trained = run_stage(stage_of("stage: distill\n    max_steps: 4"), tmp_path / "02-distill", str(data))
-    assert trained.result == {"data": str(data), "eval_loss": 0.5, "loss_curve": {"train": [1.0]},
+    assert trained.summary == {"data": str(data), "eval_loss": 0.5, "loss_curve": {"train": [1.0]},
                               "heldout": None, "teacher": "teacher-spec"}
     (verb, settings, model, out, options), = calls
     assert (verb, settings.max_steps, settings.resume, model, out, options) == (

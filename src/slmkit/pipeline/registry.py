@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmkit.models.checkpoint import atomic_directory, write_atomic
 from slmkit.schema import stage_fields
-from slmkit.verbs import ProgressFactory
+from slmkit.verbs import ProgressFactory, StageResult
 
 
 @dataclass
@@ -60,12 +60,6 @@ class StageContext:
             if record["stage"] == stage and (record.get("result") or {}).get(key):
                 return str(self.out.parent / record["result"][key])
         return None
-
-
-@dataclass
-class StageOutput:
-    result: dict  # what run.json records for the stage
-    output: str  # where its output is, relative to the run directory
 
 
 class Stage(BaseModel):
@@ -117,7 +111,8 @@ class MeasureStage(Stage):
         return [by_label[label] for label in self.models]
 
 
-Runner = Callable[[Stage, StageContext], StageOutput]
+# A runner returns what the stage made: run.json records its summary and where `out` is in the run directory.
+Runner = Callable[[Stage, StageContext], StageResult]
 
 
 @dataclass(frozen=True)
@@ -137,14 +132,14 @@ def register_stage(schema: type[Stage], run: Runner) -> type[Stage]:
 
 
 def measure_each(stage: MeasureStage, context: StageContext,
-                 measure: Callable[[RunModel, Callable[[int, int], None]], dict]) -> StageOutput:
+                 measure: Callable[[RunModel, Callable[[int, int], None]], dict]) -> StageResult:
     """A measuring stage's usual shape: `measure` every chosen model, all results in one results.json."""
     results = {}
     for model in stage.chosen(context.models):
         with context.progress(f"{stage.stage}: {model.label}") as update:
             results[model.label] = measure(model, update)
     atomic_directory(context.out, lambda tmp: write_json_atomic(tmp / "results.json", results))
-    return StageOutput(results, context.out.name)
+    return StageResult(results, context.out)
 
 
 def one_bar(update: Callable[[int, int], None]) -> ProgressFactory:

@@ -116,7 +116,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, model: str | None = None, da
                     run.log(f"{name}: stopped ({type(exc).__name__}: {exc})")
                     raise
                 record = {"stage": stage.stage, "status": "done", "seconds": round(time.perf_counter() - started, 2),
-                          "output": done.output, "result": done.result, "finished": _now()}
+                          "output": str(done.out.relative_to(directory)), "result": done.summary, "finished": _now()}
                 run.state["stages"][name] = record
                 run.save()
                 run.log(f"{name}: done in {record['seconds']} s")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar, Literal
 
-from slmkit.pipeline.registry import (RunModel, StageContext, StageOutput, measure_each, one_bar, register_stage,
+from slmkit.pipeline.registry import (RunModel, StageContext, measure_each, one_bar, register_stage,
                                       with_settings)
 from slmkit.pipeline.stages.eval import TorchMeasureStage
-from slmkit.verbs import bench
+from slmkit.verbs import StageResult, bench
 from slmkit.verbs.bench import BenchSettings
 
 
@@ -28,7 +28,7 @@ class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weigh
         return replace(self.config(), weights=self.weights_for(model), compile=self.compile and self.on_torch(model))
 
 
-def run_bench(stage: BenchStage, context: StageContext) -> StageOutput:
+def run_bench(stage: BenchStage, context: StageContext) -> StageResult:
     return measure_each(stage, context, lambda model, update: bench.run(
         stage.settings(model), model.spec, progress=one_bar(update), fresh_process=True).summary)
 

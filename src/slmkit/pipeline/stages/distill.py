@@ -13,9 +13,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
+from slmkit.pipeline.registry import StageContext, register_stage, with_settings
 from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
-from slmkit.verbs import distill
+from slmkit.verbs import StageResult, distill
 from slmkit.verbs.distill import DistillConfig
 
 
@@ -35,10 +35,10 @@ class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})
         return value
 
 
-def run_distill(stage: DistillStage, context: StageContext) -> StageOutput:
+def run_distill(stage: DistillStage, context: StageContext) -> StageResult:
     teacher = stage.teacher or context.models[0].spec
     output = run_training(stage, context, distill.run, teacher=teacher)
-    output.result["teacher"] = teacher
+    output.summary["teacher"] = teacher
     return output
 
 

@@ -8,9 +8,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from slmkit.evaluation.config import EvalConfig
-from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, StageOutput, measure_each, one_bar,
+from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, measure_each, one_bar,
                                       register_stage, with_settings)
-from slmkit.verbs import evaluation
+from slmkit.verbs import StageResult, evaluation
 from slmkit.verbs.evaluation import EvalSettings
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[2] / "samples" / "small-models.txt"
@@ -53,7 +53,7 @@ class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights
                                  **self.model_dump(exclude=self.not_settings, exclude_none=True))
 
 
-def run_eval(stage: EvalStage, context: StageContext) -> StageOutput:
+def run_eval(stage: EvalStage, context: StageContext) -> StageResult:
     data = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
 
     def measure(model: RunModel, update) -> dict:

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from slmkit.errors import SlmError
 from slmkit.exporters.config import GGUFConfig, OnnxConfig
 from slmkit.models.checkpoint import atomic_directory
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
-from slmkit.verbs import export
+from slmkit.pipeline.registry import Stage, StageContext, register_stage, with_settings
+from slmkit.verbs import StageResult, export
 from slmkit.verbs.export import ExportSettings
 
 
@@ -33,12 +33,12 @@ class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
         return self.format == "onnx"
 
 
-def run_export(stage: ExportStage, context: StageContext) -> StageOutput:
+def run_export(stage: ExportStage, context: StageContext) -> StageResult:
     """ONNX: the stage's directory. GGUF: the file and its Modelfile in the stage's directory, which appears in one
     rename."""
     settings, out = stage.settings(), context.out
     if settings.format == "onnx":
-        return StageOutput(export.run(settings, context.source, out, progress=context.progress).summary, out.name)
+        return StageResult(export.run(settings, context.source, out, progress=context.progress).summary, out)
     path = out / f"model.{settings.quant}.gguf"
     result = {}
 
@@ -47,7 +47,7 @@ def run_export(stage: ExportStage, context: StageContext) -> StageOutput:
 
     atomic_directory(out, write)
     result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
-    return StageOutput(result, f"{out.name}/{path.name}")
+    return StageResult(result, out / path.name)
 
 
 register_stage(ExportStage, run_export)

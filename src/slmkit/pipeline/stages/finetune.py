@@ -9,8 +9,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, register_stage, with_settings
-from slmkit.verbs import ProgressFactory, finetune
+from slmkit.pipeline.registry import Stage, StageContext, register_stage, with_settings
+from slmkit.verbs import ProgressFactory, StageResult, finetune
 from slmkit.verbs.finetune import FinetuneConfig
 
 
@@ -43,11 +43,11 @@ def training_file(stage: FinetuneStage, context: StageContext) -> str:
     return chosen
 
 
-def run_finetune(stage: FinetuneStage, context: StageContext) -> StageOutput:
+def run_finetune(stage: FinetuneStage, context: StageContext) -> StageResult:
     return run_training(stage, context, finetune.run)
 
 
-def run_training(stage: FinetuneStage, context: StageContext, verb_run: Callable, **options) -> StageOutput:
+def run_training(stage: FinetuneStage, context: StageContext, verb_run: Callable, **options) -> StageResult:
     """A finetune-like stage: `verb_run` (a training verb's run, given `options`) on the newest model, resuming
     what a stopped run left; a run SIGTERM stopped is an error, so the stage is not taken as finished."""
     from slmkit.errors import SlmError
@@ -61,8 +61,8 @@ def run_training(stage: FinetuneStage, context: StageContext, verb_run: Callable
     if not done["completed"]:
         raise SlmError(f"{stage.stage} stopped at step {done['step']} (SIGTERM); `slm run` again resumes it")
     heldout = f"{context.out.name}/{done['heldout'].name}" if done["heldout"] else None
-    return StageOutput({"data": data, **result.summary, "loss_curve": done["curve"], "heldout": heldout},
-                       context.out.name)
+    return StageResult({"data": data, **result.summary, "loss_curve": done["curve"], "heldout": heldout},
+                       context.out)
 
 
 def steps(progress: ProgressFactory) -> ProgressFactory:

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, known_method, register_stage, with_settings
-from slmkit.verbs import prune
+from slmkit.pipeline.registry import Stage, StageContext, known_method, register_stage, with_settings
+from slmkit.verbs import StageResult, prune
 from slmkit.verbs.prune import STRUCTURED_ONLY, PruneSettings
 
 
@@ -41,10 +41,10 @@ class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sp
     config = PruneStage.config
 
 
-def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageOutput:
+def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageResult:
     result = prune.run(stage.settings(), context.source, context.out, progress=context.progress,
                        data=context.calibration_data())
-    return StageOutput(result.summary, context.out.name)
+    return StageResult(result.summary, context.out)
 
 
 register_stage(PruneStage, run_prune)

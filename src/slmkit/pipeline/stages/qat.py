@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from slmkit.models.checkpoint import read_manifest
-from slmkit.pipeline.registry import StageContext, StageOutput, register_stage, with_settings
+from slmkit.pipeline.registry import StageContext, register_stage, with_settings
 from slmkit.pipeline.stages.quantize import QuantizeSettingsStage, run_quantize
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.verbs import StageResult
 from slmkit.verbs.quantize import GRID, QuantizeSettings
 
 ONE_SHOT_ONLY = {"method", "act_order", "fake_quant"}
@@ -35,10 +36,10 @@ class QATStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=(s
     fixed: ClassVar[dict] = {"method": "qat"}
 
 
-def run_qat(stage: QATStage, context: StageContext) -> StageOutput:
+def run_qat(stage: QATStage, context: StageContext) -> StageResult:
     output = run_quantize(stage, context)
     # run.json keeps the training curve for the report's plot; the command prints only the numbers.
-    output.result["loss_curve"] = read_manifest(context.out)["config"]["loss_curve"]
+    output.summary["loss_curve"] = read_manifest(context.out)["config"]["loss_curve"]
     return output
 
 

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 
 from pydantic import field_validator
 
-from slmkit.pipeline.registry import Stage, StageContext, StageOutput, known_method, register_stage, with_settings
-from slmkit.verbs import quantize
+from slmkit.pipeline.registry import Stage, StageContext, known_method, register_stage, with_settings
+from slmkit.verbs import StageResult, quantize
 from slmkit.verbs.quantize import QAT_ONLY, QuantizeSettings
 
 
@@ -37,10 +37,10 @@ class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclu
         return method if method is None else known_method(QUANT_METHODS, method)
 
 
-def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageOutput:
+def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageResult:
     result = quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
                           data=context.calibration_data())
-    return StageOutput(result.summary, context.out.name)
+    return StageResult(result.summary, context.out)
 
 
 register_stage(QuantizeStage, run_quantize)

@@ -21,9 +21,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import (Stage, StageContext, StageOutput, register_stage, with_settings,
+from slmkit.pipeline.registry import (Stage, StageContext, register_stage, with_settings,
                                       write_json_atomic)
-from slmkit.verbs import synth
+from slmkit.verbs import StageResult, synth
 from slmkit.verbs.synth import SynthSettings
 
 DATA_FILE = "data.jsonl"
@@ -61,7 +61,7 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(f"{out.name}.partial")
 
 
-def run_synth(stage: SynthStage, context: StageContext) -> StageOutput:
+def run_synth(stage: SynthStage, context: StageContext) -> StageResult:
     from slmkit.errors import SlmError
     from slmkit.models.checkpoint import atomic_directory
     from slmkit.synthesis.output import dropped_path
@@ -86,7 +86,7 @@ def run_synth(stage: SynthStage, context: StageContext) -> StageOutput:
     shutil.rmtree(work, ignore_errors=True)
     summary = {key: stats[key] for key in ("teacher", "backend", "style", "prompts", "pairs", "records", "kept",
                                            "dropped_records", "new_tokens", "tokens_per_s")}
-    return StageOutput({"data": stats["out"], **summary}, context.out.name)
+    return StageResult({"data": stats["out"], **summary}, context.out)
 
 
 register_stage(SynthStage, run_synth)
