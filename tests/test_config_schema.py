@@ -62,9 +62,9 @@ def test_cli_library_and_recipe_defaults_are_one(verb, config_class, stage_class
     assert offered == {field.name for field in dataclasses.fields(config_class)}
 
 
-# Every verb with options; `slm generate`/`slm chat` take the sampling settings, `slm run` a recipe.
+# Every verb with options (`slm run` takes a recipe, `slm models` none).
 VERBS_WITH_OPTIONS = ("prune", "quantize", "student", "finetune", "distill", "synth", "export", "eval", "bench",
-                      "serve", "generate", "chat")
+                      "serve", "generate", "chat", "info")
 
 
 def test_every_verb_is_made_from_one_config():

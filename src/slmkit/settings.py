@@ -61,16 +61,22 @@ class ComputeSettings:
 
 
 @dataclass(kw_only=True)
-class RuntimeSettings:
+class PlacementSettings:
+    """Where the torch backend runs a model, and in what precision."""
+
+    device: str = setting(f"torch backend: {DEVICES} (auto: CUDA when present, else the CPU).", "auto",
+                          recipe=False)
+    dtype: str = setting("torch backend: auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, bfloat16 "
+                         "on a GPU that has it).", "auto", recipe=False)
+
+
+@dataclass(kw_only=True)
+class RuntimeSettings(PlacementSettings):
     """Which runtime runs a model, and on the torch backend where and in what precision."""
 
     backend: str = setting("auto | torch | llamacpp | onnx. auto runs a .gguf file with llama.cpp when "
                            "llama-cpp-python is installed, an ONNX export (a directory with model.onnx, or the "
                            ".onnx file) with onnxruntime, everything else with torch.", "auto", recipe=False)
-    device: str = setting(f"torch backend: {DEVICES} (auto: CUDA when present, else the CPU).", "auto",
-                          recipe=False)
-    dtype: str = setting("torch backend: auto | float32 | bfloat16 | float16 (auto: float32 on the CPU, bfloat16 "
-                         "on a GPU that has it).", "auto", recipe=False)
     weights: str = setting("torch backend: float32 | bfloat16 | int8 (int8 weights, one scale per output channel: "
                            "faster decoding on a CPU).", "float32")
     # Checked where the model is opened (runtime.open_model), before the slow load.

@@ -21,16 +21,8 @@ stderr = Console(stderr=True)
 MODEL_HELP = "Alias (see `slm models`), local HF directory, .gguf file or hub id"
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP + ".")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle",
-                                               help="Load pickle (.bin/.pt) weights; they can run code.")]
-TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code",
-                                                   help="Run Python code shipped with the model.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new checkpoint.")]
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
-DeviceOpt = Annotated[str, typer.Option(help="torch backend: auto | cpu | cuda | cuda:N | mps (auto: CUDA when "
-                                             "present, else the CPU).")]
-DtypeOpt = Annotated[str, typer.Option(help="torch backend: auto | float32 | bfloat16 | float16 (auto: float32 on "
-                                            "the CPU, bfloat16 on a GPU that has it).")]  # slm info's
 
 
 def load_model(spec: str, *, backend: str = "torch", **options):

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from slmkit.cli.common import (DeviceOpt, DtypeOpt, AllowPickleOpt, JsonOpt, ModelArg, TrustRemoteCodeOpt, human_bytes, load_model,
-                               print_json, print_table)
+from dataclasses import dataclass
+
+from slmkit.cli.common import ModelArg, human_bytes, load_model, print_json, print_table
+from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.settings import OpenSettings, PlacementSettings
 
 
-def info(model: ModelArg = DEFAULT_MODEL, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
-         json_output: JsonOpt = False, allow_pickle: AllowPickleOpt = False,
-         trust_remote_code: TrustRemoteCodeOpt = False) -> None:
+@dataclass(kw_only=True)
+class InfoSettings(PlacementSettings, OpenSettings):
+    """`slm info` opens the model with torch (a GGUF is converted), where and in what precision it will run."""
+
+
+@with_config(InfoSettings, adds=("json",))
+def info(settings: InfoSettings, model: ModelArg = DEFAULT_MODEL, *, json_output: bool) -> None:
     """Show what a model is and what it needs to run.
 
     Examples: slm info; slm info ./my-checkpoint --json; slm info model.gguf
     """
     from slmkit.models.info import model_info
 
-    lm = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
-                    dtype=dtype)
+    lm = load_model(model, device=settings.device, dtype=settings.dtype, **settings.open_options())
     result = model_info(lm)
     if json_output:
         print_json(result)
