@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from slmkit.compress.families import FAMILIES, family_of
 from slmkit.compress.grid import fake_quantize, group_params
+from slmkit.models.architectures import roles_of, supporting
 from slmkit.models.layers import set_weight_matrix, weight_matrix
 from slmkit.compress.quantize import QuantConfig, RTNQuantizer, _group_size, register
 from slmkit.errors import SlmError
@@ -59,9 +59,9 @@ class AWQQuantizer(RTNQuantizer):
         self.family: dict | None = None
 
     def bind(self, model) -> None:
-        self.family = family_of(model)
+        self.family = roles_of(model)
         if self.family is None:
-            raise SlmError(f"AWQ supports {', '.join(sorted(FAMILIES))}, not "
+            raise SlmError(f"AWQ supports {', '.join(supporting('roles'))}, not "
                            f"{model.config.get_text_config().model_type}; use --method gptq")
 
     def observe(self, name, module, inputs) -> None:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from slmkit.compress.families import FAMILIES, family_of
+from slmkit.models.architectures import roles_of, supporting
 from slmkit.models.layers import block_lists
 from slmkit.errors import SlmError
 from slmkit.models.kinds import head_dim
@@ -197,10 +197,10 @@ def prune_structured(model, config: StructuredConfig, calibration: torch.Tensor)
     """
     text_config = _text_config(model)
     _, blocks = _decoder_blocks(model)
-    adapter = family_of(model)
+    adapter = roles_of(model)
     wants_width = config.ffn is not None or config.heads is not None
     if wants_width and adapter is None:
-        raise SlmError(f"width pruning supports {', '.join(sorted(FAMILIES))}, not {text_config.model_type}; "
+        raise SlmError(f"width pruning supports {', '.join(supporting('roles'))}, not {text_config.model_type}; "
                        "--depth works for every decoder")
     ffn, heads, depth = config.ffn, config.heads, config.depth
     if config.target_params is not None:

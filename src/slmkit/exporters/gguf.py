@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.exporters.gguf_arch import GGUFArchitecture, architecture_for
 from slmkit.exporters.gguf_vocab import add_tokenizer
+from slmkit.models.architectures import ARCHITECTURES, GGUFArchitecture, supporting
 from slmkit.models.codes import recover_codes, stored_weight_scales
+from slmkit.models.kinds import head_dim
 from slmkit.models.checkpoint import (atomic_file, check_not_input, check_writable, claim_output, release_output,
                                      write_atomic)
 
@@ -106,10 +107,25 @@ def _tensor_type(gguf_name: str, shape: tuple[int, ...], quant: str):
     return qtype
 
 
+def architecture_for(config) -> GGUFArchitecture:
+    """How llama.cpp takes a `config.model_type` model: the table's GGUF record, checked against this config."""
+    model_type = config.model_type
+    architecture = getattr(ARCHITECTURES.get(model_type), "gguf", None)
+    if architecture is None:
+        raise SlmError(f"GGUF export does not support {model_type!r} models; supported: "
+                       f"{', '.join(supporting('gguf'))}")
+    heads = config.num_attention_heads
+    if architecture.square_query and heads * head_dim(config) != config.hidden_size:
+        raise SlmError(f"llama.cpp runs {model_type} only with attention heads x head_dim = hidden size, and this "
+                       f"model has {heads} x {head_dim(config)} for {config.hidden_size} (heads removed by "
+                       "structured pruning?); prune its depth and FFN width only to export it to GGUF")
+    return architecture
+
+
 def _tensors(model, architecture: GGUFArchitecture, quant: str, codes: dict):
     """(gguf name, array to write, ggml type, calibrated: None | True exact | False re-rounded) per tensor."""
     config = model.config
-    names = gguf.get_tensor_name_map(architecture.arch, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.arch], config.num_hidden_layers)
     heads = {"attn_q": config.num_attention_heads,
              "attn_k": getattr(config, "num_key_value_heads", None) or config.num_attention_heads}
     for name, parameter in model.named_parameters():  # tied weights appear once
@@ -183,14 +199,15 @@ def export_gguf(lm, out: str | Path, quant: str = "f16", *, force: bool = False)
     hparams = architecture.hparams(config)
     codes = grid_codes(Path(lm.path) if lm.path else None, model)
     tensors = list(_tensors(model, architecture, quant, codes))  # every shape error before anything is written
+    arch_name = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[architecture.arch]]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_file(out) as temporary:
-            _write(gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[architecture.arch]), lm, quant, hparams, tensors)
+            _write(gguf.GGUFWriter(temporary, arch_name), lm, quant, hparams, tensors)
     finally:
         release_output(out)
-    return GGUFExport(path=out, quant=quant, architecture=gguf.MODEL_ARCH_NAMES[architecture.arch],
+    return GGUFExport(path=out, quant=quant, architecture=arch_name,
                       tensors=len(tensors), bytes=out.stat().st_size,
                       exact_layers=[name for name, _, _, calibrated in tensors if calibrated is True],
                       requantized_layers=[name for name, _, _, calibrated in tensors if calibrated is False])

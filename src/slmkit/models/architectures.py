@@ -1,8 +1,12 @@
-"""What differs per architecture when a transformers decoder is written as GGUF.
+"""One table of what differs per architecture, keyed by transformers' model_type.
 
-Tensor names come from gguf's own TensorNameMap (the table llama.cpp's
-converter uses); this file holds only the rest: the hyper-parameter keys each
-llama.cpp architecture reads, and the few weight rewrites it expects.
+Each record holds what block-level compression needs (where a block keeps the layers it rewrites) and what GGUF
+export needs (the llama.cpp architecture, its hyper-parameters, the weight rewrites it expects); None where a
+family has no such support. The table lives in the lowest room so compress/ and exporters/ read the same record,
+and names llama.cpp's architecture as a string so that only the exporter imports the optional `gguf` package.
+
+The hyper-parameter functions live here too: they only read a transformers config, and keeping them in the
+record (rather than a name looked up in the exporter) leaves no second table to keep in step with this one.
 """
 
 from __future__ import annotations
@@ -10,18 +14,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gguf
-
 from slmkit.errors import SlmError
 from slmkit.models.kinds import head_dim
+
+# Canonical role -> module path inside one block (llama.cpp's TensorNameMap idea):
+# methods ask for "the FFN output projection" and never string-match names.
+LLAMA = {
+    "attn_norm": "input_layernorm", "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm", "ffn_in": ("mlp.gate_proj", "mlp.up_proj"),
+    "ffn_up": "mlp.up_proj", "ffn_out": "mlp.down_proj",
+}
+# Gemma's RMSNorm multiplies by (1 + weight) and its MLP reads a different norm: no norm folding.
+GEMMA3 = {**LLAMA, "attn_norm": None, "ffn_norm": None}
+# Phi: one norm feeds attention and MLP in parallel, and GELU sits between fc1 and fc2: nothing folds exactly.
+PHI = {"attn_norm": None, "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+       "o": "self_attn.dense", "ffn_norm": None, "ffn_in": ("mlp.fc1",), "ffn_up": None, "ffn_out": "mlp.fc2"}
 
 
 @dataclass(frozen=True)
 class GGUFArchitecture:
-    """One llama.cpp architecture.
+    """How one model_type is written as GGUF for llama.cpp.
 
     Args:
-        arch: llama.cpp's architecture id.
+        arch: the name of llama.cpp's architecture id in `gguf.MODEL_ARCH` ("LLAMA"); the exporter resolves it.
         hparams: config -> {GGUFWriter.add_<key> suffix: value}.
         permute_qk: llama.cpp's llama graph rotates interleaved pairs, HF's Llama rotates halves:
             the rows of q/k are reordered so both compute the same thing.
@@ -31,12 +46,21 @@ class GGUFArchitecture:
             equal the hidden size (llama and Gemma 3 read key_length instead).
     """
 
-    arch: gguf.MODEL_ARCH
+    arch: str
     hparams: Callable[[object], dict]
     permute_qk: bool = False
     norm_plus_one: bool = False
     transposed: bool = False
     square_query: bool = False
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model_type. Args: roles: canonical role -> module path in a block, for AWQ and width pruning
+    (None: they refuse it). gguf: how GGUF export writes it (None: it refuses it)."""
+
+    roles: dict | None = None
+    gguf: GGUFArchitecture | None = None
 
 
 def rope_theta(config, layer_type: str = "full_attention") -> float:
@@ -93,25 +117,24 @@ def _gpt2(config) -> dict:
             "head_count": config.n_head, "layer_norm_eps": config.layer_norm_epsilon}
 
 
-ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "llama": GGUFArchitecture(gguf.MODEL_ARCH.LLAMA, _llama, permute_qk=True),
-    "mistral": GGUFArchitecture(gguf.MODEL_ARCH.LLAMA, _llama, permute_qk=True),
-    "qwen2": GGUFArchitecture(gguf.MODEL_ARCH.QWEN2, _llama, square_query=True),
-    "gemma3_text": GGUFArchitecture(gguf.MODEL_ARCH.GEMMA3, _gemma3, norm_plus_one=True),
-    "phi": GGUFArchitecture(gguf.MODEL_ARCH.PHI2, _phi2, square_query=True),
-    "gpt2": GGUFArchitecture(gguf.MODEL_ARCH.GPT2, _gpt2, transposed=True, square_query=True),
+_LLAMA_GGUF = GGUFArchitecture("LLAMA", _llama, permute_qk=True)
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(LLAMA, _LLAMA_GGUF),
+    "mistral": Architecture(LLAMA, _LLAMA_GGUF),
+    "qwen2": Architecture(LLAMA, GGUFArchitecture("QWEN2", _llama, square_query=True)),
+    "gemma3_text": Architecture(GEMMA3, GGUFArchitecture("GEMMA3", _gemma3, norm_plus_one=True)),
+    "gemma3": Architecture(GEMMA3),  # the multimodal wrapper: its text blocks compress; no GGUF export
+    "phi": Architecture(PHI, GGUFArchitecture("PHI2", _phi2, square_query=True)),
+    "gpt2": Architecture(gguf=GGUFArchitecture("GPT2", _gpt2, transposed=True, square_query=True)),
 }
 
 
-def architecture_for(config) -> GGUFArchitecture:
-    model_type = config.model_type
-    if model_type not in ARCHITECTURES:
-        raise SlmError(f"GGUF export does not support {model_type!r} models; supported: "
-                       f"{', '.join(sorted(ARCHITECTURES))}")
-    architecture = ARCHITECTURES[model_type]
-    heads = config.num_attention_heads
-    if architecture.square_query and heads * head_dim(config) != config.hidden_size:
-        raise SlmError(f"llama.cpp runs {model_type} only with attention heads x head_dim = hidden size, and this "
-                       f"model has {heads} x {head_dim(config)} for {config.hidden_size} (heads removed by "
-                       "structured pruning?); prune its depth and FFN width only to export it to GGUF")
-    return architecture
+def supporting(field: str) -> list[str]:
+    """The model_types whose record sets `field` ("roles" or "gguf"), sorted: what an error lists as supported."""
+    return sorted(model_type for model_type, record in ARCHITECTURES.items() if getattr(record, field) is not None)
+
+
+def roles_of(model) -> dict | None:
+    """The role map of `model`'s text model, or None where block-level methods cannot rewrite it."""
+    record = ARCHITECTURES.get(model.config.get_text_config().model_type)
+    return record.roles if record else None
