@@ -21,6 +21,8 @@ from slmkit.schema import settings
 VERBS = [("eval", EvalSettings, EvalStage, "evaluate"), ("bench", BenchSettings, BenchStage, "bench"),
          ("export", ExportSettings, ExportStage, "export")]
 STAGE_MODULES = {"eval": "evaluation", "bench": "bench", "export": "export"}  # slmkit.verbs.<module>: each verb's run
+# The name each verb module opens its model with (export opens a float32 torch model, as compression does).
+OPENERS = {"export": "open_float32"}
 
 
 @pytest.fixture
@@ -39,7 +41,8 @@ def handed_to_library(monkeypatch, verb: str, library_verb: str, arguments: list
         raise SystemExit(0)
 
     monkeypatch.setattr(slmkit, library_verb, record)
-    monkeypatch.setattr(f"slmkit.verbs.{STAGE_MODULES[verb]}.open_runtime", lambda *args, **kwargs: None)
+    module = STAGE_MODULES[verb]
+    monkeypatch.setattr(f"slmkit.verbs.{module}.{OPENERS.get(module, 'open_runtime')}", lambda *args, **kwargs: None)
     result = CliRunner().invoke(app, [verb, *arguments])
     assert result.exit_code == 0 and seen, result.output
     return seen[0]
@@ -84,7 +87,8 @@ def test_the_commands_hand_the_library_their_settings(monkeypatch, data, tmp_pat
 def test_a_bad_setting_is_refused_before_the_model_opens(arguments, message, data, monkeypatch):
     opened = []
     for module in STAGE_MODULES.values():
-        monkeypatch.setattr(f"slmkit.verbs.{module}.open_runtime", lambda *args, **kwargs: opened.append(args))
+        monkeypatch.setattr(f"slmkit.verbs.{module}.{OPENERS.get(module, 'open_runtime')}",
+                            lambda *args, **kwargs: opened.append(args))
     result = CliRunner().invoke(app, [argument.format(data=data) for argument in arguments])
     assert isinstance(result.exception, slmkit.SlmError) and message in str(result.exception) and not opened
 

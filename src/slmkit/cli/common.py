@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from slmkit.verbs.opening import open_runtime
+
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -25,17 +27,17 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Directory for the new check
 ForceOpt = Annotated[bool, typer.Option(help="Replace a non-empty --out.")]
 
 
-def load_model(spec: str, *, backend: str = "torch", **options):
-    """The model for a command, opened with a status line (`runtime.open_model`'s options)."""
-    from slmkit.logs import quiet_libraries
-    from slmkit.runtime import choose_backend, open_model
+@contextmanager
+def status_line(description: str, unit: str | None = None):
+    """A progress factory (slmkit.verbs.ProgressFactory) that shows `description` beside a spinner: for a step
+    with no count, as opening a model is."""
+    with stderr.status(description):
+        yield lambda done, total: None
 
-    quiet_libraries()
-    chosen = choose_backend(spec, backend)
-    how = {"llamacpp": " with llama.cpp", "onnx": " with onnxruntime"}.get(
-        chosen, " (a packaged GGUF is converted once, then cached)")
-    with stderr.status(f"loading {spec}{how}"):
-        return open_model(spec, backend=chosen, **options)
+
+def load_model(spec: str, *, backend: str = "torch", **options):
+    """The model for a command, opened with a status line (`verbs.opening.open_runtime`'s options)."""
+    return open_runtime(spec, status_line, backend=backend, **options)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from slmkit.models.checkpoint import check_destination
 from slmkit.models.devices import resolve_device
 from slmkit.models.loading import local_path
 from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.verbs.opening import open_float32
 
 
 def compress(settings, model: str, out: Path, config, *, method: Callable, description: str,
@@ -23,19 +24,13 @@ def compress(settings, model: str, out: Path, config, *, method: Callable, descr
     calibration = Calibration.from_settings(settings, data).for_method(config)
     device = resolve_device(settings.device)  # a device that is not there: before the slow load
     check_destination(out, force, reads=[local_path(model), settings.calib])
-    lm = load_float32(settings, model, progress)
+    lm = open_float32(settings, model, progress)
     if needs_calibration(config):
         calibrate(lm, calibration, progress)
     with progress(description) as update:
         result = method(lm, calibration, device, update)
     slmkit.save(lm, out, result=result, parent=model, force=force)
     return StageResult(result.summary, Path(out))
-
-
-def load_float32(settings, model: str, progress: ProgressFactory):
-    """`model` in float32 on the CPU, where compression rewrites its weights; `settings`: the open group."""
-    with progress(f"loading {model} (a packaged GGUF is converted once, then cached)"):
-        return slmkit.load(model, device="cpu", dtype="float32", **settings.open_options())
 
 
 def calibrate(lm, calibration, progress: ProgressFactory) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from slmkit.exporters.config import ExportSettings, OnnxConfig
 from slmkit.verbs import ProgressFactory, StageResult
-from slmkit.verbs.opening import open_runtime
+from slmkit.verbs.opening import open_float32
 
 
 def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
@@ -28,6 +28,5 @@ def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFa
         from slmkit.exporters.gguf import check_target
 
         check_target(out, target.quant, force, reads=reads)
-    # float32 on the CPU: what the exporters read (GGUF rounds from it, ONNX keeps it)
-    lm = open_runtime(model, progress, backend="torch", device="cpu", dtype="float32", **settings.open_options())
+    lm = open_float32(settings, model, progress)
     return StageResult(slmkit.export(lm, out, target, force=force), Path(out))

@@ -19,3 +19,9 @@ def open_runtime(spec: str, progress: ProgressFactory, *, backend: str, **option
     chosen = choose_backend(spec, backend)
     with progress(f"loading {spec}{HOW.get(chosen, CONVERTED)}"):
         return open_model(spec, backend=chosen, **options)
+
+
+def open_float32(settings, model: str, progress: ProgressFactory):
+    """`model` with torch in float32 on the CPU: what compression rewrites and the exporters read (a GPU, where
+    used, computes a block at a time); `settings`: the open group (slmkit.settings.OpenSettings)."""
+    return open_runtime(model, progress, backend="torch", device="cpu", dtype="float32", **settings.open_options())

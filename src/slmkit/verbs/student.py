@@ -48,13 +48,14 @@ def run(settings: StudentSettings, model: str, out: Path, *, progress: ProgressF
     from slmkit.models.checkpoint import check_destination
     from slmkit.models.loading import local_path
     from slmkit.compress.calibration import Calibration
-    from slmkit.verbs.compress import calibrate, load_float32
+    from slmkit.verbs.compress import calibrate
+    from slmkit.verbs.opening import open_float32
 
     config = settings.method_config()
     structured = config.structured()
     calibration = Calibration.from_settings(settings, data)
     check_destination(out, force, reads=[local_path(model), settings.config, settings.calib])
-    lm = load_float32(settings, model, progress)
+    lm = open_float32(settings, model, progress)
     if structured is None:  # blocks kept or a fresh config: nothing to score, seconds
         report = slmkit.student(lm, config)
     else:
