@@ -70,6 +70,13 @@ class Stage(BaseModel):
 
     makes_model: ClassVar[bool] = True  # False: it measures the models (eval, bench)
     stage_defaults: ClassVar[dict] = {}  # a setting's default that is the stage's own, not its config's
+    config_class: ClassVar[type | None] = None  # the verb's settings its fields fill (with_settings)
+    not_settings: ClassVar[set[str]] = {"stage", "name"}  # fields the stage keeps for itself
+
+    def verb_settings(self, **fixed):
+        """`config_class` made from the settings the recipe gave (one left out: the config's default) and those
+        the stage sets itself (`fixed`)."""
+        return self.config_class(**self.model_dump(exclude=self.not_settings, exclude_none=True), **fixed)
 
     def config(self):
         """The method's config, checked (a bad value is an error when the recipe is read); None if none."""

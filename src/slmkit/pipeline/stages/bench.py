@@ -21,7 +21,7 @@ class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weigh
     not_settings: ClassVar[set[str]] = {"stage", "name", "models"}  # fields the stage keeps for itself
 
     def config(self) -> BenchSettings:
-        return self.config_class(**self.model_dump(exclude=self.not_settings))
+        return self.verb_settings()
 
     def settings(self, model: RunModel) -> BenchSettings:
         """The settings `model` is benched with: `weights` and `compile` apply to the models torch runs."""

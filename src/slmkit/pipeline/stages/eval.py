@@ -49,8 +49,7 @@ class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights
 
     def settings(self, data: str, model: RunModel) -> EvalSettings:
         """The settings `model` is measured with, on `data`."""
-        return self.config_class(data=data, weights=self.weights_for(model),
-                                 **self.model_dump(exclude=self.not_settings, exclude_none=True))
+        return self.verb_settings(data=data, weights=self.weights_for(model))
 
 
 def run_eval(stage: EvalStage, context: StageContext) -> StageResult:

@@ -24,7 +24,7 @@ class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
         # The recipe's own words for the one-line error (its keys are no flags).
         if self.format == "onnx" and self.quant != GGUFConfig.quant:
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
-        return self.config_class(**self.model_dump(exclude={"stage", "name"}))
+        return self.verb_settings()
 
     def config(self) -> GGUFConfig | OnnxConfig:
         return self.settings().export_config()

@@ -25,8 +25,7 @@ class FinetuneStage(with_settings(FinetuneConfig, Stage, exclude={"data"})):
     config_class: ClassVar[type] = FinetuneConfig
 
     def settings(self, data: str, resume: bool = False):
-        chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
-        return self.config_class(data=data, resume=resume, **chosen)
+        return self.verb_settings(data=data, resume=resume)
 
     def config(self):
         """The settings checked when the recipe is read (the training file may come from an earlier stage)."""

@@ -24,8 +24,7 @@ class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY
         return method if method is None else known_method(PRUNE_METHODS, method)
 
     def settings(self) -> PruneSettings:
-        return self.config_class(**self.model_dump(exclude={"stage", "name"}, exclude_none=True),
-                                 structured=self.stage == "structured")
+        return self.verb_settings(structured=self.stage == "structured")
 
     def config(self):
         return self.settings().method_config()
@@ -42,9 +41,8 @@ class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sp
 
 
 def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageResult:
-    result = prune.run(stage.settings(), context.source, context.out, progress=context.progress,
-                       data=context.calibration_data())
-    return StageResult(result.summary, context.out)
+    return prune.run(stage.settings(), context.source, context.out, progress=context.progress,
+                     data=context.calibration_data())
 
 
 register_stage(PruneStage, run_prune)

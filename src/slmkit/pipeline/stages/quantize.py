@@ -20,7 +20,7 @@ class QuantizeSettingsStage(Stage):
     fixed: ClassVar[dict] = {}  # settings the stage sets itself (the qat stage's method)
 
     def settings(self) -> QuantizeSettings:
-        return self.config_class(**self.model_dump(exclude={"stage", "name"}, exclude_none=True), **self.fixed)
+        return self.verb_settings(**self.fixed)
 
     def config(self):
         return self.settings().method_config()
@@ -38,9 +38,8 @@ class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclu
 
 
 def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageResult:
-    result = quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
-                          data=context.calibration_data())
-    return StageResult(result.summary, context.out)
+    return quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
+                        data=context.calibration_data())
 
 
 register_stage(QuantizeStage, run_quantize)

@@ -48,8 +48,7 @@ class SynthStage(with_settings(SynthSettings, Stage, exclude={"prompts"})):
     config_class: ClassVar[type] = SynthSettings
 
     def settings(self) -> SynthSettings:
-        chosen = self.model_dump(exclude=self.not_settings, exclude_none=True)
-        return self.config_class(prompts=self.prompts or SAMPLE_PROMPTS, **chosen)
+        return self.verb_settings(prompts=self.prompts or SAMPLE_PROMPTS)
 
     def config(self):
         return self.settings().synth_config()
