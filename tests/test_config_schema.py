@@ -108,6 +108,9 @@ def test_every_option_reaches_the_config(data, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["finetune", "m", "--data", data, "--out", str(tmp_path / "o"),
                                       "--lora-rank", "0"])
     assert str(result.exception) == "--lora-rank 0: must be at least 1"  # the config's own check
+    result = CliRunner().invoke(app, ["finetune", "m", "--data", data, "--out", str(tmp_path / "o"),
+                                      "--weight-decay", "1.5"])
+    assert str(result.exception) == "--weight-decay 1.5: must be in [0, 1)" and not (tmp_path / "o").exists()
 
 
 def test_a_new_setting_is_one_edit():
