@@ -213,3 +213,22 @@ def test_packed_text_trains_and_records_the_run(tmp_path, tiny_llama_dir):
     assert manifest["config"]["packing"] and manifest["config"]["data_sha256"]
     assert [step for step, _ in manifest["config"]["loss_curve"]["train"]] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["use_cache"] is True
+
+
+def test_a_setting_that_names_its_trainer_argument_reaches_the_trainer_with_no_other_edit(tmp_path):
+    from dataclasses import dataclass
+
+    from slmkit.data.tasks import TASKS
+    from slmkit.schema import setting
+    from slmkit.train.lifecycle import _arguments
+
+    @dataclass
+    class Clipped(FinetuneConfig):
+        clip: float = setting("Gradient norm clipped to.", 0.25, trainer="max_grad_norm")
+
+    config = Clipped(data=str(chat_file(tmp_path / "chat.jsonl")), batch_size=3, seed=7, device="cpu")
+    args = _arguments(config, TASKS["chat"], 24, tmp_path / "checkpoints")
+    assert args.max_grad_norm == 0.25  # transformers' default is 1.0
+    # the declared ones beside it, each filling every argument it names
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (3, 3)
+    assert (args.seed, args.data_seed) == (7, 7)

@@ -242,3 +242,11 @@ stages:
     assert trained["steps"] == 4 and trained["method"] == "qat" and len(trained["loss_curve"]["train"]) == 4
     assert trained["kl_after"] >= 0 and trained["calib"] == str(data)
     assert state["stages"]["gguf"]["result"]["calibrated_exact_layers"] == 7 * 2
+
+
+def test_the_steps_learning_rate_and_batch_size_reach_the_trainer_as_qatconfig_declares_them(tmp_path):
+    from slmkit.train.run import trainer_arguments
+
+    args = trainer_arguments(tmp_path, QATConfig(steps=7, lr=1e-3, batch_size=3), device="cpu", dtype="float32")
+    assert (args.max_steps, args.learning_rate) == (7, 1e-3)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (3, 3)

@@ -1,8 +1,10 @@
 """One declaration per setting: a config dataclass's field carries its help text and where it is offered, and
 both the CLI's options (cli/options.py) and a recipe stage's schema (`stage_fields`) are made from it, so
-a new setting is one edit and the two cannot drift apart.
+a new setting is one edit and the two cannot drift apart. A training setting also names the argument of
+transformers' TrainingArguments it fills (train.run walks them), so it reaches the Trainer with no other edit.
 
     lora_rank: int = setting("LoRA rank.", 8)
+    grad_accum: int = setting("Steps accumulated per optimizer update.", 1, trainer="gradient_accumulation_steps")
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from dataclasses import MISSING
 
 
 def setting(help: str, default=MISSING, *, flag: str | tuple[str, ...] | None = None, envvar: str | None = None,
-            cli: bool = True, recipe: bool = True):
+            cli: bool = True, recipe: bool = True, trainer: str | tuple[str, ...] = ()):
     """A config field with its help text. `flag`: the CLI's name(s) when not --<field-name> (e.g. ("--calib",
     "--data"), or "--sym/--asym" for a bool with an off switch); `envvar`: read from this environment variable
     when the flag is not given (a secret kept off the command line); `cli` / `recipe`: False keeps it out of
-    the command's options / the recipe stage (a run control the stage sets itself)."""
-    metadata = {"help": help, "flag": flag, "envvar": envvar, "cli": cli, "recipe": recipe}
+    the command's options / the recipe stage (a run control the stage sets itself); `trainer`: the
+    TrainingArguments field(s) its value fills as it is (batch_size: the train and eval batch sizes)."""
+    metadata = {"help": help, "flag": flag, "envvar": envvar, "cli": cli, "recipe": recipe,
+                "trainer": (trainer,) if isinstance(trainer, str) else tuple(trainer)}
     return dataclasses.field(default=default, metadata=metadata)
 
 

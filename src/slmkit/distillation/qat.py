@@ -8,7 +8,8 @@ clamp to -8..7 does not; a scale's gradient is taken with its codes held (d valu
 EfficientQAT trains step sizes; LSQ's estimate, code - weight / scale, raised the KL on a tiny model where
 this lowered it), through the rounding to float16 straight. The loss
 is the KL from the float model's next-token distributions (self-distillation, as Gemma 3's QAT and LLM-QAT),
-through DistillationTrainer. At the end each weight is snapped to its codes x float16 scale, so the checkpoint
+through DistillationTrainer, trained as every slmkit run is (train.run: the arguments QATConfig declares, one
+Trainer over the sequences). At the end each weight is snapped to its codes x float16 scale, so the checkpoint
 is on the grid and `slm export --quant q4_0` writes its blocks bit for bit.
 """
 
@@ -27,8 +28,12 @@ from transformers import TrainerCallback
 
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
+from slmkit.data.training import collator
+from slmkit.distillation.trainer import DistillationTrainer
 from slmkit.errors import SlmError
 from slmkit.models.devices import check_trainer_device, resolve_device
+from slmkit.schema import setting
+from slmkit.train.run import TrainingRun, trainer_arguments
 
 START_METHODS = {"gptq": GPTQConfig, "rtn": RTNConfig}
 GROUP = 32  # q4_0's block
@@ -61,9 +66,14 @@ class QATConfig(QuantConfig):
     float16_scales: bool = True
     observer: str = "mse"
     start: str = "gptq"
-    steps: int = 120  # 4 x 256 tokens a step: SmolLM2-135M took 27 minutes end to end on 2 CPU cores
-    lr: float = 5e-5  # measured on SmolLM2: 100 steps at 5e-5 beat 1e-5 (held-out KL 0.081 vs 0.100)
-    batch_size: int = 4
+    # trainer=: the TrainingArguments field(s) a setting fills (train.run). The CLI and the recipe offer these
+    # through verbs.quantize's QuantizeSettings, not from here.
+    # 4 x 256 tokens a step: SmolLM2-135M took 27 minutes end to end on 2 CPU cores
+    steps: int = setting("Optimizer steps.", 120, trainer="max_steps")
+    # measured on SmolLM2: 100 steps at 5e-5 beat 1e-5 (held-out KL 0.081 vs 0.100)
+    lr: float = setting("Peak learning rate of the latent weights and the scales.", 5e-5, trainer="learning_rate")
+    batch_size: int = setting("Sequences per step.", 4,
+                              trainer=("per_device_train_batch_size", "per_device_eval_batch_size"))
     held_out: int | None = None
     scale_steps: int = 0
     learn_scales: bool = True
@@ -229,17 +239,21 @@ def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: QATCo
             with torch.no_grad():
                 weight.copy_(q8_0_values(weight))
 
+    callbacks = [ScalesFirst([layer.weight for layer in grid_layers.values()], config.scale_steps)
+                 ] if config.scale_steps else []
+    report = None if progress is None else (lambda step, total, facts: progress(step, total))
     with tempfile.TemporaryDirectory(prefix="slmkit-qat-") as scratch:
-        trainer = _trainer(model, teacher, tokenizer, config, train, held_out, device, scratch, progress)
-        if config.scale_steps:
-            trainer.add_callback(ScalesFirst([layer.weight for layer in grid_layers.values()], config.scale_steps))
-        before = trainer.evaluate()["eval_kd_loss"]
-        trainer.train()
-        if trainer.stopped_by_signal:
-            raise SlmError(f"QAT stopped by a signal at step {trainer.state.global_step} of {config.steps}; "
+        run = TrainingRun(GridTrainer, model, _arguments(config, device, scratch), train=_rows(train),
+                          held_out=_rows(held_out), collator=collator("text", tokenizer), tokenizer=tokenizer,
+                          progress=report, callbacks=callbacks, teacher=teacher,
+                          loss="fkl", temperature=1.0, alpha_ce=0.0, beta=0.5)
+        before = run.trainer.evaluate()["eval_kd_loss"]
+        run.train()
+        if run.trainer.stopped_by_signal:
+            raise SlmError(f"QAT stopped by a signal at step {run.trainer.state.global_step} of {config.steps}; "
                            "nothing was written")
-        after = trainer.evaluate()["eval_kd_loss"]
-        curve = _curve(trainer)
+        after = run.trainer.evaluate()["eval_kd_loss"]
+        curve = run.curve  # read after the last evaluation: it is the curve's eval point
     model.to("cpu")
     trained = {}
     for name, layer in grid_layers.items():
@@ -248,8 +262,9 @@ def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: QATCo
         trained[name] = (scale, torch.zeros_like(scale))
     for key, weight in embeddings.items():
         weight.requires_grad_(trainable[key])
-    metrics = {"kl_before": before, "kl_after": after, "steps": trainer.state.global_step,
-               "tokens": trainer.state.num_input_tokens_seen,
+    state = run.trainer.state
+    metrics = {"kl_before": before, "kl_after": after, "steps": state.global_step,
+               "tokens": state.num_input_tokens_seen,
                "train_sequences": len(train), "held_out_sequences": len(held_out), "loss_curve": curve}
     return metrics, trained
 
@@ -276,28 +291,23 @@ class ScalesFirst(TrainerCallback):
             weight.requires_grad_(state.global_step >= self.steps)
 
 
+class GridTrainer(DistillationTrainer):
+    """QAT's trainer: DistillationTrainer with the KL alone in the loss (alpha_ce 0), so the loss curve keeps
+    that part and leaves out the cross-entropy it logs beside it."""
+
+    logged_parts = ("kd_loss",)
+
+
 def _rows(ids: torch.Tensor) -> list[dict]:
     return [{"input_ids": row.tolist()} for row in ids]
 
 
-def _trainer(model, teacher, tokenizer, config: QATConfig, train: torch.Tensor, held_out: torch.Tensor, device,
-             scratch: str, progress):
-    from slmkit.data.training import collator
-    from slmkit.distillation.trainer import DistillationTrainer
-    from slmkit.train.base import training_arguments
-
-    # The Trainer places the model by device type alone (cuda: its first GPU); training_device refused cuda:N.
-    args = training_arguments(scratch, per_device_train_batch_size=config.batch_size,
-                              per_device_eval_batch_size=config.batch_size, learning_rate=config.lr,
-                              max_steps=config.steps, logging_steps=max(1, config.steps // 100), save_strategy="no",
-                              seed=0, prediction_loss_only=True, use_cpu=device.type == "cpu")
-    report = None if progress is None else (lambda step, total, facts: progress(step, total))
-    return DistillationTrainer(model=model, args=args, train_dataset=_rows(train), eval_dataset=_rows(held_out),
-                               data_collator=collator("text", tokenizer), processing_class=tokenizer, progress=report,
-                               teacher=teacher, loss="fkl", temperature=1.0, alpha_ce=0.0, beta=0.5)
-
-
-def _curve(trainer) -> dict:
-    from slmkit.train.base import loss_curve
-
-    return loss_curve(trainer.state.log_history, ("kd_loss",))
+def _arguments(config: QATConfig, device: torch.device, scratch: str):
+    """The Trainer's arguments: the steps, learning rate and batch size QATConfig declares, and these, fixed or
+    derived. The Trainer places the model by device type alone (cuda: its first GPU); training_device refused
+    cuda:N."""
+    return trainer_arguments(scratch, config, device=device, dtype="float32",  # no mixed precision
+                             logging_steps=max(1, config.steps // 100),  # about a hundred points on the curve
+                             save_strategy="no",  # the scratch directory goes with the run: nothing to resume
+                             seed=0,
+                             prediction_loss_only=True)  # evaluation reads the loss (the KL), no predictions

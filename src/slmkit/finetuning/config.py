@@ -52,19 +52,22 @@ class FinetuneConfig:
     lora_dropout: float = setting("Dropout on the LoRA input.", 0.05)
     lora_targets: str = setting("all-linear, or module names: q_proj,v_proj.", "all-linear")
     merge: bool = setting("With --lora: write the merged model (a plain checkpoint) instead of the adapter.", False)
-    epochs: float = setting("Passes over the data.", 1.0)
+    # trainer=: the TrainingArguments field(s) a setting fills as it is; train.lifecycle derives the rest.
+    epochs: float = setting("Passes over the data.", 1.0, trainer="num_train_epochs")
     max_steps: int | None = setting("Stop after this many optimizer steps (wins over --epochs).", None)
     lr: float | None = setting("Peak learning rate [default: 2e-4 with --lora, else 5e-5].", None)
-    batch_size: int = setting("Sequences per device per step.", 8)
-    grad_accum: int = setting("Steps accumulated per optimizer update.", 1)
-    weight_decay: float = setting("AdamW weight decay (transformers leaves biases and norms out).", 0.0)
+    batch_size: int = setting("Sequences per device per step.", 8,
+                              trainer=("per_device_train_batch_size", "per_device_eval_batch_size"))
+    grad_accum: int = setting("Steps accumulated per optimizer update.", 1, trainer="gradient_accumulation_steps")
+    weight_decay: float = setting("AdamW weight decay (transformers leaves biases and norms out).", 0.0,
+                                  trainer="weight_decay")
     max_length: int = setting("Tokens per sequence (longer ones are cut).", 512)
     packing: bool = setting("Pack several examples per row (each attends only to itself).", False)
     eval_data: str | None = setting("Evaluation file [default: --eval-fraction of --data held back].", None)
     eval_fraction: float = setting("Share of --data held back for evaluation when there is no --eval-data.", 0.05)
     eval_every: int = setting("Steps between evaluations (0: at the end).", 0)
     save_every: int = setting("Steps between resumable checkpoints in OUT.checkpoints/ (0: only on SIGTERM).", 100)
-    seed: int = setting("Seed for the data order, dropout and new weights.", 0)
+    seed: int = setting("Seed for the data order, dropout and new weights.", 0, trainer=("seed", "data_seed"))
     # A recipe stage resumes by itself (it finds the checkpoints a stopped run left).
     resume: bool = setting("Continue an interrupted run from its newest checkpoint.", False, recipe=False)
     # Not recipe settings (yet): a stage field more changes the fingerprint of every recipe written before it.

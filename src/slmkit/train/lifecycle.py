@@ -7,7 +7,8 @@
    precision); a classifier gets a fresh head over the training file's labels;
 3. let the method prepare (a teacher, its Trainer class), turn the file into examples (data.training:
    assistant-only labels, packing), holding a seeded slice back for evaluation when there is no eval file;
-4. train on SlmTrainer (or the method's subclass) with resumable checkpoints in `<out>.checkpoints/`;
+4. train on SlmTrainer (or the method's subclass) with resumable checkpoints in `<out>.checkpoints/`, through
+   train.run's TrainingRun (as every run trains), with the arguments the config declares;
 5. evaluate (the task's metric, train.metrics) and write `out` atomically; the checkpoints go once it is whole.
 
 A `TrainingMethod` is what plugs into it: finetune.run's FineTuning adds LoRA, distill.run's Distillation a
@@ -23,13 +24,11 @@ import json
 import math
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import torch
 from transformers import set_seed
 
 from slmkit.data.loaders import check_not_empty, infer_task, load_labeled
@@ -37,11 +36,11 @@ from slmkit.data.tasks import TASKS, Task, task_names
 from slmkit.data.training import collator, label_names, pack, pad_token_id, training_data
 from slmkit.errors import SlmError
 from slmkit.models.checkpoint import check_destination, save, write_atomic
-from slmkit.models.devices import resolve_device
 from slmkit.models.kinds import require_kind
 from slmkit.models import loading  # called through the module: tests replace loading.load to see it unused
-from slmkit.train.base import SlmTrainer, TrainProgress, loss_curve, training_arguments
+from slmkit.train.base import SlmTrainer, TrainProgress
 from slmkit.train.metrics import METRICS
+from slmkit.train.run import TrainingRun, trainer_arguments
 
 RUN_FILE = "run.json"  # in the checkpoint directory: the settings a --resume must repeat
 EVAL_HOLDOUT_MAX = 256  # held-back examples when no --eval-data is given
@@ -147,24 +146,21 @@ def train_model(model: str, out: str | Path, method: TrainingMethod, *, progress
     trainer_class, extra = method.prepare(lm, task, labels)
     train, held_out, held_back = _examples(task, lm.tokenizer, config, labels)
     trainable = method.trainable(lm.model, task)
-    args = _arguments(config, task, len(train), checkpoints)
-    trainer = trainer_class(model=trainable, args=args, train_dataset=train, eval_dataset=held_out,
-                            data_collator=collator(task.name, lm.tokenizer, packing=config.packing),
-                            processing_class=lm.tokenizer, progress=progress,
-                            **{**extra, **METRICS[task.metric].trainer_options})
+    run = TrainingRun(trainer_class, trainable, _arguments(config, task, len(train), checkpoints), train=train,
+                      held_out=held_out, collator=collator(task.name, lm.tokenizer, packing=config.packing),
+                      tokenizer=lm.tokenizer, progress=progress, **{**extra, **METRICS[task.metric].trainer_options})
+    trainer = run.trainer
     if trainer.is_world_process_zero():
         checkpoints.mkdir(parents=True, exist_ok=True)
         write_atomic(checkpoints / RUN_FILE, json.dumps(run_settings, indent=2) + "\n")
 
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if config.resume else None)
-    seconds = time.perf_counter() - started
-    curve = loss_curve(trainer.state.log_history, trainer.logged_parts)
+    run.train(resume=config.resume)
+    curve = run.curve  # before the final evaluation, which is in the metrics
     if trainer.stopped_by_signal:
         return FinetuneResult(out, task.name, completed=False, curve=curve, checkpoints=checkpoints,
                               step=trainer.state.global_step, main_process=trainer.is_world_process_zero())
 
-    metrics = _final_metrics(trainer, task, held_out, seconds)
+    metrics = _final_metrics(trainer, task, held_out, run.seconds)
     if trainer.is_world_process_zero():
         record = {**config.record(), "task": task.name, "data_sha256": file_sha256(config.data),
                   "eval_data_sha256": file_sha256(config.eval_data) if config.eval_data else None,
@@ -264,39 +260,22 @@ def _examples(task: Task, tokenizer, config, labels):
 
 
 def _arguments(config, task: Task, examples: int, checkpoints: Path):
-    """The config's settings as the Trainer's arguments (train.base adds what every slmkit trainer sets)."""
+    """The Trainer's arguments: those the config's fields declare (schema.setting(trainer=...)), and these,
+    derived from several settings or fixed (train.base adds what every slmkit trainer sets)."""
     steps_per_epoch = math.ceil(examples / (config.batch_size * config.grad_accum))
     total = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
-    return training_arguments(
-        str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
+    return trainer_arguments(
+        checkpoints, config, device=config.device, dtype=config.dtype,
+        learning_rate=config.learning_rate,  # --lr, or without it LoRA's default or a full fine-tune's
+        max_steps=config.max_steps or -1,  # None: --epochs decides
         logging_steps=max(1, total // 100),  # about a hundred points on the loss curve
-        eval_strategy="steps" if config.eval_every else "no",
+        eval_strategy="steps" if config.eval_every else "no",  # 0: evaluated once, at the end
         eval_steps=config.eval_every or None,
-        save_strategy="steps" if config.save_every else "no",
+        save_strategy="steps" if config.save_every else "no",  # 0: saved only on SIGTERM
         save_steps=config.save_every or None,
         save_total_limit=1,  # each checkpoint is complete before the older one goes (SlmTrainer)
-        seed=config.seed,
-        data_seed=config.seed,
-        prediction_loss_only=METRICS[task.metric].loss_only,
-        **_precision(config),
+        prediction_loss_only=METRICS[task.metric].loss_only,  # the task's metric reads the predictions or not
     )
-
-
-def _precision(config) -> dict:
-    device = resolve_device(config.device)
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "float16" and device.type == "cpu":
-        raise SlmError("--dtype float16 trains on a GPU only; on the CPU use float32 or bfloat16")
-    return {"use_cpu": device.type == "cpu", "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
 
 
 def _final_metrics(trainer: SlmTrainer, task: Task, held_out, seconds: float) -> dict:
