@@ -70,7 +70,7 @@ def wikitext_perplexity(lm, windows: int) -> float:
     import slmkit
 
     config = slmkit.EvalConfig(task="perplexity", max_length=2048, stride=2048, limit=windows)
-    return slmkit.evaluate(lm, DATA / "wikitext-2-raw-test.txt", config)["token_perplexity"]
+    return slmkit.evaluate(lm, DATA / "wikitext-2-raw-test.txt", config).summary["token_perplexity"]
 
 
 def size_study(sizes: list[tuple[int, int]], windows: int) -> dict:

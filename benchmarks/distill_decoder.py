@@ -121,7 +121,8 @@ def worker_perplexity(args) -> dict:
 
     lm = slmkit.load(args.model_path, device=args.device)
     started = time.perf_counter()
-    result = slmkit.evaluate(lm, TEST_FILE, slmkit.EvalConfig(max_length=args.eval_length, limit=args.eval_windows))
+    result = slmkit.evaluate(lm, TEST_FILE, slmkit.EvalConfig(max_length=args.eval_length,
+                                                              limit=args.eval_windows)).summary
     return {"perplexity": result["token_perplexity"], "scored_tokens": result["scored_tokens"],
             "eval_s": time.perf_counter() - started,
             "parameters": sum(p.numel() for p in lm.model.parameters())}

@@ -75,8 +75,8 @@ def worker_student(args) -> dict:
     from slmkit.distillation import StudentConfig
 
     lm = slmkit.load(MODEL_ALIAS)
-    slmkit.student(lm, StudentConfig(layers=STUDENT_LAYERS))
-    slmkit.save(lm, args.out, stage="student", parent=MODEL_ALIAS)
+    made = slmkit.student(lm, StudentConfig(layers=STUDENT_LAYERS))
+    slmkit.save(lm, args.out, result=made, parent=MODEL_ALIAS)
     return {}
 
 

@@ -55,8 +55,8 @@ def worker_student(args) -> dict:
 
     lm = slmkit.load(TEACHER_ALIAS)
     made = slmkit.student(lm, StudentConfig(depth=args.student_depth))
-    slmkit.save(lm, args.out, stage="student", parent=TEACHER_ALIAS)
-    return {"parameters": made.get("parameters")}
+    slmkit.save(lm, args.out, result=made, parent=TEACHER_ALIAS)
+    return {"parameters": made.summary.get("parameters")}
 
 
 def worker_slmkit(args) -> dict:

@@ -141,7 +141,8 @@ def worker_eval(args) -> dict:
     lm = slmkit.load(args.model_path)
     started = time.perf_counter()
     result = slmkit.evaluate(lm, args.eval, slmkit.EvalConfig(task="perplexity", max_length=args.eval_length,
-                                                              batch_size=args.eval_batch, limit=args.eval_windows))
+                                                              batch_size=args.eval_batch,
+                                                              limit=args.eval_windows)).summary
     return {"token_perplexity": result["token_perplexity"], "windows": result.get("windows"),
             "scored_tokens": result.get("scored_tokens"), "eval_s": time.perf_counter() - started}
 

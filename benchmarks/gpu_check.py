@@ -61,7 +61,7 @@ def main() -> int:
     rows = {}
 
     def perplexity(lm) -> float:
-        return slmkit.evaluate(lm, args.eval_data, config)["token_perplexity"]
+        return slmkit.evaluate(lm, args.eval_data, config).summary["token_perplexity"]
 
     for label, options in [("cpu float32", {"device": "cpu"}), ("cuda float32", {"device": "cuda", "dtype": "float32"}),
                            ("cuda bfloat16", {"device": "cuda", "dtype": "bfloat16"})]:

@@ -8,7 +8,7 @@ from pathlib import Path
 SOURCE = Path(__file__).parents[1] / "src"
 # DESIGN.md's rooms, lowest first; `api` (the public verbs) sits under `verbs` (their stages), which the pipeline
 # and the CLI run. The runtime runs models; compression samples through it, never the other way round.
-ROOMS = [{"errors", "schema", "settings", "sampling", "models", "data"}, {"runtime"}, {"compress"},
+ROOMS = [{"errors", "results", "schema", "settings", "sampling", "models", "data"}, {"runtime"}, {"compress"},
          {"train", "evaluation", "exporters"}, {"api", "server", "finetuning", "distillation", "synthesis"},
          {"verbs"}, {"pipeline"}, {"cli"}]
 LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}

@@ -1,6 +1,8 @@
 """The `slm` command as a user runs it: subprocesses, exit codes, one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +16,16 @@ def assert_one_line_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def test_help_and_the_recipe_schema_start_without_torch():
+    """Every verb's command and recipe stage is made from its record (slmkit.verbs.VERBS) without torch, so
+    `slm --help` and `slm run`'s recipe checks start in a second."""
+    code = ("import sys; from slmkit.cli.main import app; import slmkit.pipeline.recipe; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert "Commands" in run_slm("--help").stdout
 
 
 def test_info_json(tiny_llama_dir):

@@ -124,7 +124,9 @@ def test_onnx_encoder_embeddings_match_torch(tmp_path, tiny_tokenizer):
     from conftest import tiny_model
 
     checkpoint = slmkit.save(tiny_model("bert"), tmp_path / "bert", tiny_tokenizer)
-    slmkit.export(slmkit.load(str(checkpoint)), tmp_path / "bert-onnx", slmkit.OnnxConfig())
+    written = slmkit.export(slmkit.load(str(checkpoint)), tmp_path / "bert-onnx", slmkit.OnnxConfig())
+    assert isinstance(written, slmkit.StageResult) and written.out == tmp_path / "bert-onnx"
+    assert (written.summary["format"], written.summary["kind"]) == ("onnx", "encoder")
     onnx_lm = open_model(str(tmp_path / "bert-onnx"))
     assert isinstance(onnx_lm, Model) and onnx_lm.backend == "onnx"
     texts = ["small models", "models that run offline on a phone"]

@@ -39,9 +39,9 @@ def test_kept_blocks_carry_the_teachers_weights_and_the_cache_still_works(model_
     teacher_dir = four_block_teacher(model_type, tmp_path, tiny_tokenizer)
     teacher = slmkit.load(str(teacher_dir))
     lm = slmkit.load(str(teacher_dir))
-    report = slmkit.student(lm, StudentConfig(layers=(0, 3)))
-    assert report["kept_blocks"] == [0, 3] and report["teacher_blocks"] == 4
-    out = slmkit.save(lm, tmp_path / "student", stage="student", parent=str(teacher_dir))
+    made = slmkit.student(lm, StudentConfig(layers=(0, 3)))
+    assert made.summary["kept_blocks"] == [0, 3] and made.summary["teacher_blocks"] == 4 and made.out is None
+    out = slmkit.save(lm, tmp_path / "student", result=made, parent=str(teacher_dir))
     student = slmkit.load(str(out))
     assert student.config.num_hidden_layers == 2
     if model_type == "qwen2":
@@ -62,13 +62,14 @@ def test_kept_blocks_carry_the_teachers_weights_and_the_cache_still_works(model_
     assert cached.tolist() == sequence[ids.shape[1]:]
     manifest = json.loads((out / "slmkit.json").read_text())
     assert manifest["parent"] == str(teacher_dir) and manifest["stage"] == "student"
+    assert manifest["config"]["layers"] == [0, 3] and manifest["metrics"]["kept_blocks"] == [0, 3]
 
 
 def test_an_encoder_student_keeps_evenly_spaced_layers(tmp_path, tiny_tokenizer):
     teacher_dir = four_block_teacher("bert", tmp_path, tiny_tokenizer)
     lm = slmkit.load(str(teacher_dir))
     teacher_layer = {k: v.clone() for k, v in lm.model.encoder.layer[2].state_dict().items()}
-    assert slmkit.student(lm, StudentConfig(depth=2))["kept_blocks"] == [0, 2]
+    assert slmkit.student(lm, StudentConfig(depth=2)).summary["kept_blocks"] == [0, 2]
     assert lm.config.num_hidden_layers == 2 and len(lm.model.encoder.layer) == 2
     assert all(torch.equal(v, teacher_layer[k]) for k, v in lm.model.encoder.layer[1].state_dict().items())
 
@@ -79,7 +80,7 @@ def test_a_fresh_student_shares_the_vocabulary(tmp_path, tiny_tokenizer, tiny_ll
              "max_position_embeddings": 128}
     (tmp_path / "small.json").write_text("\ufeff" + json.dumps(small))  # a byte-order mark, as editors may write
     lm = slmkit.load(str(tiny_llama_dir))
-    report = slmkit.student(lm, StudentConfig(config=str(tmp_path / "small.json"), seed=1))
+    report = slmkit.student(lm, StudentConfig(config=str(tmp_path / "small.json"), seed=1)).summary
     assert report["architecture"] == "llama"
     assert report["parameters"] == sum(p.numel() for p in lm.model.parameters()) < 20_000
     assert lm.model.config.hidden_size == 16
@@ -122,6 +123,6 @@ def test_cli_writes_a_student_and_refuses_a_full_out(tmp_path, tiny_tokenizer):
 
 def test_a_width_student_is_structured_pruning(tiny_llama_dir):
     lm = slmkit.load(str(tiny_llama_dir))
-    report = slmkit.student(lm, StudentConfig(width={"ffn": 32}), torch.randint(0, VOCAB, (4, 16)))
+    report = slmkit.student(lm, StudentConfig(width={"ffn": 32}), torch.randint(0, VOCAB, (4, 16))).summary
     assert lm.config.intermediate_size == 32 == lm.model.model.layers[0].mlp.down_proj.in_features
     assert report["parameters_after"] == sum(p.numel() for p in lm.model.parameters())

@@ -22,6 +22,28 @@ from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 QUICK = dict(start="rtn", steps=1, batch_size=2, device="cpu")
 
 
+def test_each_verb_is_one_record_that_the_cli_and_the_recipe_both_take():
+    """slmkit.verbs.VERBS is the one table: `slm <verb>` takes the verb's settings as its options, and the recipe
+    stage of the same name (and prune's structured, quantize's qat) runs the same record."""
+    import typer
+
+    from slmkit.pipeline.registry import STAGES
+    from slmkit.verbs import VERBS
+
+    commands = typer.main.get_command(app).commands
+    assert [name for name in commands if name in VERBS] == list(VERBS)  # in slm --help's order
+    assert list(VERBS) == ["eval", "bench", "prune", "quantize", "export", "finetune", "synth", "student", "distill"]
+    for verb in VERBS.values():
+        assert commands[verb.name].callback.config_class is verb.settings, verb.name
+    made_by = {name: kind.schema.verb.name for name, kind in STAGES.items()}
+    assert made_by == {"eval": "eval", "bench": "bench", "prune": "prune", "structured": "prune",
+                       "quantize": "quantize", "qat": "quantize", "export": "export", "finetune": "finetune",
+                       "synth": "synth", "distill": "distill"}  # student: no recipe stage (VERBS["student"].recipe)
+    for name, kind in STAGES.items():
+        verb = kind.schema.verb
+        assert (kind.schema.config_class, kind.schema.makes_model) == (verb.settings, verb.makes_model), name
+
+
 def test_qat_trains_on_as_many_sequences_from_python_as_from_the_cli(tmp_path, tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))  # the CLI reuses what the library sampled
     lm = slmkit.load(str(tiny_llama_dir))
@@ -118,8 +140,7 @@ def captured_settings(monkeypatch, arguments: list[str]):
 
 
 def test_quantize_and_qat_take_one_schema_from_the_cli_the_library_and_a_recipe(monkeypatch):
-    from slmkit.pipeline.stages.qat import QATStage
-    from slmkit.pipeline.stages.quantize import QuantizeStage
+    from slmkit.pipeline.stages.quantize import QATStage, QuantizeStage
     from slmkit.verbs.quantize import QuantizeSettings
 
     assert captured_settings(monkeypatch, []) == QuantizeStage(stage="quantize").settings() == QuantizeSettings()

@@ -1,5 +1,6 @@
-"""A recipe stage runs its verb's `run` (slmkit.verbs) and keeps only what a recipe needs: which models, which
-data, the stage directory and its run.json record. The verbs' runs are replaced here: no model is opened."""
+"""A recipe stage runs its verb's `run` (the record in slmkit.verbs.VERBS) and keeps only what a recipe needs:
+which models, which data, the stage directory and its run.json record. The verbs' runs are replaced here: no model
+is opened."""
 
 import json
 from contextlib import nullcontext
@@ -10,7 +11,8 @@ import pytest
 from slmkit.errors import SlmError
 from slmkit.pipeline.recipe import parse_recipe
 from slmkit.pipeline.registry import STAGES, RunModel, StageContext
-from slmkit.verbs import StageResult
+from slmkit.results import StageResult
+from slmkit.verbs import VERBS
 
 MODELS = [RunModel("original", "teacher-spec", "original"), RunModel("01-prune", "pruned-spec", "prune")]
 
@@ -41,12 +43,12 @@ def calls(monkeypatch):
             return result
         return run
 
-    monkeypatch.setattr("slmkit.verbs.evaluation.run", replaced("eval", StageResult({"task": "perplexity"}, None,
-                                                                                     {"backend": "torch"})))
-    monkeypatch.setattr("slmkit.verbs.bench.run", replaced("bench", StageResult({"decode_tokens_per_s": 9.0}, None)))
+    monkeypatch.setattr(VERBS["eval"], "run", replaced("eval", StageResult({"task": "perplexity"}, None,
+                                                                          {"backend": "torch"})))
+    monkeypatch.setattr(VERBS["bench"], "run", replaced("bench", StageResult({"decode_tokens_per_s": 9.0}, None)))
     trained = {"completed": True, "step": 4, "curve": {"train": [1.0]}, "heldout": None}
     for verb in ("finetune", "distill"):
-        monkeypatch.setattr(f"slmkit.verbs.{verb}.run", replaced(verb, StageResult({"eval_loss": 0.5}, None, trained)))
+        monkeypatch.setattr(VERBS[verb], "run", replaced(verb, StageResult({"eval_loss": 0.5}, None, trained)))
     return seen
 
 
@@ -76,6 +78,6 @@ def test_a_training_stage_records_the_verbs_result_and_refuses_a_stopped_run(cal
     assert (verb, settings.max_steps, settings.resume, model, out, options) == (
         "distill", 4, False, "pruned-spec", tmp_path / "02-distill", {"teacher": "teacher-spec"})
     stopped = StageResult({}, None, {"completed": False, "step": 7})
-    monkeypatch.setattr("slmkit.verbs.finetune.run", lambda *args, **kwargs: stopped)
+    monkeypatch.setattr(VERBS["finetune"], "run", lambda *args, **kwargs: stopped)
     with pytest.raises(SlmError, match=r"^finetune stopped at step 7 \(SIGTERM\); `slm run` again resumes it$"):
         run_stage(stage_of("stage: finetune"), tmp_path / "03-finetune", str(data))

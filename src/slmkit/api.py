@@ -1,6 +1,7 @@
 """The public verbs: `slmkit.load, save, prune, quantize, export, evaluate, bench, generate`.
 
-Each takes a model and a config and returns a typed result; the `slm` commands
+Each takes a model and a config and returns a StageResult (slmkit.results: the
+flat numbers in `summary`, where it wrote them in `out`); the `slm` commands
 and `slm run`'s stages call these same functions and add only parsing and
 printing. A typical session:
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 
@@ -33,6 +34,7 @@ from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.checkpoint import save as save_checkpoint
 from slmkit.models.devices import resolve_device
 from slmkit.models.loading import LoadedModel
+from slmkit.results import StageResult
 from slmkit.runtime import as_runtime, open_model
 from slmkit.runtime import generate as stream_answer
 
@@ -42,18 +44,17 @@ from slmkit.runtime import generate as stream_answer
 Progress = Callable[[int, int], None] | None
 
 
-@dataclass
-class CompressResult:
-    """What a one-shot method did to a model in memory; `save` writes it with its manifest.
+@dataclass(kw_only=True)
+class CompressResult(StageResult):
+    """What a one-shot method did to a model in memory (so `out` is None); `save` writes it with its manifest.
 
     `config`: the method's settings and how it was calibrated; `metrics`: what was measured (per layer);
     `summary`: the flat numbers a command prints and a recipe records.
     """
 
-    stage: str  # prune | structured | quantize
+    stage: str  # prune | structured | quantize | student
     config: dict
     metrics: dict
-    summary: dict
     seed: int | None = None
     quant_config: Any = None  # quantize: the QuantConfig, to pack the codes as compressed-tensors
     quant_params: dict = field(default_factory=dict, repr=False)  # layer -> (scale, zero point)
@@ -77,9 +78,9 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
          metrics: dict | None = None, force: bool = False) -> Path:
     """Write a checkpoint directory atomically: the model, its tokenizer and `slmkit.json`.
 
-    `lm`: a loaded model (its tokenizer and spec come along) or a bare transformers model. With a
-    quantize `result`, the weights are packed as compressed-tensors (unless it was fake-quant) and the
-    manifest records the result; otherwise `stage`/`config`/`metrics` say what to record.
+    `lm`: a loaded model (its tokenizer and spec come along) or a bare transformers model. With a `result`
+    (prune, quantize, student), the manifest records it, and a quantize result's weights are packed as
+    compressed-tensors (unless it was fake-quant); otherwise `stage`/`config`/`metrics` say what to record.
     Example: `slmkit.save(lm, "out/gptq", result=slmkit.quantize(lm, GPTQConfig(), Calibration("wiki.txt")))`.
     """
     loaded = isinstance(lm, LoadedModel)
@@ -148,8 +149,8 @@ def prune(lm, config, calibration: Calibration | Any = None, *, device: str | to
     sizes = {name: m["shape"][0] * m["shape"][1] for name, m in layers.items()}
     measured = sum(layers[name]["sparsity"] * size for name, size in sizes.items()) / sum(sizes.values())
     settings = {**config.to_dict(), **record}
-    return CompressResult("prune", settings, {"measured_sparsity": measured, "layers": layers},
-                          {**settings, "measured_sparsity": measured, "pruned_layers": len(layers)}, seed)
+    return CompressResult(stage="prune", config=settings, metrics={"measured_sparsity": measured, "layers": layers},
+                          summary={**settings, "measured_sparsity": measured, "pruned_layers": len(layers)}, seed=seed)
 
 
 def _structured(lm, config, ids, record: dict, seed: int | None, device, progress: Progress) -> CompressResult:
@@ -162,10 +163,10 @@ def _structured(lm, config, ids, record: dict, seed: int | None, device, progres
         progress(1, 1)
     kept = {key: report.pop(key) for key in ("kept_ffn_channels", "kept_heads")}
     settings = {**config.to_dict(), **record}
-    return CompressResult("structured", settings, {**report, "parameters_before": before, **kept},
-                          {**settings, "parameters_before": before, "parameters_after": report["parameters"],
-                           "removed_blocks": report["removed_blocks"], "ffn": report["ffn"],
-                           "heads": report["heads"]}, seed)
+    return CompressResult(stage="structured", config=settings, metrics={**report, "parameters_before": before, **kept},
+                          summary={**settings, "parameters_before": before, "parameters_after": report["parameters"],
+                                   "removed_blocks": report["removed_blocks"], "ffn": report["ffn"],
+                                   "heads": report["heads"]}, seed=seed)
 
 
 def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: bool = False,
@@ -191,9 +192,10 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
     layers, params = quantize_layers(_model_of(lm), config, ids, progress=progress, device=target_device)
     settings = _quantize_settings(config, fake_quant, target, record)
     mse = sum(m["weight_mse"] for m in layers.values()) / len(layers)
-    return CompressResult("quantize", settings, {"mean_weight_mse": mse, "layers": layers},
-                          {**settings, "mean_weight_mse": mse, "quantized_layers": len(layers)},
-                          getattr(calibration, "seed", None), config, params, fake_quant)
+    return CompressResult(stage="quantize", config=settings, metrics={"mean_weight_mse": mse, "layers": layers},
+                          summary={**settings, "mean_weight_mse": mse, "quantized_layers": len(layers)},
+                          seed=getattr(calibration, "seed", None), quant_config=config, quant_params=params,
+                          fake_quant=fake_quant)
 
 
 def _quantize_settings(config, fake_quant: bool, target: str | None, record: dict) -> dict:
@@ -223,33 +225,18 @@ def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str |
     curve = metrics.pop("loss_curve")
     settings = {**_quantize_settings(config, fake_quant, target, record), "loss_curve": curve}
     summary = {**{k: v for k, v in settings.items() if k != "loss_curve"}, **metrics, "quantized_layers": len(params)}
-    return CompressResult("quantize", settings, metrics, summary, seed, config, params, fake_quant)
-
-
-class ExportResult(TypedDict, total=False):
-    """What `export` wrote. GGUF: quant, architecture, tensors, calibrated_exact_layers (kept bit for bit),
-    calibrated_requantized_layers, modelfile; ONNX: kind, inputs, output, opset."""
-
-    format: str
-    bytes: int
-    run_with: str
-    quant: str
-    architecture: str
-    tensors: int
-    calibrated_exact_layers: int
-    calibrated_requantized_layers: int
-    modelfile: str
-    kind: str
-    inputs: str
-    output: str
-    opset: int
+    return CompressResult(stage="quantize", config=settings, metrics=metrics, summary=summary, seed=seed,
+                          quant_config=config, quant_params=params, fake_quant=fake_quant)
 
 
 def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings | None = None, *,
-           force: bool = False) -> ExportResult:
-    """Write a loaded model for another runtime; returns what was written (path, size, ...).
+           force: bool = False) -> StageResult:
+    """Write a loaded model for another runtime; the result's `out` is what was written (the .gguf file, or the
+    ONNX directory), its summary the format, size and how to run it. GGUF: quant, architecture, tensors,
+    calibrated_exact_layers (kept bit for bit), calibrated_requantized_layers, modelfile; ONNX: kind, inputs,
+    output, opset.
 
-    Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0"))`.
+    Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0")).summary["bytes"]`.
     """
     config = config or GGUFConfig()
     if isinstance(config, ExportSettings):  # `slm export`'s settings: the config they name
@@ -261,8 +248,9 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
         written = export_onnx(lm, out, force=force)
         run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
                     else f"slm bench {written.path}")
-        return {"format": "onnx", "kind": written.kind, "inputs": ", ".join(written.inputs),
-                "output": written.output, "opset": written.opset, "bytes": written.bytes, "run_with": run_with}
+        return StageResult({"format": "onnx", "kind": written.kind, "inputs": ", ".join(written.inputs),
+                            "output": written.output, "opset": written.opset, "bytes": written.bytes,
+                            "run_with": run_with}, written.path)
     if not isinstance(config, GGUFConfig):
         raise SlmError(f"export takes a GGUFConfig or an OnnxConfig, not {type(config).__name__}")
     from slmkit.exporters import export_gguf, write_modelfile
@@ -270,70 +258,35 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
     _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)
-    return {"format": "gguf", "quant": config.quant, "architecture": written.architecture,
-            "tensors": written.tensors, "bytes": written.bytes,
-            "calibrated_exact_layers": len(written.exact_layers),
-            "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
-            "run_with": f"slm chat {written.path}"}
+    return StageResult({"format": "gguf", "quant": config.quant, "architecture": written.architecture,
+                        "tensors": written.tensors, "bytes": written.bytes,
+                        "calibrated_exact_layers": len(written.exact_layers),
+                        "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
+                        "run_with": f"slm chat {written.path}"}, written.path)
 
 
-class EvalResult(TypedDict, total=False):
-    """`task` and `data`, then the task's metrics: perplexity gives token_perplexity, word_perplexity,
-    bits_per_byte, scored_tokens, windows...; choice acc/acc_norm; lambada acc/perplexity; classification
-    accuracy/macro_f1; every task its `examples` or `windows`."""
+def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress: Progress = None) -> StageResult:
+    """Quality of a model on a data file; the result's summary is `task` and `data`, then the task's metrics:
+    perplexity gives token_perplexity, word_perplexity, bits_per_byte, scored_tokens, windows...; choice
+    acc/acc_norm; lambada acc/perplexity; classification accuracy/macro_f1; every task its `examples` or `windows`.
 
-    task: str
-    data: str
-    token_perplexity: float
-    word_perplexity: float
-    bits_per_byte: float
-    acc: float
-    acc_norm: float
-    accuracy: float
-    macro_f1: float
-    perplexity: float
-    examples: int
-    windows: int
-
-
-def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress: Progress = None) -> EvalResult:
-    """Quality of a model on a data file: `{"task", "data", metrics...}`.
-
-    Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048))["token_perplexity"]`.
+    Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048)).summary["token_perplexity"]`.
     """
     from slmkit.evaluation import evaluate as run_evaluation
 
-    return run_evaluation(lm, data, **(config or EvalConfig()).options(), progress=progress)
+    return StageResult(run_evaluation(lm, data, **(config or EvalConfig()).options(), progress=progress))
 
 
-class BenchResult(TypedDict):
-    model: str
-    backend: str
-    device: str
-    threads: int
-    dtype: str
-    parameters: int | None
-    bytes_on_disk: int | None
-    prompt_tokens: int
-    gen_tokens: int
-    repeats: int
-    prefill_tokens_per_s: float
-    time_to_first_token_s: float
-    decode_tokens_per_s: float | None
-    peak_rss_bytes: int
-    compiled: bool
-    int8_checkpoint_layers: int | None
-    warmup_s: float
+def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -> StageResult:
+    """Speed and memory; the result's summary: model, backend, device, threads, dtype, parameters,
+    bytes_on_disk, prompt_tokens, gen_tokens, repeats, prefill_tokens_per_s, time_to_first_token_s,
+    decode_tokens_per_s (None for an encoder), peak_rss_bytes, compiled, int8_checkpoint_layers, warmup_s.
 
-
-def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -> BenchResult:
-    """Speed and memory: prefill/decode tokens per second, time to first token, peak RSS, size.
-
-    Example: `slmkit.bench(slmkit.load(weights="int8"), BenchConfig(gen_tokens=64))["decode_tokens_per_s"]`.
+    Example: `slmkit.bench(slmkit.load(weights="int8"), BenchConfig(gen_tokens=64)).summary["decode_tokens_per_s"]`.
     """
     from slmkit.evaluation.bench import bench as run_bench
 
-    return run_bench(lm, **(config or BenchConfig()).options(), progress=progress)
+    return StageResult(run_bench(lm, **(config or BenchConfig()).options(), progress=progress))
 
 
 def generate(lm, prompt: str | list[dict], sampling=None, **options) -> Iterator[str]:
@@ -387,21 +340,23 @@ def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress 
     return write_records(teacher, prompts, out, config, progress=progress)
 
 
-def student(lm, config, calibration: Calibration | Any = None, *, progress: Progress = None) -> dict:
+def student(lm, config, calibration: Calibration | Any = None, *, progress: Progress = None) -> CompressResult:
     """Make a loaded teacher into a smaller student in place (StudentConfig: kept blocks, evenly spaced depth, a
-    fresh config, or structured width / parameter count, which `calibration` scores); returns what was kept.
-    `save` then writes it (stage "student", the teacher as parent).
+    fresh config, or structured width / parameter count, which `calibration` scores); the result's summary is what
+    was kept. `save` then writes it (stage "student"; give the teacher as parent).
 
-    Example: `lm = slmkit.load("minilm-l6"); slmkit.student(lm, StudentConfig(layers=(0, 2, 4)))`,
-    then `slmkit.save(lm, "out/student", stage="student", parent="minilm-l6")`.
+    Example: `lm = slmkit.load("minilm-l6"); made = slmkit.student(lm, StudentConfig(layers=(0, 2, 4)))`,
+    then `slmkit.save(lm, "out/student", result=made, parent="minilm-l6")`.
     """
     from slmkit.distillation import make_student
 
     _require_float32_on_cpu(lm, "making a student")
     structured = config.structured()
     if structured is not None:
-        return prune(lm, structured, calibration, progress=progress).summary
-    return make_student(lm, config)
+        report = prune(lm, structured, calibration, progress=progress).summary
+    else:
+        report = make_student(lm, config)
+    return CompressResult(stage="student", config=config.to_dict(), metrics=report, summary=report)
 
 
 def distill(teacher: str, student: str, out: str | Path, config, *, progress=None, force: bool = False):

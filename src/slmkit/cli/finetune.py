@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from slmkit.cli.common import ModelArg, print_result, stderr
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.verbs import StageResult, finetune
+from slmkit.results import StageResult
+from slmkit.verbs import finetune
 from slmkit.verbs.finetune import FinetuneConfig
 
 

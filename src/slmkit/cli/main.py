@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import import_module
 
 import typer
 
-from slmkit.cli import bench, eval, export, finetune, generate, info, models_cmd, prune, quantize, run
-from slmkit.cli import distill, serve, student, synth
+from slmkit.cli import generate, info, models_cmd, run, serve
 from slmkit.cli.interrupt import InterruptibleCommand
+from slmkit.verbs import VERBS
 
 app = typer.Typer(
     name="slm",
@@ -20,15 +21,8 @@ app = typer.Typer(
 )
 app.command("models")(models_cmd.models)
 app.command("info")(info.info)
-app.command("eval")(eval.eval_command)
-app.command("bench")(bench.bench_command)
-app.command("prune")(prune.prune_command)
-app.command("quantize")(quantize.quantize_command)
-app.command("export")(export.export_command)
-app.command("finetune")(finetune.finetune_command)
-app.command("synth")(synth.synth_command)
-app.command("student")(student.student_command)
-app.command("distill")(distill.distill_command)
+for verb in VERBS.values():  # each verb's command is `<name>_command` in slmkit.cli.<name> (slmkit.verbs.Verb)
+    app.command(verb.name)(getattr(import_module(f"slmkit.cli.{verb.name}"), f"{verb.name}_command"))
 app.command("generate")(generate.generate_command)
 app.command("chat")(generate.chat_command)
 app.command("serve")(serve.serve_command)

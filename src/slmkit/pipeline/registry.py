@@ -1,11 +1,12 @@
-"""The stage registry: each recipe stage's schema and runner, registered in the stage's own module.
+"""The stage registry: each recipe stage's schema and runner.
 
 A stage is a function from a checkpoint to a checkpoint (or to measurements):
 its runner gets the path of the newest model (`StageContext.source`) and the
 directory to write (`StageContext.out`), and returns what it measured and where
 its output is. The recipe schema and `slm run`'s executor are built from this
-registry alone, so a new stage (finetune, distill, ...) is one module that calls
-`register_stage`.
+registry alone. A verb's stage is made from its record (`verb_stage`) and
+registered by slmkit.pipeline.stages, which walks the verbs; any other stage is
+a schema and a runner given to `register_stage`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from slmkit.models.checkpoint import atomic_directory, write_atomic
+from slmkit.results import StageResult
 from slmkit.schema import stage_fields
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.verbs import ProgressFactory, Verb
 
 
 @dataclass
@@ -68,9 +70,10 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, description="Sub-directory name; default NN-<stage>.")
 
-    makes_model: ClassVar[bool] = True  # False: it measures the models (eval, bench)
+    makes_model: ClassVar[bool] = True  # False: it measures the models (eval, bench) or makes data (synth)
     stage_defaults: ClassVar[dict] = {}  # a setting's default that is the stage's own, not its config's
     config_class: ClassVar[type | None] = None  # the verb's settings its fields fill (with_settings)
+    verb: ClassVar[Verb | None] = None  # the verb it runs (verb_stage); None: a stage of its own
     not_settings: ClassVar[set[str]] = {"stage", "name"}  # fields the stage keeps for itself
 
     def verb_settings(self, **fixed):
@@ -88,13 +91,23 @@ class Stage(BaseModel):
 
 
 def with_settings(config_class: type, base: type[Stage], exclude: set[str] = frozenset(), *,
-                  written_out: bool = False, own_defaults: dict | None = None) -> type[Stage]:
+                  written_out: bool = False, own_defaults: dict | None = None, **own_fields) -> type[Stage]:
     """`base` with a field per setting of `config_class` that a recipe may give (slmkit.schema.stage_fields), bar
-    `exclude` (fields the stage declares itself). `own_defaults` are kept on the class (`stage_defaults`)."""
+    `exclude` (fields the stage declares itself), then `own_fields` (pydantic `create_model` fields).
+    `own_defaults` are kept on the class (`stage_defaults`)."""
     fields = stage_fields(config_class, exclude, written_out=written_out, own_defaults=own_defaults)
-    stage = create_model(f"{config_class.__name__}Settings", __base__=base, **fields)
-    stage.stage_defaults = dict(own_defaults or {})
+    stage = create_model(f"{config_class.__name__}Settings", __base__=base, **fields, **own_fields)
+    stage.config_class, stage.stage_defaults = config_class, dict(own_defaults or {})
     return stage
+
+
+def verb_stage(verb: Verb, base: type[Stage] = Stage, *, stage: str | None = None, **options) -> type[Stage]:
+    """The recipe stage `stage` (default: the verb's name) that runs `verb`: `base` with the verb's settings as
+    fields (`with_settings`, given `options`) and the verb's `makes_model`. Example:
+    `class PruneStage(verb_stage(prune.VERB, exclude={"depth"}, written_out=True))`."""
+    made = with_settings(verb.settings, base, **options, stage=(Literal[stage or verb.name], ...))
+    made.verb, made.makes_model = verb, verb.makes_model
+    return made
 
 
 def known_method(methods: dict, method: str) -> str:
@@ -122,10 +135,17 @@ class MeasureStage(Stage):
 Runner = Callable[[Stage, StageContext], StageResult]
 
 
+def run_verb(stage: Stage, context: StageContext) -> StageResult:
+    """A model-making verb's stage as it usually runs: the verb, with the stage's `settings()`, on the newest model
+    into the stage's directory, calibrated (where it calibrates) on `StageContext.calibration_data`."""
+    return stage.verb.run(stage.settings(), context.source, context.out, progress=context.progress,
+                          data=context.calibration_data())
+
+
 @dataclass(frozen=True)
 class StageKind:
     schema: type[Stage]
-    run: Runner
+    run: Runner = run_verb
 
 
 STAGES: dict[str, StageKind] = {}

@@ -1,30 +1,16 @@
-"""One module per verb (prune, quantize, student, finetune, distill, synth, export, eval, bench): its settings (the
-schema `slm <verb>`, the recipe stage and the library share, slmkit.schema) and its stage, whose `run` checks what
-can fail before the slow load, then does the work. `slm <verb>` parses, runs the stage and prints its
-`StageResult`; a recipe stage runs the same stage on the run's newest model (a measuring one on each model).
+"""One module per verb (eval, bench, prune, quantize, export, finetune, synth, student, distill): its settings (the
+schema `slm <verb>`, the recipe stage and the library share, slmkit.schema), its `run`, which checks what can fail
+before the slow load, then does the work, and its record in VERBS (slmkit.verbs.registry), which both front ends
+walk. `slm <verb>` parses, runs the verb and prints its StageResult; a recipe stage runs the same verb on the run's
+newest model (a measuring one on each model).
 
-Only what settings need is imported here (the CLI reads them to build its options without torch); a stage's
-`run` imports the library it drives.
+Only what settings need is imported here (the CLI reads them to build its options without torch); a verb's `run`
+imports the library it drives.
 """
 
-from __future__ import annotations
+from slmkit.results import StageResult  # noqa: F401  (what every verb returns)
+from slmkit.verbs.registry import VERBS, ProgressFactory, Verb  # noqa: F401
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
-
-# A progress factory: `with progress(description[, unit]) as update: update(done, total)`; the CLI draws bars
-# (with the rate when a unit is named), a recipe run logs.
-ProgressFactory = Callable[..., AbstractContextManager]
-
-
-@dataclass
-class StageResult:
-    """What a stage made: the flat numbers a command prints and a recipe records, and where it wrote them (None: a
-    measurement that writes nothing). `record`: facts beyond the numbers that a caller acts on, e.g. a training
-    run's `completed` and `step` (False and the checkpoint's step when SIGTERM stopped it)."""
-
-    summary: dict
-    out: Path | None
-    record: dict = field(default_factory=dict)
+# Importing a verb's module registers it, in the order `slm --help` lists the commands.
+from slmkit.verbs import evaluation, bench, prune, quantize, export  # noqa: F401, I001
+from slmkit.verbs import finetune, synth, student, distill  # noqa: F401, I001

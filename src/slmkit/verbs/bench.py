@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.evaluation.config import BenchSettings
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.opening import open_runtime
 
 
@@ -23,9 +24,12 @@ def run(settings: BenchSettings, model: str, out: Path | None = None, *, progres
 
         return StageResult(bench_in_fresh_process(model, prompt_tokens=settings.prompt_tokens,
                                                   gen_tokens=settings.gen_tokens, repeats=settings.repeats,
-                                                  **options), None)
+                                                  **options))
     import slmkit
 
     lm = open_runtime(model, progress, **options)
     with progress("bench") as update:
-        return StageResult(slmkit.bench(lm, settings, progress=update), None)
+        return slmkit.bench(lm, settings, progress=update)
+
+
+VERB = register(Verb("bench", BenchSettings, run, makes_model=False))

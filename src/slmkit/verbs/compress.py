@@ -13,7 +13,8 @@ from slmkit.compress.calibration import Calibration
 from slmkit.models.checkpoint import check_destination
 from slmkit.models.devices import resolve_device
 from slmkit.models.loading import local_path
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory
 from slmkit.verbs.opening import open_float32
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.distillation.config import DistillConfig
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.finetune import trained
 
 
@@ -19,3 +20,6 @@ def run(settings: DistillConfig, model: str, out: Path, *, progress: ProgressFac
 
     return trained(lambda update: slmkit.distill(teacher, model, out, settings, progress=update, force=force),
                    "distill", progress)
+
+
+VERB = register(Verb("distill", DistillConfig, run))

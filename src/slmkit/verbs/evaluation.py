@@ -8,7 +8,8 @@ import dataclasses
 from pathlib import Path
 
 from slmkit.evaluation.config import EvalSettings
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.opening import open_runtime
 
 
@@ -25,4 +26,7 @@ def run(settings: EvalSettings, model: str, out: Path | None = None, *, progress
                       logits_all=True)
     with progress(f"{task} on {Path(settings.data).name}") as update:
         measured = slmkit.evaluate(lm, settings.data, dataclasses.replace(settings, task=task), progress=update)
-    return StageResult(measured, None, {"backend": lm.backend})
+    return StageResult(measured.summary, record={"backend": lm.backend})
+
+
+VERB = register(Verb("eval", EvalSettings, run, makes_model=False))

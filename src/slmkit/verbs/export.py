@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.exporters.config import ExportSettings, OnnxConfig
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.opening import open_float32
 
 
@@ -29,4 +30,7 @@ def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFa
 
         check_target(out, target.quant, force, reads=reads)
     lm = open_float32(settings, model, progress)
-    return StageResult(slmkit.export(lm, out, target, force=force), Path(out))
+    return slmkit.export(lm, out, target, force=force)
+
+
+VERB = register(Verb("export", ExportSettings, run))

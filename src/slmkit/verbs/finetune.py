@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slmkit.finetuning.config import FinetuneConfig
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 
 def run(settings: FinetuneConfig, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
@@ -39,3 +40,6 @@ def trained(train: Callable, verb: str, progress: ProgressFactory) -> StageResul
         "task": result.task, "completed": result.completed, "step": result.step, "checkpoints": result.checkpoints,
         "curve": result.curve, "heldout": held_back if held_back.is_file() else None,
         "main_process": result.main_process})
+
+
+VERB = register(Verb("finetune", FinetuneConfig, run))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slmkit.verbs import ProgressFactory
+from slmkit.verbs.registry import ProgressFactory
 
 HOW = {"llamacpp": " with llama.cpp", "onnx": " with onnxruntime"}
 CONVERTED = " (a packaged GGUF is converted once, then cached)"  # what torch does with a packaged GGUF

@@ -10,7 +10,8 @@ from pathlib import Path
 from slmkit.errors import SlmError
 from slmkit.schema import setting
 from slmkit.settings import CalibrationSettings, ComputeSettings, OpenSettings
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 STRUCTURED_ONLY = ("depth", "width", "ffn", "heads", "target_params")
 
@@ -66,6 +67,9 @@ def run(settings: PruneSettings, model: str, out: Path, *, progress: ProgressFac
                     method=lambda lm, calibration, device, update: slmkit.prune(
                         lm, config, calibration, device=device, progress=update),
                     description=settings.description())
+
+
+VERB = register(Verb("prune", PruneSettings, run))
 
 
 def parse_count(text: str | int | None) -> int | None:

@@ -11,7 +11,8 @@ from slmkit.errors import SlmError
 from slmkit.schema import setting
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN, CalibrationSettings, ComputeSettings, OpenSettings
 from slmkit.targets import GGUF_TARGETS
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 GRID = ("bits", "group_size", "symmetric", "target", "observer")
 QAT_ONLY = ("steps", "lr", "batch_size", "start")
@@ -93,3 +94,6 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
                         lm, config, calibration, fake_quant=settings.fake_quant, target=settings.target,
                         device=device, progress=update),
                     description=description)
+
+
+VERB = register(Verb("quantize", QuantizeSettings, run))

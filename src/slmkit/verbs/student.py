@@ -9,7 +9,8 @@ from pathlib import Path
 
 from slmkit.schema import setting
 from slmkit.settings import CalibrationSettings, OpenSettings
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.prune import parse_count, parse_width
 
 
@@ -57,10 +58,14 @@ def run(settings: StudentSettings, model: str, out: Path, *, progress: ProgressF
     check_destination(out, force, reads=[local_path(model), settings.config, settings.calib])
     lm = open_float32(settings, model, progress)
     if structured is None:  # blocks kept or a fresh config: nothing to score, seconds
-        report = slmkit.student(lm, config)
+        result = slmkit.student(lm, config)
     else:
         calibrate(lm, calibration, progress)
         with progress("scoring blocks, channels and heads") as update:
-            report = slmkit.student(lm, config, calibration, progress=update)
-    slmkit.save(lm, out, stage="student", parent=model, config=config.to_dict(), metrics=report, force=force)
-    return StageResult(report, Path(out))
+            result = slmkit.student(lm, config, calibration, progress=update)
+    slmkit.save(lm, out, result=result, parent=model, force=force)
+    return StageResult(result.summary, Path(out))
+
+
+# No recipe stage: a recipe makes a smaller model with its structured stage (what --width and --target-params run).
+VERB = register(Verb("student", StudentSettings, run, recipe=False))

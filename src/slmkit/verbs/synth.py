@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.synthesis.config import SynthSettings
-from slmkit.verbs import ProgressFactory, StageResult
+from slmkit.results import StageResult
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.opening import open_runtime
 
 
@@ -25,3 +26,6 @@ def run(settings: SynthSettings, model: str, out: Path, *, progress: ProgressFac
     with progress("answering") as update:
         result = synth(lm, questions, out, settings.synth_config(), progress=update)
     return StageResult(result.to_dict(), Path(result.out))
+
+
+VERB = register(Verb("synth", SynthSettings, run, makes_model=False))

@@ -1,14 +1,16 @@
-"""The built-in recipe stages; importing a stage's module registers it (pipeline.registry).
-
-In the order errors list them: model-making stages as a recipe usually runs them, then measurements.
+"""The built-in recipe stages: those of every verb in slmkit.verbs.VERBS that is a recipe stage, in the verbs'
+order, each made from the verb's record (pipeline.registry.verb_stage). The module named after a verb holds what
+a recipe alone adds to it, in `RECIPE_STAGES`: the data a training stage reads, the models a measuring stage
+measures, where an export's file goes, and the stages a verb gives beside its own (prune's structured, quantize's
+qat).
 """
 
-from slmkit.pipeline.stages import synth  # noqa: F401, I001
-from slmkit.pipeline.stages import finetune  # noqa: F401, I001
-from slmkit.pipeline.stages import distill  # noqa: F401, I001
-from slmkit.pipeline.stages import prune  # noqa: F401
-from slmkit.pipeline.stages import quantize  # noqa: F401
-from slmkit.pipeline.stages import qat  # noqa: F401
-from slmkit.pipeline.stages import export  # noqa: F401
-from slmkit.pipeline.stages import eval  # noqa: F401
-from slmkit.pipeline.stages import bench  # noqa: F401
+from importlib import import_module
+
+from slmkit.pipeline.registry import register_stage
+from slmkit.verbs import VERBS
+
+for verb in VERBS.values():
+    if verb.recipe:
+        for kind in import_module(f"{__name__}.{verb.name}").RECIPE_STAGES:
+            register_stage(kind.schema, kind.run)

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from slmkit.pipeline.registry import (RunModel, StageContext, measure_each, one_bar, register_stage,
-                                      with_settings)
+from slmkit.pipeline.registry import RunModel, StageContext, StageKind, measure_each, one_bar, verb_stage
 from slmkit.pipeline.stages.eval import TorchMeasureStage
-from slmkit.verbs import StageResult, bench
+from slmkit.results import StageResult
+from slmkit.verbs import bench
 from slmkit.verbs.bench import BenchSettings
 
 
-class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weights"}, written_out=True)):
+class BenchStage(verb_stage(bench.VERB, TorchMeasureStage, exclude={"weights"}, written_out=True)):
     """BenchSettings' recipe settings and which models to measure."""
 
-    stage: Literal["bench"]
-
-    config_class: ClassVar[type] = BenchSettings
     not_settings: ClassVar[set[str]] = {"stage", "name", "models"}  # fields the stage keeps for itself
 
     def config(self) -> BenchSettings:
@@ -29,8 +26,8 @@ class BenchStage(with_settings(BenchSettings, TorchMeasureStage, exclude={"weigh
 
 
 def run_bench(stage: BenchStage, context: StageContext) -> StageResult:
-    return measure_each(stage, context, lambda model, update: bench.run(
+    return measure_each(stage, context, lambda model, update: stage.verb.run(
         stage.settings(model), model.spec, progress=one_bar(update), fresh_process=True).summary)
 
 
-register_stage(BenchStage, run_bench)
+RECIPE_STAGES = [StageKind(BenchStage, run_bench)]

@@ -9,23 +9,21 @@ heal a structured-pruned model. An interrupted stage resumes on the next `slm ru
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from slmkit.pipeline.registry import StageContext, register_stage, with_settings
+from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
 from slmkit.pipeline.stages.finetune import FinetuneStage, run_training
-from slmkit.verbs import StageResult, distill
-from slmkit.verbs.distill import DistillConfig
+from slmkit.results import StageResult
+from slmkit.verbs import distill
 
 
-class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})):
+class DistillStage(verb_stage(distill.VERB, FinetuneStage, exclude={"data"})):
     """DistillConfig's settings, the data, and the teacher."""
 
-    stage: Literal["distill"]
     teacher: str | None = Field(None, description="Alias, directory, .gguf or hub id; default: the run's model.")
     not_settings: ClassVar[set[str]] = FinetuneStage.not_settings | {"teacher"}
-    config_class: ClassVar[type] = DistillConfig
 
     @field_validator("layer_map", mode="before")
     @classmethod
@@ -37,9 +35,9 @@ class DistillStage(with_settings(DistillConfig, FinetuneStage, exclude={"data"})
 
 def run_distill(stage: DistillStage, context: StageContext) -> StageResult:
     teacher = stage.teacher or context.models[0].spec
-    output = run_training(stage, context, distill.run, teacher=teacher)
+    output = run_training(stage, context, teacher=teacher)
     output.summary["teacher"] = teacher
     return output
 
 
-register_stage(DistillStage, run_distill)
+RECIPE_STAGES = [StageKind(DistillStage, run_distill)]

@@ -8,9 +8,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from slmkit.evaluation.config import EvalConfig
-from slmkit.pipeline.registry import (MeasureStage, RunModel, StageContext, measure_each, one_bar,
-                                      register_stage, with_settings)
-from slmkit.verbs import StageResult, evaluation
+from slmkit.pipeline.registry import MeasureStage, RunModel, StageContext, StageKind, measure_each, one_bar, verb_stage
+from slmkit.results import StageResult
+from slmkit.verbs import evaluation
 from slmkit.verbs.evaluation import EvalSettings
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[2] / "samples" / "small-models.txt"
@@ -32,15 +32,13 @@ class TorchMeasureStage(MeasureStage):
         return self.weights if self.on_torch(model) else "float32"
 
 
-class EvalStage(with_settings(EvalSettings, TorchMeasureStage, exclude={"weights"})):
+class EvalStage(verb_stage(evaluation.VERB, TorchMeasureStage, exclude={"weights"})):
     """EvalSettings' recipe settings, which models to measure and the file to measure them on."""
 
-    stage: Literal["eval"]
     data: str | None = Field(None, description="Evaluation file; default: the rows the newest finetune stage "
                                                "held back (a classifier), else the run's --data, else a "
                                                "built-in text.")
 
-    config_class: ClassVar[type] = EvalSettings
     # Fields the stage keeps for itself; `weights` is which weights a model is opened with.
     not_settings: ClassVar[set[str]] = {"stage", "name", "models", "data", "weights"}
 
@@ -58,10 +56,10 @@ def run_eval(stage: EvalStage, context: StageContext) -> StageResult:
     def measure(model: RunModel, update) -> dict:
         settings = stage.settings(data, model)
         # backend "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
-        measured = evaluation.run(settings, model.spec, progress=one_bar(update))
+        measured = stage.verb.run(settings, model.spec, progress=one_bar(update))
         return {**measured.summary, "backend": measured.record["backend"], "weights": settings.weights}
 
     return measure_each(stage, context, measure)
 
 
-register_stage(EvalStage, run_eval)
+RECIPE_STAGES = [StageKind(EvalStage, run_eval)]

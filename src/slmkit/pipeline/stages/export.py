@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
 
 from slmkit.errors import SlmError
 from slmkit.exporters.config import GGUFConfig, OnnxConfig
 from slmkit.models.checkpoint import atomic_directory
-from slmkit.pipeline.registry import Stage, StageContext, register_stage, with_settings
-from slmkit.verbs import StageResult, export
+from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
+from slmkit.results import StageResult
+from slmkit.verbs import export
 from slmkit.verbs.export import ExportSettings
 
 
-class ExportStage(with_settings(ExportSettings, Stage, written_out=True)):
+class ExportStage(verb_stage(export.VERB, written_out=True)):
     """ExportSettings' recipe settings."""
-
-    stage: Literal["export"]
-
-    config_class: ClassVar[type] = ExportSettings
 
     def settings(self) -> ExportSettings:
         # The recipe's own words for the one-line error (its keys are no flags).
@@ -38,16 +34,16 @@ def run_export(stage: ExportStage, context: StageContext) -> StageResult:
     rename."""
     settings, out = stage.settings(), context.out
     if settings.format == "onnx":
-        return StageResult(export.run(settings, context.source, out, progress=context.progress).summary, out)
+        return stage.verb.run(settings, context.source, out, progress=context.progress)
     path = out / f"model.{settings.quant}.gguf"
     result = {}
 
     def write(tmp: Path) -> None:
-        result.update(export.run(settings, context.source, tmp / path.name, progress=context.progress).summary)
+        result.update(stage.verb.run(settings, context.source, tmp / path.name, progress=context.progress).summary)
 
     atomic_directory(out, write)
     result.update({"modelfile": str(out / f"{path.stem}.Modelfile"), "run_with": f"slm chat {path}"})
     return StageResult(result, out / path.name)
 
 
-register_stage(ExportStage, run_export)
+RECIPE_STAGES = [StageKind(ExportStage, run_export)]

@@ -3,26 +3,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import Stage, StageContext, register_stage, with_settings
-from slmkit.verbs import ProgressFactory, StageResult, finetune
-from slmkit.verbs.finetune import FinetuneConfig
+from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
+from slmkit.results import StageResult
+from slmkit.verbs import ProgressFactory, finetune
 
 
-class FinetuneStage(with_settings(FinetuneConfig, Stage, exclude={"data"})):
+class FinetuneStage(verb_stage(finetune.VERB, exclude={"data"})):
     """FinetuneConfig's settings, and the data to train on."""
 
-    stage: Literal["finetune"]
     data: str | None = Field(None, description="Training file; default: the newest synth stage's data, else "
                                                "the run's --data.")
 
     not_settings: ClassVar[set[str]] = {"stage", "name", "data"}  # fields the stage keeps for itself
-    config_class: ClassVar[type] = FinetuneConfig
 
     def settings(self, data: str, resume: bool = False):
         return self.verb_settings(data=data, resume=resume)
@@ -42,20 +39,16 @@ def training_file(stage: FinetuneStage, context: StageContext) -> str:
     return chosen
 
 
-def run_finetune(stage: FinetuneStage, context: StageContext) -> StageResult:
-    return run_training(stage, context, finetune.run)
-
-
-def run_training(stage: FinetuneStage, context: StageContext, verb_run: Callable, **options) -> StageResult:
-    """A finetune-like stage: `verb_run` (a training verb's run, given `options`) on the newest model, resuming
-    what a stopped run left; a run SIGTERM stopped is an error, so the stage is not taken as finished."""
+def run_training(stage: FinetuneStage, context: StageContext, **options) -> StageResult:
+    """A finetune-like stage: its training verb (given `options`) on the newest model, resuming what a stopped run
+    left; a run SIGTERM stopped is an error, so the stage is not taken as finished."""
     from slmkit.errors import SlmError
     from slmkit.finetuning import checkpoint_dir
 
     data = training_file(stage, context)
     resume = any(checkpoint_dir(context.out).glob("checkpoint-*"))  # a run cut short last time
-    result = verb_run(stage.settings(data, resume), context.source, context.out, progress=steps(context.progress),
-                      **options)
+    result = stage.verb.run(stage.settings(data, resume), context.source, context.out,
+                            progress=steps(context.progress), **options)
     done = result.record
     if not done["completed"]:
         raise SlmError(f"{stage.stage} stopped at step {done['step']} (SIGTERM); `slm run` again resumes it")
@@ -75,4 +68,4 @@ def steps(progress: ProgressFactory) -> ProgressFactory:
     return bar
 
 
-register_stage(FinetuneStage, run_finetune)
+RECIPE_STAGES = [StageKind(FinetuneStage, run_training)]

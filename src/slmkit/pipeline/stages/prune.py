@@ -3,19 +3,14 @@ on the run's --data, else the newest synth stage's answers, else text the model 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 from pydantic import Field, field_validator
 
-from slmkit.pipeline.registry import Stage, StageContext, known_method, register_stage, with_settings
-from slmkit.verbs import StageResult, prune
+from slmkit.pipeline.registry import StageKind, known_method, verb_stage
+from slmkit.verbs import prune
 from slmkit.verbs.prune import STRUCTURED_ONLY, PruneSettings
 
 
-class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY), written_out=True)):
-    stage: Literal["prune"]
-    config_class: ClassVar[type] = PruneSettings
-
+class PruneStage(verb_stage(prune.VERB, exclude=set(STRUCTURED_ONLY), written_out=True)):
     @field_validator("method")
     @classmethod
     def _known(cls, method: str | None) -> str | None:
@@ -30,20 +25,12 @@ class PruneStage(with_settings(PruneSettings, Stage, exclude=set(STRUCTURED_ONLY
         return self.settings().method_config()
 
 
-class StructuredStage(with_settings(PruneSettings, Stage, exclude={"method", "sparsity", "pattern", "target_params"},
-                                    written_out=True)):
-    stage: Literal["structured"]
+class StructuredStage(verb_stage(prune.VERB, stage="structured",
+                                 exclude={"method", "sparsity", "pattern", "target_params"}, written_out=True)):
     # A number or a size as people write it (100M): wider than the CLI's text.
     target_params: str | int | None = Field(None, description="Total parameters wanted, e.g. 100M.")
-    config_class: ClassVar[type] = PruneSettings
     settings = PruneStage.settings
     config = PruneStage.config
 
 
-def run_prune(stage: PruneStage | StructuredStage, context: StageContext) -> StageResult:
-    return prune.run(stage.settings(), context.source, context.out, progress=context.progress,
-                     data=context.calibration_data())
-
-
-register_stage(PruneStage, run_prune)
-register_stage(StructuredStage, run_prune)
+RECIPE_STAGES = [StageKind(PruneStage), StageKind(StructuredStage)]

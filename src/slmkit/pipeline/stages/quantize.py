@@ -1,22 +1,39 @@
-"""The `quantize` stage: RTN, GPTQ or AWQ, saved as compressed-tensors (or float values on the grid). Its
-settings are QuantizeSettings' (slmkit.verbs.quantize) bar QAT's, which the `qat` stage takes; both run the same
-stage on the newest model."""
+"""The `quantize` and `qat` stages: QuantizeSettings (slmkit.verbs.quantize) run on the newest model, calibrated
+on the run's --data, else the newest synth stage's answers, else text the model samples itself.
+
+The quantize stage takes them bar QAT's: RTN, GPTQ or AWQ, saved as compressed-tensors (or float values on the
+grid). The qat stage is the verb with method qat: the newest model trained onto q4_0's grid against its own float
+distributions (distill.qat), saved as compressed-tensors that `export` with quant q4_0 writes bit for bit; QATConfig's
+sequence count and length where none are given.
+
+    - stage: qat
+      steps: 200
+    - stage: export
+      quant: q4_0
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import field_validator
 
-from slmkit.pipeline.registry import Stage, StageContext, known_method, register_stage, with_settings
-from slmkit.verbs import StageResult, quantize
-from slmkit.verbs.quantize import QAT_ONLY, QuantizeSettings
+from slmkit.models.checkpoint import read_manifest
+from slmkit.pipeline.registry import Stage, StageContext, StageKind, known_method, run_verb, verb_stage
+from slmkit.results import StageResult
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.verbs import quantize
+from slmkit.verbs.quantize import GRID, QAT_ONLY, QuantizeSettings
+
+ONE_SHOT_ONLY = {"method", "act_order", "fake_quant"}
+# The one grid QAT trains on, so a recipe need not name it (the CLI asks for --target), and QATConfig's sequence
+# shape, which the stage has always written into run.json.
+QAT_DEFAULTS = {"target": "gguf-q4_0", "calib_samples": QAT_SAMPLES, "calib_seq_len": QAT_SEQ_LEN}
 
 
 class QuantizeSettingsStage(Stage):
     """What the quantize and qat stages share: their settings, checked."""
 
-    config_class: ClassVar[type] = QuantizeSettings
     fixed: ClassVar[dict] = {}  # settings the stage sets itself (the qat stage's method)
 
     def settings(self) -> QuantizeSettings:
@@ -26,9 +43,7 @@ class QuantizeSettingsStage(Stage):
         return self.settings().method_config()
 
 
-class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclude=set(QAT_ONLY), written_out=True)):
-    stage: Literal["quantize"]
-
+class QuantizeStage(verb_stage(quantize.VERB, QuantizeSettingsStage, exclude=set(QAT_ONLY), written_out=True)):
     @field_validator("method")
     @classmethod
     def _known(cls, method: str | None) -> str | None:
@@ -37,9 +52,19 @@ class QuantizeStage(with_settings(QuantizeSettings, QuantizeSettingsStage, exclu
         return method if method is None else known_method(QUANT_METHODS, method)
 
 
-def run_quantize(stage: QuantizeSettingsStage, context: StageContext) -> StageResult:
-    return quantize.run(stage.settings(), context.source, context.out, progress=context.progress,
-                        data=context.calibration_data())
+class QATStage(verb_stage(quantize.VERB, QuantizeSettingsStage, stage="qat",
+                          exclude=(set(GRID) - {"target"}) | ONE_SHOT_ONLY, written_out=True,
+                          own_defaults=QAT_DEFAULTS)):
+    """QuantizeSettings' QAT training and calibration settings; one left out takes QATConfig's default."""
+
+    fixed: ClassVar[dict] = {"method": "qat"}
 
 
-register_stage(QuantizeStage, run_quantize)
+def run_qat(stage: QATStage, context: StageContext) -> StageResult:
+    output = run_verb(stage, context)
+    # run.json keeps the training curve for the report's plot; the command prints only the numbers.
+    output.summary["loss_curve"] = read_manifest(context.out)["config"]["loss_curve"]
+    return output
+
+
+RECIPE_STAGES = [StageKind(QuantizeStage), StageKind(QATStage, run_qat)]

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 
-from slmkit.pipeline.registry import (Stage, StageContext, register_stage, with_settings,
-                                      write_json_atomic)
-from slmkit.verbs import StageResult, synth
+from slmkit.pipeline.registry import StageContext, StageKind, verb_stage, write_json_atomic
+from slmkit.results import StageResult
+from slmkit.verbs import synth
 from slmkit.verbs.synth import SynthSettings
 
 DATA_FILE = "data.jsonl"
@@ -31,13 +31,11 @@ SAMPLE_PROMPTS = Path(__file__).resolve().parents[2] / "samples" / "kitchen-ques
 STATS_FILE = "stats.json"
 
 
-class SynthStage(with_settings(SynthSettings, Stage, exclude={"prompts"})):
+class SynthStage(verb_stage(synth.VERB, exclude={"prompts"})):
     """SynthSettings' settings, flat; one left out takes SynthSettings' default (kept there only), bar those
     a recipe states its own way: the teacher and the prompts (default: the run's model, slmkit's sample
     questions), the backend and the seed (default 0: a recipe writes the same data each time)."""
 
-    stage: Literal["synth"]
-    makes_model: ClassVar[bool] = False
     teacher: str | None = Field(None, description="Alias, directory, .gguf or hub id; default: the run's model.")
     prompts: str | None = Field(None, description=".jsonl ({\"prompt\": ...} per line) or .txt (one per line); "
                                                  "default: slmkit's 64 sample kitchen questions.")
@@ -45,7 +43,6 @@ class SynthStage(with_settings(SynthSettings, Stage, exclude={"prompts"})):
     seed: int = Field(0, description="Seeds every (prompt, sample) pair: a recipe writes the same data each time.")
 
     not_settings: ClassVar[set[str]] = {"stage", "name", "teacher", "prompts"}  # fields the stage keeps for itself
-    config_class: ClassVar[type] = SynthSettings
 
     def settings(self) -> SynthSettings:
         return self.verb_settings(prompts=self.prompts or SAMPLE_PROMPTS)
@@ -67,8 +64,8 @@ def run_synth(stage: SynthStage, context: StageContext) -> StageResult:
 
     work = partial_dir(context.out)
     work.mkdir(parents=True, exist_ok=True)
-    result = synth.run(stage.settings(), stage.teacher or context.models[0].spec, work / DATA_FILE,
-                       progress=context.progress).summary
+    result = stage.verb.run(stage.settings(), stage.teacher or context.models[0].spec, work / DATA_FILE,
+                            progress=context.progress).summary
     if result["records"] == 0:
         dropped = ", ".join(f"{reason} {count}" for reason, count in result["dropped_records"].items() if count)
         raise SlmError(f"synth kept no answers (dropped: {dropped}); loosen the filters or raise max_new_tokens")
@@ -88,4 +85,4 @@ def run_synth(stage: SynthStage, context: StageContext) -> StageResult:
     return StageResult({"data": stats["out"], **summary}, context.out)
 
 
-register_stage(SynthStage, run_synth)
+RECIPE_STAGES = [StageKind(SynthStage, run_synth)]
