@@ -94,7 +94,7 @@ def worker_ce(args) -> dict:
     step_times: list[float] = []
     started = time.perf_counter()
     metrics = slmkit.finetune(args.student, args.out, FinetuneConfig(**training_settings(args)),
-                              progress=timed_steps(step_times)).metrics
+                              progress=timed_steps(step_times)).summary
     return train_result(metrics, started, step_times)
 
 
@@ -112,7 +112,7 @@ def worker_kd(args) -> dict:
     started = time.perf_counter()
     metrics = slmkit.distill(args.teacher, args.student, args.out,
                              DistillConfig(**settings, loss="fkl", temperature=1.0, alpha_ce=args.alpha_ce),
-                             progress=timed_steps(step_times)).metrics
+                             progress=timed_steps(step_times)).summary
     return train_result(metrics, started, step_times)
 
 

@@ -66,7 +66,7 @@ def worker_finetune(args) -> dict:
     from slmkit.finetuning import FinetuneConfig
 
     model = args.student or MODEL_ALIAS
-    metrics = slmkit.finetune(model, args.out, training_config(FinetuneConfig, args, args.lr)).metrics
+    metrics = slmkit.finetune(model, args.out, training_config(FinetuneConfig, args, args.lr)).summary
     return {"accuracy": metrics["eval_accuracy"], "train_s": metrics["seconds"], "steps": metrics["steps"]}
 
 
@@ -86,7 +86,7 @@ def worker_kd(args) -> dict:
 
     config = training_config(DistillConfig, args, args.lr, loss="fkl", temperature=args.temperature,
                              alpha_ce=args.alpha_ce, hidden_loss=args.hidden_loss, attention_loss=args.attention_loss)
-    metrics = slmkit.distill(args.teacher, args.student, args.out, config).metrics
+    metrics = slmkit.distill(args.teacher, args.student, args.out, config).summary
     return {"accuracy": metrics["eval_accuracy"], "train_s": metrics["seconds"], "steps": metrics["steps"]}
 
 

@@ -67,7 +67,7 @@ def worker_slmkit(args) -> dict:
                            batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, save_every=0,
                            seed=args.seed, device="cpu", dtype="float32", on_policy_ratio=args.on_policy_ratio,
                            on_policy_max_new_tokens=args.max_new_tokens, eval_data=args.eval)
-    metrics = slmkit.distill(TEACHER_ALIAS, args.student, args.out, config).metrics
+    metrics = slmkit.distill(TEACHER_ALIAS, args.student, args.out, config).summary
     return {"tokens": metrics["tokens"], "train_s": metrics["seconds"], "steps": metrics["steps"],
             "train_loss": metrics["train_loss"]}
 

@@ -88,7 +88,7 @@ def worker_slmkit(args) -> dict:
                             max_length=args.max_length, save_every=args.save_every, seed=args.seed, device="cpu",
                             dtype="float32")
     result = slmkit.finetune(MODEL_ALIAS, args.out, config)
-    metrics = result.metrics
+    metrics = result.summary
     return {"accuracy": metrics["eval_accuracy"], "tokens": metrics["tokens"], "train_s": metrics["seconds"],
             "steps": metrics["steps"], "eval_examples": metrics["eval_examples"], "train_loss": metrics["train_loss"]}
 

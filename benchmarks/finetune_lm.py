@@ -76,7 +76,7 @@ def worker_slmkit(args) -> dict:
                             lora_targets=LORA["target_modules"], max_steps=args.max_steps, lr=args.lr,
                             batch_size=args.batch_size, max_length=args.max_length, packing=True,
                             save_every=args.save_every, seed=args.seed, device="cpu", dtype="float32")
-    metrics = slmkit.finetune(MODEL_ALIAS, args.out, config).metrics
+    metrics = slmkit.finetune(MODEL_ALIAS, args.out, config).summary
     return {"tokens": metrics["tokens"], "train_s": metrics["seconds"], "steps": metrics["steps"],
             "train_loss": metrics["train_loss"], "finetune_eval_perplexity": metrics.get("eval_perplexity")}
 

@@ -68,9 +68,9 @@ def answer_one_at_a_time(lm, pairs: list[tuple[int, int]], prompts: list[str], c
 def answer_with_synth(lm, prompts: list[str], config, workdir: Path, label: str) -> dict:
     from slmkit.synthesis import synth
 
-    result = synth(lm, prompts, workdir / f"{label}.jsonl", config)
-    return {"answers": result.generated, "tokens": result.new_tokens, "seconds": result.seconds,
-            "kept": result.kept, "dropped": {reason: count for reason, count in result.dropped.items() if count}}
+    result = synth(lm, prompts, workdir / f"{label}.jsonl", config).summary
+    return {"answers": result["generated"], "tokens": result["new_tokens"], "seconds": result["seconds"],
+            "kept": result["kept"], "dropped": {reason: count for reason, count in result["dropped"].items() if count}}
 
 
 def gguf_file() -> str | None:

@@ -96,7 +96,7 @@ def test_an_on_policy_run_trains_on_the_students_samples(tmp_path, tiny_llama_di
             assert tiny_tokenizer.decode(ids[:int(labelled[0])]).startswith(prompt.split("x")[0])
     assert [share for _, share in result.curve["parts"]["on_policy_share"]] == [1.0, 1.0, 1.0]
     assert "ce_loss" not in result.curve["parts"]  # no cross-entropy on the student's own samples
-    assert result.metrics["eval_perplexity"] == pytest.approx(math.exp(result.metrics["eval_ce_loss"]))
+    assert result.summary["eval_perplexity"] == pytest.approx(math.exp(result.summary["eval_ce_loss"]))
 
     def stop_at_step_2(step, total, facts):
         if step == 2:

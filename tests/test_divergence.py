@@ -2,6 +2,7 @@
 equal to the divergence computed here from the two models' full logits."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from slmkit.errors import SlmError
 from slmkit.evaluation import evaluate
 from slmkit.evaluation.divergence import divergence
 
-from conftest import SAMPLE_TEXT
+from conftest import SAMPLE_TEXT, run_slm
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,20 @@ def test_a_reference_needs_a_text(tiny_lm, tmp_path):
     choices.write_text('{"question": "2+2?", "choices": {"text": ["4", "5"], "label": ["A", "B"]}, "answerKey": "A"}\n')
     with pytest.raises(SlmError, match="--reference compares next-token distributions on a text"):
         evaluate(tiny_lm, choices, reference=tiny_lm)
+
+
+def test_slm_eval_reports_the_divergence_of_an_exported_gguf_from_its_original(tiny_llama_dir, tmp_path):
+    """The file runs on llama.cpp, the reference on torch: an f16 export stays within float rounding of it."""
+    gguf = tmp_path / "tiny.f16.gguf"
+    slmkit.export(slmkit.load(str(tiny_llama_dir)), gguf, slmkit.GGUFConfig(quant="f16"))
+    text = tmp_path / "text.txt"
+    text.write_text(SAMPLE_TEXT)
+    result = run_slm("eval", str(gguf), "--reference", str(tiny_llama_dir), "--data", str(text), "--max-length",
+                     "64", "--json")
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["kl_mean"] < 1e-3 and measured["top1_agreement"] > 0.95
+    assert measured["perplexity_ratio"] == pytest.approx(1.0, abs=0.01)
+    refused = run_slm("eval", str(gguf), "--reference", str(tiny_llama_dir), "--data", str(text), "--task",
+                      "choice")
+    assert refused.returncode != 0 and "--reference compares next-token distributions" in refused.stderr

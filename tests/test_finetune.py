@@ -137,7 +137,8 @@ def test_a_classification_head_learns_a_separable_set_and_keeps_the_label_names(
     data.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
     result = slmkit.finetune(str(encoder), tmp_path / "clf", FinetuneConfig(
         data=str(data), epochs=4, batch_size=8, lr=3e-3, max_length=32, device="cpu", eval_fraction=0.25))
-    assert result.metrics["eval_accuracy"] == 1.0
+    assert result.summary["eval_accuracy"] == 1.0
+    assert result.record["heldout"] == tmp_path / "clf" / "heldout.csv" and result.record["heldout"].is_file()
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["architectures"] == ["BertForSequenceClassification"]
@@ -198,7 +199,7 @@ def test_a_fine_tuned_t5_answers_what_it_was_taught(tmp_path, tiny_tokenizer):
     data.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
     result = slmkit.finetune(str(base), tmp_path / "ft", FinetuneConfig(
         data=str(data), max_steps=40, batch_size=8, lr=1e-2, max_length=32, device="cpu", save_every=0))
-    assert result.task == "seq2seq" and result.metrics["eval_loss"] < 0.5
+    assert result.task == "seq2seq" and result.summary["eval_loss"] < 0.5
     answer = "".join(slmkit.generate(slmkit.load(str(tmp_path / "ft")), "small models run on",
                                      slmkit.SamplingConfig(temperature=0, max_new_tokens=8)))
     assert answer.strip() == "a phone"

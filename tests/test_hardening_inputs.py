@@ -156,11 +156,11 @@ def test_ctrl_c_names_the_command_and_what_it_kept(slm, tmp_path, tiny_llama_dir
 
 
 def test_ctrl_c_in_slm_run_says_the_finished_stages_are_kept(slm, tmp_path, monkeypatch):
-    import slmkit.pipeline.run
+    import slmkit.cli.run
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("name: r\nstages:\n  - stage: bench\n")
-    monkeypatch.setattr(slmkit.pipeline.run, "run_recipe", interrupt)
+    monkeypatch.setattr(slmkit.cli.run, "run_recipe", interrupt)
     assert slm("run", recipe, "--out", tmp_path / "run") == \
         (130, [f"interrupted: slm run stopped; the stages finished so far stay in {tmp_path / 'run'}; run it again "
                "to resume"])

@@ -16,7 +16,7 @@ import slmkit.cli.serve
 import slmkit.runtime
 from slmkit.cli.main import main
 from slmkit.errors import SlmError
-from slmkit.server import ServeSettings, server
+from slmkit.server import ServeSettings
 from slmkit.server.settings import ServeConfig
 from slmkit.server.server import bind
 
@@ -166,7 +166,7 @@ def test_slm_serve_prints_the_settings_line_before_binding_or_loading(nothing_st
 def served(monkeypatch):
     """`slm serve` with binding, loading and serving recorded instead of done."""
     served = {}
-    monkeypatch.setattr(server, "bind", lambda host, port: served.update(bind=(host, port)) or "sock")
+    monkeypatch.setattr(slmkit.cli.serve, "bind", lambda host, port: served.update(bind=(host, port)) or "sock")
     monkeypatch.setattr(slmkit.runtime, "choose_backend", lambda spec, backend: "torch")
     monkeypatch.setattr(slmkit.cli.serve, "load_model",
                         lambda spec, **options: served.update(load=options) or SimpleNamespace(backend="torch"))

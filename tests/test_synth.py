@@ -118,10 +118,11 @@ def test_records_are_chat_jsonl_a_rerun_adds_nothing_and_a_cut_line_is_repaired(
     from slmkit.data.training import load_conversations
 
     out = tmp_path / "data.jsonl"
-    first = synth(teacher, PROMPTS, out, settings())
-    assert (first.generated, first.kept + sum(first.dropped.values())) == (6, 6)
+    made = synth(teacher, PROMPTS, out, settings())
+    first = made.summary
+    assert made.out == out and (first["generated"], first["kept"] + sum(first["dropped"].values())) == (6, 6)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == first.records == first.kept > 0
+    assert len(records) == first["records"] == first["kept"] > 0
     conversations = load_conversations(out)  # what the chat fine-tuner reads
     assert [[m["role"] for m in c] for c in conversations] == [["user", "assistant"]] * len(records)
     pairs = {(r["meta"]["prompt_index"], r["meta"]["sample"]) for r in records}
@@ -130,14 +131,14 @@ def test_records_are_chat_jsonl_a_rerun_adds_nothing_and_a_cut_line_is_repaired(
     assert len(pairs) == len(records)
 
     written = out.read_bytes()
-    again = synth(teacher, PROMPTS, out, settings())
-    assert (again.skipped, again.generated, again.kept) == (6, 0, 0)
+    again = synth(teacher, PROMPTS, out, settings()).summary
+    assert (again["skipped"], again["generated"], again["kept"]) == (6, 0, 0)
     assert out.read_bytes() == written
 
     last = written.rstrip(b"\n").rsplit(b"\n", 1)[-1]
     out.write_bytes(written[:len(written) - len(last) - 1] + last[:25])  # killed while writing the last record
-    repaired = synth(teacher, PROMPTS, out, settings())
-    assert repaired.repaired == [str(out)] and repaired.generated == 1
+    repaired = synth(teacher, PROMPTS, out, settings()).summary
+    assert repaired["repaired"] == [str(out)] and repaired["generated"] == 1
     assert out.read_bytes() == written  # per-pair seeds: the same answer, alone or in a batch
 
 
@@ -148,17 +149,17 @@ def test_orca_style_answers_under_a_task_prompt_and_records_a_generic_one(teache
     seen_by_teacher = teacher.tokenizer.decode(teacher_ids(teacher, "small models", style_for("orca", None)))
     assert ORCA_TEACHER_SYSTEM in seen_by_teacher
     # The tiny model's 128 positions hold no long instruction: a short one in its place, as --system gives.
-    result = synth(teacher, PROMPTS, tmp_path / "orca.jsonl", settings(style="orca", system="Think.", n=1))
+    result = synth(teacher, PROMPTS, tmp_path / "orca.jsonl", settings(style="orca", system="Think.", n=1)).summary
     records = [json.loads(line) for line in (tmp_path / "orca.jsonl").read_text().splitlines()]
-    assert result.prompts == 1 and {r["meta"]["prompt_index"] for r in records} == {0}
+    assert result["prompts"] == 1 and {r["meta"]["prompt_index"] for r in records} == {0}
     assert {r["messages"][0]["content"] for r in records} == {GENERIC_SYSTEM}
-    plain = synth(teacher, PROMPTS, tmp_path / "plain.jsonl", settings(system="Be brief.", n=1))
-    assert plain.records and json.loads((tmp_path / "plain.jsonl").read_text().splitlines()[0])[
+    plain = synth(teacher, PROMPTS, tmp_path / "plain.jsonl", settings(system="Be brief.", n=1)).summary
+    assert plain["records"] and json.loads((tmp_path / "plain.jsonl").read_text().splitlines()[0])[
         "messages"][0] == {"role": "system", "content": "Be brief."}
     with pytest.raises(SlmError, match="written by teacher .* in orca style"):
         synth(teacher, PROMPTS, tmp_path / "orca.jsonl", settings(n=1))  # plain into an orca file
-    too_long = synth(teacher, PROMPTS, tmp_path / "long.jsonl", settings(style="orca", n=1))
-    assert too_long.dropped["prompt_too_long"] == 2 and too_long.tokens_per_s is None
+    too_long = synth(teacher, PROMPTS, tmp_path / "long.jsonl", settings(style="orca", n=1)).summary
+    assert too_long["dropped"]["prompt_too_long"] == 2 and too_long["tokens_per_s"] is None
 
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(teacher, tiny_tokenizer, tmp_path):
@@ -254,7 +255,7 @@ def test_the_cli_and_the_recipe_stage_make_one_synth_config(tmp_path, monkeypatc
 
     monkeypatch.setattr(importlib.import_module("slmkit.verbs.synth"), "open_runtime",
                         lambda spec, progress, **options: seen.append(options))
-    monkeypatch.setattr(importlib.import_module("slmkit.synthesis.generate"), "synth", handed_over)
+    monkeypatch.setattr(importlib.import_module("slmkit.api"), "synth", handed_over)
     (tmp_path / "p.txt").write_text("q\n")
     flags = ["--n", "2", "--temperature", "0.2", "--top-k", "5", "--min-words", "1", "--keep-unfinished",
              "--num-perm", "64", "--weights", "int8"]

@@ -11,7 +11,7 @@ import pytest
 from slmkit.errors import SlmError
 from slmkit.pipeline.recipe import parse_recipe
 from slmkit.pipeline.registry import STAGES, RunModel, StageContext
-from slmkit.results import StageResult
+from slmkit.results import FinetuneResult, StageResult
 from slmkit.verbs import VERBS
 
 MODELS = [RunModel("original", "teacher-spec", "original"), RunModel("01-prune", "pruned-spec", "prune")]
@@ -46,9 +46,10 @@ def calls(monkeypatch):
     monkeypatch.setattr(VERBS["eval"], "run", replaced("eval", StageResult({"task": "perplexity"}, None,
                                                                           {"backend": "torch"})))
     monkeypatch.setattr(VERBS["bench"], "run", replaced("bench", StageResult({"decode_tokens_per_s": 9.0}, None)))
-    trained = {"completed": True, "step": 4, "curve": {"train": [1.0]}, "heldout": None}
+    trained = FinetuneResult({"eval_loss": 0.5}, Path("out"), {"heldout": None}, task="text", completed=True, step=4,
+                             curve={"train": [1.0]})
     for verb in ("finetune", "distill"):
-        monkeypatch.setattr(VERBS[verb], "run", replaced(verb, StageResult({"eval_loss": 0.5}, None, trained)))
+        monkeypatch.setattr(VERBS[verb], "run", replaced(verb, trained))
     return seen
 
 
@@ -77,7 +78,7 @@ def test_a_training_stage_records_the_verbs_result_and_refuses_a_stopped_run(cal
     (verb, settings, model, out, options), = calls
     assert (verb, settings.max_steps, settings.resume, model, out, options) == (
         "distill", 4, False, "pruned-spec", tmp_path / "02-distill", {"teacher": "teacher-spec"})
-    stopped = StageResult({}, None, {"completed": False, "step": 7})
+    stopped = FinetuneResult({}, Path("out"), {"heldout": None}, task="text", completed=False, step=7)
     monkeypatch.setattr(VERBS["finetune"], "run", lambda *args, **kwargs: stopped)
     with pytest.raises(SlmError, match=r"^finetune stopped at step 7 \(SIGTERM\); `slm run` again resumes it$"):
         run_stage(stage_of("stage: finetune"), tmp_path / "03-finetune", str(data))

@@ -7,7 +7,7 @@ first use, so `import slmkit` (and every `slm` command) starts without torch.
 from importlib import import_module
 
 from slmkit.errors import SlmError
-from slmkit.results import StageResult
+from slmkit.results import FinetuneResult, StageResult
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,7 @@ _CONFIGS = {"Calibration": "slmkit.compress.calibration", "CompressResult": "slm
             "StudentConfig": "slmkit.distillation", "DistillConfig": "slmkit.distillation"}
 _LAZY = {**{verb: "slmkit.api" for verb in _VERBS}, **_CONFIGS}
 
-__all__ = ["SlmError", "StageResult", "__version__", *_VERBS, *_CONFIGS]
+__all__ = ["FinetuneResult", "SlmError", "StageResult", "__version__", *_VERBS, *_CONFIGS]
 
 
 def __getattr__(name: str):

@@ -24,22 +24,31 @@ from slmkit.compress import needs_calibration
 from slmkit.compress import prune as prune_layers
 from slmkit.compress import quantize as quantize_layers
 from slmkit.compress.calibration import Calibration
-from slmkit.compress.formats import check_compressed_tensors
+from slmkit.compress.formats import check_compressed_tensors, prepare_compressed_tensors
 from slmkit.compress.runner import on_device
 from slmkit.compress.structured import StructuredConfig, prune_structured
+from slmkit.distillation import make_student
 from slmkit.errors import SlmError
+from slmkit.evaluation.bench import bench as run_bench
 from slmkit.evaluation.config import BenchConfig, EvalConfig
+from slmkit.evaluation.run import evaluate as run_evaluation
 from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
+from slmkit.exporters.gguf import export_gguf, write_modelfile
+from slmkit.exporters.onnx import export_onnx
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.checkpoint import save as save_checkpoint
 from slmkit.models.devices import resolve_device
 from slmkit.models.loading import LoadedModel
-from slmkit.results import StageResult
+from slmkit.results import FinetuneResult, StageResult
 from slmkit.runtime import as_runtime, open_model
 from slmkit.runtime import generate as stream_answer
+from slmkit.server import ServeSettings
+from slmkit.server.app import create_app
+from slmkit.server.server import bind, serve_forever, url_of
+from slmkit.synthesis.generate import synth as write_records
 
-# The verbs below import what they drive on use: training (transformers' Trainer, peft), the GGUF/ONNX writers,
-# the evaluators, the server (FastAPI) and synthesis each pull a stack the other verbs do not need.
+# The training verbs (finetune, distill, QAT) import theirs on use: transformers' Trainer, peft and trl take seconds
+# to import, which loading, compressing or serving a model need not pay.
 
 Progress = Callable[[int, int], None] | None
 
@@ -92,8 +101,6 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
         stage, config, metrics = result.stage, result.config, result.metrics
         seed = result.seed if seed is None else seed
         if result.quant_config is not None and not result.fake_quant:
-            from slmkit.compress.formats import prepare_compressed_tensors
-
             after_write = prepare_compressed_tensors(model, result.quant_config, result.quant_params)
     return save_checkpoint(model, out, tokenizer, stage=stage, parent=parent, config=config, seed=seed,
                            metrics=metrics, force=force, after_write=after_write,
@@ -180,7 +187,7 @@ def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: b
 
     Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`.
     """
-    from slmkit.distillation.qat import QATConfig
+    from slmkit.distillation.qat import QATConfig  # heavy: the training stack (the note at the top)
 
     if not fake_quant:
         check_compressed_tensors(config)  # before any slow work
@@ -207,7 +214,7 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None, device,
                         progress: Progress) -> CompressResult:
     """QAT (distill.qat): the model trained onto the grid against its own float distributions."""
-    from slmkit.distillation.qat import check_layers, quantization_aware_training, training_device
+    from slmkit.distillation.qat import check_layers, quantization_aware_training, training_device  # heavy, as above
 
     model = _model_of(lm)
     if not isinstance(lm, LoadedModel) or lm.tokenizer is None:
@@ -243,8 +250,6 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
         config = config.export_config()
     out = Path(out)
     if isinstance(config, OnnxConfig):
-        from slmkit.exporters import export_onnx
-
         written = export_onnx(lm, out, force=force)
         run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
                     else f"slm bench {written.path}")
@@ -253,8 +258,6 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
                             "run_with": run_with}, written.path)
     if not isinstance(config, GGUFConfig):
         raise SlmError(f"export takes a GGUFConfig or an OnnxConfig, not {type(config).__name__}")
-    from slmkit.exporters import export_gguf, write_modelfile
-
     _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)
@@ -265,16 +268,19 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
                         "run_with": f"slm chat {written.path}"}, written.path)
 
 
-def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, progress: Progress = None) -> StageResult:
+def evaluate(lm, data: str | Path, config: EvalConfig | None = None, *, reference=None,
+             progress: Progress = None) -> StageResult:
     """Quality of a model on a data file; the result's summary is `task` and `data`, then the task's metrics:
     perplexity gives token_perplexity, word_perplexity, bits_per_byte, scored_tokens, windows...; choice
     acc/acc_norm; lambada acc/perplexity; classification accuracy/macro_f1; every task its `examples` or `windows`.
+    With a `reference` model (a text only), also kl_mean, kl_median, kl_p99, kl_max, top1_agreement,
+    reference_token_perplexity and perplexity_ratio: how far `lm`'s next-token distributions are from it.
 
-    Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048)).summary["token_perplexity"]`.
+    Example: `slmkit.evaluate(lm, "wiki.txt", EvalConfig(max_length=2048)).summary["token_perplexity"]`;
+    `slmkit.evaluate(quantized, "wiki.txt", reference=slmkit.load()).summary["kl_mean"]`.
     """
-    from slmkit.evaluation import evaluate as run_evaluation
-
-    return StageResult(run_evaluation(lm, data, **(config or EvalConfig()).options(), progress=progress))
+    return StageResult(run_evaluation(lm, data, **(config or EvalConfig()).options(), reference=reference,
+                                      progress=progress))
 
 
 def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -> StageResult:
@@ -284,8 +290,6 @@ def bench(lm, config: BenchConfig | None = None, *, progress: Progress = None) -
 
     Example: `slmkit.bench(slmkit.load(weights="int8"), BenchConfig(gen_tokens=64)).summary["decode_tokens_per_s"]`.
     """
-    from slmkit.evaluation.bench import bench as run_bench
-
     return StageResult(run_bench(lm, **(config or BenchConfig()).options(), progress=progress))
 
 
@@ -306,9 +310,6 @@ def serve(lm, settings=None, *, host: str = "127.0.0.1", port: int = 8000, liste
 
     Example: `slmkit.serve(open_model("smollm2-135m-instruct"), ServeSettings("smollm2-135m-instruct"), port=8080)`.
     """
-    from slmkit.server import ServeSettings, create_app
-    from slmkit.server.server import bind, serve_forever, url_of
-
     sock = listening or bind(host, port)
     lm = as_runtime(lm)
     app = create_app(lm, settings or ServeSettings(name=lm.spec))
@@ -317,26 +318,25 @@ def serve(lm, settings=None, *, host: str = "127.0.0.1", port: int = 8000, liste
     serve_forever(app, sock)
 
 
-def finetune(model: str, out: str | Path, config, *, progress=None, force: bool = False):
+def finetune(model: str, out: str | Path, config, *, progress=None, force: bool = False) -> FinetuneResult:
     """Fine-tune `model` (a spec: it is opened with the head the task needs) on `config.data` into `out`;
-    returns a `FinetuneResult` (`completed` is False when SIGTERM stopped it at a checkpoint).
+    returns a FinetuneResult (slmkit.results): the final evaluation's metrics in `summary`, the model's directory
+    in `out`; `completed` is False when SIGTERM stopped it at a checkpoint.
 
     Example: `slmkit.finetune("smollm2-135m-instruct", "out/chat", FinetuneConfig(data="chat.jsonl", lora=True))`.
     """
-    from slmkit.finetuning import finetune as run_finetune
+    from slmkit.finetuning.run import finetune as run_finetune  # heavy: the training stack (the note at the top)
 
     return run_finetune(model, out, config, progress=progress, force=force)
 
 
-def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress = None):
+def synth(teacher, prompts, out: str | Path, config=None, *, progress: Progress = None) -> StageResult:
     """Have `teacher` (a spec or an opened model) answer `prompts` (a .jsonl/.txt file or a list) into the chat
-    JSONL `out`, filtered and near-deduplicated, resuming an earlier run of the same settings; returns a
-    `SynthResult` (generated, kept, dropped per reason, tokens/s).
+    JSONL `out`, filtered and near-deduplicated, resuming an earlier run of the same settings; the result's `out`
+    is that file, its summary what the run did (generated, kept, dropped per reason, tokens/s: synthesis.generate).
 
     Example: `slmkit.synth("smollm2-135m-instruct", "prompts.txt", "data.jsonl", SynthConfig(style="orca"))`.
     """
-    from slmkit.synthesis import synth as write_records
-
     return write_records(teacher, prompts, out, config, progress=progress)
 
 
@@ -348,8 +348,6 @@ def student(lm, config, calibration: Calibration | Any = None, *, progress: Prog
     Example: `lm = slmkit.load("minilm-l6"); made = slmkit.student(lm, StudentConfig(layers=(0, 2, 4)))`,
     then `slmkit.save(lm, "out/student", result=made, parent="minilm-l6")`.
     """
-    from slmkit.distillation import make_student
-
     _require_float32_on_cpu(lm, "making a student")
     structured = config.structured()
     if structured is not None:
@@ -359,12 +357,13 @@ def student(lm, config, calibration: Calibration | Any = None, *, progress: Prog
     return CompressResult(stage="student", config=config.to_dict(), metrics=report, summary=report)
 
 
-def distill(teacher: str, student: str, out: str | Path, config, *, progress=None, force: bool = False):
+def distill(teacher: str, student: str, out: str | Path, config, *, progress=None,
+            force: bool = False) -> FinetuneResult:
     """Train `student` on `config.data` (a DistillConfig) with `teacher`'s distributions in the loss; returns
-    the FinetuneResult (metrics include kd_loss and ce_loss in the curve's logs).
+    a FinetuneResult, as `finetune` does (its curve's `parts` hold kd_loss and ce_loss).
 
     Example: `slmkit.distill("smollm2-135m-instruct", "out/student", "out/kd", DistillConfig(data="wiki.txt"))`.
     """
-    from slmkit.distillation.run import distill as run_distill
+    from slmkit.distillation.run import distill as run_distill  # heavy: the training stack (the note at the top)
 
     return run_distill(teacher, student, out, config, progress=progress, force=force)

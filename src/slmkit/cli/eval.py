@@ -22,6 +22,7 @@ def eval_command(
       slm eval smollm2-135m-instruct --data arc_easy_test.jsonl --json
       slm eval ./my-classifier --data dev.tsv --task classification
       slm eval model.q4_0.gguf --data wiki.test.txt --max-length 2048   # scored by llama.cpp
+      slm eval model.q4_0.gguf --reference smollm2-135m-instruct --data wiki.test.txt   # KL to the original
       slm eval ./my-classifier-onnx --data dev.tsv   # run by onnxruntime (slm export --format onnx)
     """
     measured = evaluation.run(config, model, progress=progress_bar).summary

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from slmkit.cli.common import ModelArg, print_result, stderr
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
-from slmkit.results import StageResult
+from slmkit.results import FinetuneResult
 from slmkit.verbs import finetune
 from slmkit.verbs.finetune import FinetuneConfig
 
@@ -57,13 +57,12 @@ def finetune_command(
     report_training(result, {"model": model, "out": str(out)}, f"{model} — fine-tuned", json_output)
 
 
-def report_training(result: StageResult, names: dict, title: str, json_output: bool) -> None:
+def report_training(result: FinetuneResult, names: dict, title: str, json_output: bool) -> None:
     """A training run's outcome: its metrics, or how to resume it when SIGTERM stopped it."""
-    done = result.record
-    if not done["main_process"]:  # under torchrun every process runs the command; one reports
+    if not result.main_process:  # under torchrun every process runs the command; one reports
         return
-    if not done["completed"]:
-        stderr.print(f"stopped at step {done['step']}; checkpoint saved in {done['checkpoints']}; run the same "
+    if not result.completed:
+        stderr.print(f"stopped at step {result.step}; checkpoint saved in {result.checkpoints}; run the same "
                      "command with --resume to continue")
         return
-    print_result(title, {**names, "task": done["task"], **result.summary}, json_output)
+    print_result(title, {**names, "task": result.task, **result.summary}, json_output)

@@ -61,7 +61,7 @@ def generate_command(
       slm generate model.q4_0.gguf - < prompt.txt     # the prompt from stdin
       slm generate "Write a haiku" --weights int8 --compile   # fastest on torch
     """
-    from slmkit.runtime import generate
+    from slmkit.runtime import generate  # torch: kept out of CLI start-up
 
     if model and len(model) > 1:
         raise SlmError(f"slm generate takes [MODEL] PROMPT, got {len(model) + 1} arguments: "
@@ -83,7 +83,7 @@ def chat_command(config: ChatSettings, model: OptionalModelArg = None, model_opt
     Examples: slm chat; echo "Hi" | slm chat ./my-model --temperature 0; slm chat model.q4_0.gguf;
     slm chat --weights int8 --compile
     """
-    from slmkit.runtime import repl
+    from slmkit.runtime import repl  # torch: kept out of CLI start-up
 
     lm = load_model(one_model(model, model_option), **config.load_options())
     repl(lm, config.sampling(), system=config.system)

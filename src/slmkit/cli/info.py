@@ -21,7 +21,7 @@ def info(settings: InfoSettings, model: ModelArg = DEFAULT_MODEL, *, json_output
 
     Examples: slm info; slm info ./my-checkpoint --json; slm info model.gguf
     """
-    from slmkit.models.info import model_info
+    from slmkit.models.info import model_info  # torch: kept out of CLI start-up
 
     lm = load_model(model, device=settings.device, dtype=settings.dtype, **settings.open_options())
     result = model_info(lm)

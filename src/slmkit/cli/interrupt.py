@@ -15,6 +15,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
+from slmkit.models.checkpoint import checkpoint_dir
+
 # These write their --out whole or not at all (a temporary name, then one rename), so an interrupted run
 # wrote nothing there.
 ATOMIC_OUTPUT = ("prune", "quantize", "export", "student", "finetune", "distill")
@@ -33,8 +35,6 @@ def interrupted_line(command: str, params: dict) -> str:
         return line
     line += f"; nothing was written to {out}"
     if command in ("finetune", "distill"):
-        from slmkit.finetuning.run import checkpoint_dir
-
         checkpoints = checkpoint_dir(Path(out))
         if any(checkpoints.glob("checkpoint-*")):  # saved by --save-every before the interruption
             line += f" (its last checkpoint is in {checkpoints}: the same command with --resume continues)"

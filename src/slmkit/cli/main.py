@@ -10,6 +10,7 @@ import typer
 
 from slmkit.cli import generate, info, models_cmd, run, serve
 from slmkit.cli.interrupt import InterruptibleCommand
+from slmkit.errors import SlmError
 from slmkit.verbs import VERBS
 
 app = typer.Typer(
@@ -34,8 +35,6 @@ for registered in app.registered_commands:
 
 def main() -> None:
     """Run the CLI; user errors become one line on stderr (SLM_DEBUG=1 shows the traceback)."""
-    from slmkit.errors import SlmError
-
     try:
         app()
     except SlmError as exc:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from rich.table import Table
 
 from slmkit.cli.common import JsonOpt, print_json, stdout
+from slmkit.models.catalog import CATALOG, DEFAULT_MODEL, packaged_path
 
 
 def available_now(entry) -> str:
     """'packaged', 'cached' or 'no' (needs the hub), checked without loading anything."""
     from huggingface_hub import try_to_load_from_cache
-
-    from slmkit.models.catalog import packaged_path
 
     if packaged_path(entry) is not None:
         return "packaged"
@@ -23,8 +22,6 @@ def models(json_output: JsonOpt = False) -> None:
 
     Example: slm models --json
     """
-    from slmkit.models.catalog import CATALOG, DEFAULT_MODEL
-
     rows = [{"alias": e.alias, "hub_id": e.hub_id, "architecture": e.architecture, "kind": e.kind,
              "parameters": e.parameters, "available": available_now(e), "default": e.alias == DEFAULT_MODEL}
             for e in CATALOG]

@@ -9,6 +9,9 @@ import typer
 
 from slmkit.cli.common import JsonOpt, print_json, progress_bar, stderr
 from slmkit.logs import quiet_libraries
+from slmkit.pipeline.recipe import load_recipe
+from slmkit.pipeline.report import collect_rows, headline, read_run, write_report
+from slmkit.pipeline.run import run_recipe
 
 
 def run_command(
@@ -25,10 +28,6 @@ def run_command(
       slm run recipes/edge-chat.yaml
       slm run recipes/sparse-2of4.yaml --model ./my-model --data wiki.txt --out runs/sparse
     """
-    from slmkit.pipeline.recipe import load_recipe
-    from slmkit.pipeline.report import collect_rows, headline, read_run, write_report
-    from slmkit.pipeline.run import run_recipe
-
     quiet_libraries()  # before the recipe's configs import the libraries whose bars it silences
     parsed = load_recipe(recipe)
     directory = run_recipe(parsed, recipe_path=str(recipe), model=model, data=data, out=out,
@@ -60,7 +59,5 @@ def report_command(
 
     Examples: slm report runs/edge-chat; slm report runs/a runs/b --out reports/ab
     """
-    from slmkit.pipeline.report import write_report
-
     md_path, html_path = write_report(runs, out)
     typer.echo(f"report: {html_path}\nmarkdown: {md_path}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import slmkit
 from slmkit.cli.common import ModelArg, load_model, stderr
 from slmkit.cli.options import with_config
 from slmkit.models.catalog import DEFAULT_MODEL
+from slmkit.server.server import bind
 from slmkit.server.settings import ServeConfig
 
 
@@ -21,9 +23,7 @@ def serve_command(config: ServeConfig, model: ModelArg = DEFAULT_MODEL) -> None:
       slm serve runs/edge-chat/model.q4_0.gguf --max-concurrency 4
       SLM_API_KEY=secret slm serve ./my-model --host 0.0.0.0 --timeout 120
     """
-    import slmkit
-    from slmkit.runtime import choose_backend
-    from slmkit.server.server import bind
+    from slmkit.runtime import choose_backend  # torch: kept out of CLI start-up
 
     local = Path(model).expanduser()
     name = Path(os.path.abspath(local)).name if local.exists() else model  # abspath: `slm serve .` names the dir

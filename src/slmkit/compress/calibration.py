@@ -22,6 +22,7 @@ import torch
 
 from slmkit import data
 from slmkit.errors import SlmError
+from slmkit.models.checkpoint import cache_dir, files_identity, read_manifest, write_atomic
 from slmkit.runtime.batched import sample_rows
 from slmkit.runtime.llamacpp import has_llama_cpp
 from slmkit.runtime.open import as_runtime, open_model
@@ -117,8 +118,6 @@ def calibration_ids(lm, path: str | Path | None, *, samples: int = 128, seq_len:
 def source_gguf(lm) -> Path | None:
     """The GGUF file the model's weights came from: the file itself, or the one a packaged alias was
     converted from (the conversion's manifest names it)."""
-    from slmkit.models.checkpoint import read_manifest
-
     path = getattr(lm, "path", None)
     if path is None:
         return None
@@ -188,8 +187,6 @@ def self_generated(lm, samples: int, seq_len: int, seed: int = 0, *, engine: str
 
 def _cache_path(source: Path, engine: str, samples: int, seq_len: int, seed: int) -> Path:
     """Where these settings' ids for the weights in `source` (a file or directory) are kept."""
-    from slmkit.models.checkpoint import cache_dir, files_identity
-
     source = Path(source).resolve()
     key = json.dumps([SAMPLER_VERSION, engine, str(source), files_identity(source), samples, seq_len, seed])
     return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
@@ -197,8 +194,6 @@ def _cache_path(source: Path, engine: str, samples: int, seq_len: int, seed: int
 
 def _keep(path: Path, ids: torch.Tensor) -> None:
     from safetensors.torch import save
-
-    from slmkit.models.checkpoint import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, save({"ids": ids.contiguous()}))

@@ -26,13 +26,15 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
-from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig
+from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig, resolve_grid
+from slmkit.compress.quantize import quantize as quantize_layers
 from slmkit.data.training import collator
 from slmkit.distillation.trainer import DistillationTrainer
 from slmkit.errors import SlmError
 from slmkit.models.devices import check_trainer_device, resolve_device
+from slmkit.models.layers import block_lists, linear_layers
 from slmkit.schema import setting
+from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
 from slmkit.train.run import TrainingRun, trainer_arguments
 
 START_METHODS = {"gptq": GPTQConfig, "rtn": RTNConfig}
@@ -115,8 +117,6 @@ def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | No
                observer: str | None, device: str = "auto", **training) -> QATConfig:
     """The QATConfig `slm quantize --method qat` and the qat stage ask for: the target's grid (QATConfig refuses
     any but q4_0's), and the training settings given (None: the default)."""
-    from slmkit.compress.quantize import resolve_grid
-
     grid = resolve_grid(bits, group_size, symmetric, target)
     given = {name: value for name, value in {**training, "observer": observer}.items() if value is not None}
     return QATConfig(**grid, **given, device=device)
@@ -176,8 +176,6 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
 def check_layers(model: nn.Module) -> None:
     """Refuse, before any slow work, a layer QAT cannot train onto q4_0's grid: GPT-2's Conv1D (QAT swaps
     nn.Linear layers) or an input width q4_0's blocks of 32 do not divide."""
-    from slmkit.models.layers import block_lists, linear_layers
-
     for _, blocks in block_lists(model):
         for name, layer in linear_layers(blocks[0]).items():
             if not isinstance(layer, nn.Linear):
@@ -211,8 +209,6 @@ def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, 
 
 def start_on_grid(model: nn.Module, config: QATConfig, train: torch.Tensor, device) -> dict[str, torch.Tensor]:
     """The one-shot solution (config.start, calibrated on `train`) written into `model`; its scales per layer."""
-    from slmkit.compress.quantize import quantize as quantize_layers
-
     _, params = quantize_layers(model, config.start_config(), train, device=device)
     return {name: scale for name, (scale, _) in params.items()}
 

@@ -20,8 +20,9 @@ from slmkit.distillation.vocabulary import check_same_vocabulary
 from slmkit.errors import SlmError
 from slmkit.finetuning.run import FineTuning
 from slmkit.models import loading
+from slmkit.results import FinetuneResult
 from slmkit.train.base import TrainProgress
-from slmkit.train.lifecycle import FinetuneResult, train_model
+from slmkit.train.lifecycle import train_model
 
 PROBE_CHARS = 2000  # of the training text, tokenized by both models to compare their ids
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmkit.errors import SlmError
+from slmkit.models.loading import _auto_class
 
 
 @dataclass
@@ -56,7 +57,7 @@ class StudentConfig:
         """The structured-pruning config of a width or parameter-count student (None for the others)."""
         if self.width is None and self.target_params is None:
             return None
-        from slmkit.compress.structured import StructuredConfig
+        from slmkit.compress.structured import StructuredConfig  # torch: kept out of CLI start-up
 
         return StructuredConfig(target_params=self.target_params, **(self.width or {}))
 
@@ -78,7 +79,7 @@ def make_student(lm, config: StudentConfig) -> dict:
     student replaces `lm.model`."""
     if config.config is not None:
         return _fresh(lm, config)
-    from slmkit.compress.structured import _decoder_blocks, keep_blocks
+    from slmkit.compress.structured import _decoder_blocks, keep_blocks  # torch: kept out of CLI start-up
 
     total = len(_decoder_blocks(lm.model)[1])
     if config.layers is not None:
@@ -98,8 +99,6 @@ def make_student(lm, config: StudentConfig) -> dict:
 
 def _fresh(lm, config: StudentConfig) -> dict:
     from transformers import AutoConfig, set_seed
-
-    from slmkit.models.loading import _auto_class
 
     path = Path(config.config)
     if not path.is_file():

@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 
 from slmkit.errors import SlmError, first_line
+from slmkit.logs import quiet_libraries
 from slmkit.models.info import bytes_on_disk
-from slmkit.runtime import as_runtime
+from slmkit.runtime import as_runtime, open_model
 
 
 def _peak_rss_bytes() -> int:
@@ -136,9 +137,6 @@ def bench_in_fresh_process(spec: str, *, prompt_tokens: int = 512, gen_tokens: i
 
 
 def _bench_worker(spec: str, options: dict, prompt_tokens: int, gen_tokens: int, repeats: int) -> dict:
-    from slmkit.logs import quiet_libraries
-    from slmkit.runtime import open_model
-
     quiet_libraries()
     lm = open_model(spec, **options)
     return bench(lm, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats)

@@ -53,6 +53,17 @@ class EvalSettings(EvalConfig, RuntimeSettings, OpenSettings):
 
     # A recipe's eval stage chooses its own file (held-back rows, the run's --data, a built-in text).
     data: Path = setting(".txt, .jsonl (text/ARC/HellaSwag/LAMBADA) or .tsv/.csv", flag="--data", recipe=False)
+    # A recipe's eval stage compares each model with the run's original itself.
+    reference: str | None = setting("A model to compare with on the text (the original of a compressed one): KL "
+                                    "divergence of the next-token distributions (mean, median, p99), top-1 "
+                                    "agreement and the perplexity ratio, as llama-perplexity --kl-divergence "
+                                    "reports them.", None, recipe=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reference is not None and self.task not in (None, "perplexity"):
+            raise SlmError(f"--reference compares next-token distributions on a text; --task {self.task} has "
+                           "none: give a .txt file (the perplexity task)")
 
 
 @dataclass

@@ -13,12 +13,11 @@ from pathlib import Path
 from slmkit.data.tasks import Task
 from slmkit.finetuning.config import FinetuneConfig
 from slmkit.finetuning.lora import add_lora, save_adapter
+from slmkit.results import FinetuneResult
 from slmkit.train.base import TrainProgress
-from slmkit.train.lifecycle import (HELD_BACK_FILE, FinetuneResult, Output, TrainingMethod, checkpoint_dir,
-                                    train_model)
+from slmkit.train.lifecycle import Output, TrainingMethod, train_model
 
-# HELD_BACK_FILE and checkpoint_dir: the pipeline's finetune stage and the CLI's interrupt handler read them here.
-__all__ = ["HELD_BACK_FILE", "FineTuning", "FinetuneResult", "checkpoint_dir", "finetune"]
+__all__ = ["FineTuning", "FinetuneResult", "finetune"]
 
 
 class FineTuning(TrainingMethod):

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from slmkit import __version__
 from slmkit.errors import SlmError, first_line, json_problem
 
 MANIFEST_NAME = "slmkit.json"
@@ -36,8 +37,6 @@ def cache_dir() -> Path:
 def library_versions() -> dict[str, str]:
     import torch
     import transformers
-
-    from slmkit import __version__
 
     return {
         "slmkit": __version__,
@@ -77,6 +76,11 @@ def files_identity(path: Path) -> list[list]:
     what a cache keyed on a model's files compares, so a file rewritten in place is a new key."""
     found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [[str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in found]
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where a training run into `out` keeps its resumable checkpoints (`<out>.checkpoints/`)."""
+    return out.with_name(f"{out.name}.checkpoints")
 
 
 def check_destination(out_dir: Path, force: bool, reads: Iterable[str | Path | None] = ()) -> None:

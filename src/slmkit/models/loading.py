@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from slmkit.errors import ModelLoadError, UnsafeModelError, first_line, json_problem
 from slmkit.models import catalog
-from slmkit.models.checkpoint import cache_dir, save
+from slmkit.models.checkpoint import cache_dir, read_manifest, save
 from slmkit.models.devices import resolve_device, resolve_dtype
 from slmkit.models.kinds import KIND_NAMES, check_kind, infer_kind, require_kind
 from slmkit.models.validate import validate_gguf
@@ -291,8 +291,6 @@ def _load_adapter(directory: Path, spec: str, allow_pickle: bool, trust_remote_c
                   device: str | None) -> LoadedModel:
     """A LoRA adapter on the base its manifest names, merged: every later stage sees a plain model."""
     from peft import PeftModel
-
-    from slmkit.models.checkpoint import read_manifest
 
     manifest = read_manifest(directory) or {}
     base = manifest.get("parent")

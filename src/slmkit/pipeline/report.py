@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError, json_problem
 from slmkit.models.checkpoint import read_manifest, write_atomic
+from slmkit.models.loading import is_onnx, local_path
 from slmkit.pipeline.registry import STAGES
 from slmkit.pipeline.run import RUN_FILE
 
@@ -67,7 +68,7 @@ def read_run(directory: Path) -> dict:
 
 
 def _bytes_on_disk(path: Path) -> int | None:
-    from slmkit.models.info import bytes_on_disk
+    from slmkit.models.info import bytes_on_disk  # torch: kept out of CLI start-up
 
     return bytes_on_disk(path) if path.exists() else None
 
@@ -117,8 +118,6 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
             rows[name].values.setdefault("bytes_on_disk", _bytes_on_disk(path))
     original = rows["original"]
     if original.values.get("bytes_on_disk") is None:  # not benched: an alias's files, if they are here
-        from slmkit.models.loading import local_path
-
         found = local_path(original.path)
         original.values["bytes_on_disk"] = _bytes_on_disk(found) if found else None
     ordered = []  # each model, then its variants
@@ -340,8 +339,6 @@ def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
 def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
     """(model, where it is, a command that runs it): chat in the terminal, and the OpenAI-compatible server
     for every artefact `slm serve` runs (a checkpoint, a GGUF; not an ONNX export)."""
-    from slmkit.models.loading import is_onnx
-
     found = []
     for row in rows:
         if row.label == "original" or row.stage in ("eval", "bench") or row.variant_of:

@@ -28,6 +28,7 @@ from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.checkpoint import check_writable, claimed
 from slmkit.pipeline.recipe import Recipe, validate_recipe
 from slmkit.pipeline.registry import STAGES, ProgressFactory, RunModel, StageContext, write_json_atomic
+from slmkit.sampling import SamplingConfig
 
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"
@@ -146,7 +147,7 @@ def _made_by(state: dict) -> str | None:
 
 
 def _answer_prompts(recipe: Recipe, original: RunModel, final: RunModel) -> list[dict]:
-    from slmkit.runtime import SamplingConfig, generate, open_model
+    from slmkit.runtime import generate, open_model  # torch: kept out of CLI start-up
 
     sampling = SamplingConfig(temperature=0, max_new_tokens=recipe.max_new_tokens)
     answers = {}

@@ -18,8 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.models.kinds import require_kind
+from slmkit.models.kinds import check_kind, require_kind
 from slmkit.runtime.sampling import SamplingConfig
+from slmkit.runtime.weights import check_weights
 
 DEFAULT_CONTEXT = 2048  # when a model's config does not say
 
@@ -50,9 +51,6 @@ class OpenOptions:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        from slmkit.models.kinds import check_kind
-        from slmkit.runtime.weights import check_weights
-
         check_weights(self.weights)  # before any slow load
         check_kind(self.kind)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from slmkit.errors import ModelLoadError, SlmError, first_line
+from slmkit.models.validate import validate_gguf
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
                                       torch_only_flag)
 from slmkit.runtime.llamacpp_open import LlamaLog, llama_cpp_module, open_gguf
@@ -153,8 +154,6 @@ class LlamaCppModel(RuntimeBase):
 
         import gguf
         from transformers import AutoTokenizer
-
-        from slmkit.models.validate import validate_gguf
 
         self.path, self.spec, self.logits_all = path, str(path), logits_all
         self.sequence = OneSequence()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.checkpoint import cache_dir, write_atomic
+from slmkit.models.validate import check_gguf
 
 PROBE = """
 import sys, llama_cpp
@@ -71,8 +72,6 @@ def extra_buffer_types_work(gguf_path: str | Path, reader=None) -> bool:
     if known.get(machine) is False:
         return False
     if reader is None:
-        from slmkit.models.validate import check_gguf
-
         reader = check_gguf(Path(gguf_path))
     key = f"{machine}|{_matrix_types(reader)}"
     if key not in known:

@@ -27,6 +27,7 @@ import torch
 from slmkit.data.chat import literal_tokenizer
 from slmkit.errors import SlmError
 from slmkit.models.devices import resolve_device
+from slmkit.models.info import count_parameters
 from slmkit.models.kinds import context_length
 from slmkit.models.loading import LoadedModel, load
 from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo,
@@ -205,8 +206,6 @@ class TorchModel(LoadedModel, RuntimeBase):
         return TorchRows(self, slots)
 
     def info(self) -> RuntimeInfo:
-        from slmkit.models.info import count_parameters
-
         dtype = self.weights or str(next(self.model.parameters()).dtype).removeprefix("torch.")
         return RuntimeInfo(backend="torch", device=str(self.device), dtype=dtype, threads=torch.get_num_threads(),
                            parameters=self.parameters or count_parameters(self.model)[0], compiled=self.compiled,

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.codes import recover_codes, row_chunks, stored_weight_scales
+from slmkit.models.info import count_parameters
+from slmkit.models.kinds import infer_kind, require_kind
 from slmkit.models.layers import is_linear, weight_matrix
-from slmkit.errors import SlmError, first_line
+from slmkit.models.loading import _read_config, local_path
+from slmkit.models.validate_checkpoint import check_config_fields
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 INT8_MAX = 127  # symmetric: -127..127, zero is exact and both signs get the same grid
@@ -215,10 +220,6 @@ def checkpoint_grid(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.T
 def checkpoint_scales(directory) -> dict[str, torch.Tensor]:
     """Module name -> per-output-channel weight scale, for a compressed-tensors checkpoint's quantized layers
     (other checkpoints have none)."""
-    from pathlib import Path
-
-    from slmkit.models.loading import _read_config
-
     if directory is None or not (Path(directory) / "config.json").is_file():
         return {}
     if (_read_config(Path(directory)).get("quantization_config") or {}).get("quant_method") != "compressed-tensors":
@@ -266,8 +267,6 @@ def convert_weights(lm, weights: str):
     if weights == "bfloat16":
         _to_bfloat16(lm.model)
     elif weights == "int8":
-        from slmkit.models.info import count_parameters
-
         lm.parameters = count_parameters(lm.model)[0]  # the model's, before a tied head gets its own copy
         _, lm.int8_checkpoint_layers = quantize_int8(lm.model, checkpoint_scales(lm.path))
         _own_remaining_tensors(lm.model)
@@ -315,11 +314,6 @@ def check_compile_before_loading(spec: str) -> None:
     """What refuses `--compile` and can be told before a slow load: the compiler, and what a local
     checkpoint's config.json says (`enable_compile` checks the loaded model for the rest, e.g. a hub id)."""
     import transformers
-
-    from slmkit.errors import ModelLoadError
-    from slmkit.models.kinds import infer_kind, require_kind
-    from slmkit.models.loading import _read_config, local_path
-    from slmkit.models.validate_checkpoint import check_config_fields
 
     check_compile_toolchain()
     path = local_path(spec)

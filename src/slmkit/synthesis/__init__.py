@@ -9,14 +9,14 @@ from slmkit.synthesis.config import DEFAULT_BATCH_SIZE, SynthConfig, SynthSettin
 from slmkit.synthesis.filters import FilterConfig, NearDuplicates, drop_reason
 from slmkit.synthesis.prompts import read_prompts
 
-__all__ = ["DEFAULT_BATCH_SIZE", "FilterConfig", "NearDuplicates", "SynthConfig", "SynthResult", "SynthSettings",
-           "drop_reason", "read_prompts", "synth"]
+__all__ = ["DEFAULT_BATCH_SIZE", "FilterConfig", "NearDuplicates", "SynthConfig", "SynthSettings", "drop_reason",
+           "read_prompts", "synth"]
 
 
 def __getattr__(name: str):
     """Answering imports torch: only when it is used, not when a CLI reads the settings to make its options
     (`slm --help` stays instant)."""
-    if name in ("SynthResult", "synth"):
+    if name == "synth":
         from slmkit.synthesis import generate
 
         return getattr(generate, name)

@@ -18,11 +18,12 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.models.checkpoint import claimed
+from slmkit.results import StageResult
 from slmkit.runtime import SamplingConfig, as_runtime, open_model
 from slmkit.runtime.batched import answer_batch, batches_rows
 from slmkit.runtime.generate import applies_template, prompt_ids
@@ -32,39 +33,21 @@ from slmkit.synthesis.output import SynthOutput, chat_record, check_output_path
 from slmkit.synthesis.prompts import Style, read_prompts, style_for
 
 
-@dataclass
-class SynthResult:
-    """What a run did (`generated` = `kept` + every dropped reason, this run only) and what `out` holds now."""
-
-    out: str
-    dropped_out: str
-    teacher: str
-    backend: str
-    style: str
-    prompts: int  # prompts answered (after n)
-    pairs: int  # prompts x samples_per_prompt
-    skipped: int  # pairs an earlier run answered
-    generated: int
-    kept: int
-    dropped: dict[str, int]  # reason -> answers, every reason listed
-    records: int  # kept records in `out`, earlier runs' included
-    dropped_records: dict[str, int]  # reason -> records in the dropped file, earlier runs' included
-    new_tokens: int
-    seconds: float  # generating
-    tokens_per_s: float | None
-    repaired: list[str]  # files whose partial last line (a crash's) was cut off
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 Progress = Callable[[int, int], None] | None
 
 
 def synth(teacher, prompts: str | Path | list[str], out: str | Path, config: SynthConfig | None = None, *,
-          progress: Progress = None) -> SynthResult:
+          progress: Progress = None) -> StageResult:
     """Have `teacher` (a spec, or a model from open_model / slmkit.load) answer `prompts` (a .jsonl / .txt file,
-    or a list) into the chat JSONL `out`, resuming what an earlier run of the same settings wrote.
+    or a list) into the chat JSONL `out`, resuming what an earlier run of the same settings wrote. The result's
+    `out` is that file; its summary says what this run did (`generated` = `kept` + every dropped reason) and what
+    the files hold now:
+
+    out, dropped_out: the kept and the dropped records' files; teacher, backend, style;
+    prompts: prompts answered (after n); pairs: prompts x samples_per_prompt; skipped: pairs an earlier run
+    answered; generated, kept; dropped: reason -> answers, every reason listed; records: kept records in `out`,
+    earlier runs' included; dropped_records: reason -> records in the dropped file, earlier runs' included;
+    new_tokens; seconds (generating); tokens_per_s; repaired: files whose partial last line (a crash's) was cut.
 
     Example: `slmkit.synth("smollm2-135m-instruct", "prompts.txt", "data.jsonl", SynthConfig(style="orca"))`.
     """
@@ -90,7 +73,7 @@ def pair_seed(seed: int, prompt_index: int, sample: int) -> int:
 
 
 def _answer_all(lm, prompts: list[str], output: SynthOutput, style: Style, config: SynthConfig,
-                progress: Progress) -> SynthResult:
+                progress: Progress) -> StageResult:
     used = prompts[:config.n] if config.n else prompts
     pairs = [(index, sample) for index in range(len(used)) for sample in range(config.samples_per_prompt)]
     pending = [pair for pair in pairs if pair not in output.done]
@@ -141,13 +124,13 @@ def teacher_ids(lm, prompt: str, style: Style) -> list[int]:
 
 
 def _result(lm, output: SynthOutput, style: Style, used: list[str], pairs: list, pending: list, counts: Counter,
-            tokens: int, seconds: float) -> SynthResult:
+            tokens: int, seconds: float) -> StageResult:
     dropped = {reason: counts[reason] for reason in REASONS}
     dropped_records = {reason: output.dropped_before[reason] + dropped[reason] for reason in REASONS}
-    return SynthResult(
+    return StageResult(dict(
         out=str(output.paths["kept"]), dropped_out=str(output.paths["dropped"]), teacher=lm.spec,
         backend=lm.backend, style=style.name, prompts=len(used), pairs=len(pairs), skipped=len(pairs) - len(pending),
         generated=len(pending), kept=counts["kept"], dropped=dropped,
         records=len(output.kept_answers) + counts["kept"], dropped_records=dropped_records, new_tokens=tokens,
         seconds=round(seconds, 3), tokens_per_s=tokens / seconds if tokens else None,
-        repaired=output.repaired)
+        repaired=output.repaired), Path(output.paths["kept"]))

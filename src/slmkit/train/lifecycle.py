@@ -25,7 +25,7 @@ import math
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,9 +35,10 @@ from slmkit.data.loaders import check_not_empty, infer_task, load_labeled
 from slmkit.data.tasks import TASKS, Task, task_names
 from slmkit.data.training import collator, label_names, pack, pad_token_id, training_data
 from slmkit.errors import SlmError
-from slmkit.models.checkpoint import check_destination, save, write_atomic
+from slmkit.models.checkpoint import check_destination, checkpoint_dir, save, write_atomic
 from slmkit.models.kinds import require_kind
 from slmkit.models import loading  # called through the module: tests replace loading.load to see it unused
+from slmkit.results import FinetuneResult
 from slmkit.train.base import SlmTrainer, TrainProgress
 from slmkit.train.metrics import METRICS
 from slmkit.train.run import TrainingRun, trainer_arguments
@@ -46,20 +47,6 @@ RUN_FILE = "run.json"  # in the checkpoint directory: the settings a --resume mu
 EVAL_HOLDOUT_MAX = 256  # held-back examples when no --eval-data is given
 HELD_BACK_FILE = "heldout.csv"  # a classifier's held-back rows, for evaluating it on data it never saw
 FREE_SETTINGS = ("resume", "device", "save_every", "allow_pickle", "trust_remote_code")  # a resume may change
-
-
-@dataclass
-class FinetuneResult:
-    """What a run did. `completed` is False when SIGTERM stopped it (a checkpoint was saved to resume from)."""
-
-    out: Path
-    task: str
-    completed: bool
-    metrics: dict = field(default_factory=dict)
-    curve: dict = field(default_factory=dict)
-    checkpoints: Path | None = None
-    step: int = 0
-    main_process: bool = True  # under torchrun/accelerate: whether this process is the one that reports
 
 
 @dataclass(frozen=True)
@@ -119,10 +106,6 @@ class TrainingMethod:
              reads=output.reads)
 
 
-def checkpoint_dir(out: Path) -> Path:
-    return out.with_name(f"{out.name}.checkpoints")
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -157,20 +140,23 @@ def train_model(model: str, out: str | Path, method: TrainingMethod, *, progress
     run.train(resume=config.resume)
     curve = run.curve  # before the final evaluation, which is in the metrics
     if trainer.stopped_by_signal:
-        return FinetuneResult(out, task.name, completed=False, curve=curve, checkpoints=checkpoints,
-                              step=trainer.state.global_step, main_process=trainer.is_world_process_zero())
+        return FinetuneResult({}, out, {"heldout": None}, task=task.name, completed=False, curve=curve,
+                              checkpoints=checkpoints, step=trainer.state.global_step,
+                              main_process=trainer.is_world_process_zero())
 
     metrics = _final_metrics(trainer, task, held_out, run.seconds)
+    keeps_rows = bool(task.classes and held_back)  # a classifier's held-back rows are written beside it
     if trainer.is_world_process_zero():
         record = {**config.record(), "task": task.name, "data_sha256": file_sha256(config.data),
                   "eval_data_sha256": file_sha256(config.eval_data) if config.eval_data else None,
                   "labels": list(labels) if labels else None, "loss_curve": curve, **method.settings}
-        after = _held_back_rows(config.data, held_back) if task.classes and held_back else None
+        after = _held_back_rows(config.data, held_back) if keeps_rows else None
         method.write(trainable, lm, Output(out, model, record, metrics, after, force, reads))
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    return FinetuneResult(out, task.name, completed=True, metrics=metrics, curve=curve,
-                          step=trainer.state.global_step, main_process=trainer.is_world_process_zero())
+    return FinetuneResult(metrics, out, {"heldout": out / HELD_BACK_FILE if keeps_rows else None}, task=task.name,
+                          completed=True, curve=curve, step=trainer.state.global_step,
+                          main_process=trainer.is_world_process_zero())
 
 
 def _checked_task(model: str, out: Path, method: TrainingMethod, force: bool) -> tuple[Task, list]:

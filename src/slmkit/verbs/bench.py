@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import slmkit
 from slmkit.evaluation.config import BenchSettings
 from slmkit.results import StageResult
 from slmkit.verbs.registry import ProgressFactory, Verb, register
@@ -20,13 +21,11 @@ def run(settings: BenchSettings, model: str, out: Path | None = None, *, progres
     options = {**settings.open_options(), **settings.runtime_options(), "compile_decode": settings.compile,
                "n_ctx": settings.n_ctx}
     if fresh_process:
-        from slmkit.evaluation.bench import bench_in_fresh_process
+        from slmkit.evaluation.bench import bench_in_fresh_process  # torch: kept out of CLI start-up
 
         return StageResult(bench_in_fresh_process(model, prompt_tokens=settings.prompt_tokens,
                                                   gen_tokens=settings.gen_tokens, repeats=settings.repeats,
                                                   **options))
-    import slmkit
-
     lm = open_runtime(model, progress, **options)
     with progress("bench") as update:
         return slmkit.bench(lm, settings, progress=update)

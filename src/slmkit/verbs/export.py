@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import slmkit
 from slmkit.exporters.config import ExportSettings, OnnxConfig
+from slmkit.models.loading import local_path
 from slmkit.results import StageResult
 from slmkit.verbs.registry import ProgressFactory, Verb, register
 from slmkit.verbs.opening import open_float32
@@ -16,12 +18,10 @@ def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFa
         data: str | Path | None = None) -> StageResult:
     """Write `model` to `out`: the .gguf file (its Modelfile beside it), or the ONNX directory. `data`: unused (an
     export reads no text)."""
-    import slmkit
-    from slmkit.models.loading import local_path
-
     target = settings.export_config()
     reads = [local_path(model)]
-    if isinstance(target, OnnxConfig):  # checks before the slow load
+    # Checks before the slow load. The exporters import torch: imported here, out of CLI start-up.
+    if isinstance(target, OnnxConfig):
         from slmkit.exporters.onnx import check_onnx_target
 
         check_onnx_target(out, force, reads=reads)

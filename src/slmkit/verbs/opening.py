@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slmkit.logs import quiet_libraries
 from slmkit.verbs.registry import ProgressFactory
 
 HOW = {"llamacpp": " with llama.cpp", "onnx": " with onnxruntime"}
@@ -12,8 +13,7 @@ def open_runtime(spec: str, progress: ProgressFactory, *, backend: str, **option
     """`runtime.open_model(spec, backend=backend, **options)` with a `loading SPEC ...` line; `backend` is chosen
     first, so an unknown one or a file it cannot run is refused before the slow load. The libraries it loads with
     are quietened first: a verb prints its one result, not their bars and warnings."""
-    from slmkit.logs import quiet_libraries
-    from slmkit.runtime import choose_backend, open_model
+    from slmkit.runtime import choose_backend, open_model  # torch: kept out of CLI start-up
 
     quiet_libraries()
     chosen = choose_backend(spec, backend)

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import slmkit
 from slmkit.errors import SlmError
+from slmkit.results import StageResult
 from slmkit.schema import setting
 from slmkit.settings import CalibrationSettings, ComputeSettings, OpenSettings
-from slmkit.results import StageResult
 from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 STRUCTURED_ONLY = ("depth", "width", "ffn", "heads", "target_params")
@@ -43,6 +44,7 @@ class PruneSettings(CalibrationSettings, ComputeSettings, OpenSettings):
 
     def method_config(self):
         """The config `slmkit.prune` takes, checked."""
+        # The method configs live with the methods, which import torch: imported here, out of CLI start-up.
         if self.structured:
             from slmkit.compress.structured import StructuredConfig
 
@@ -59,8 +61,7 @@ class PruneSettings(CalibrationSettings, ComputeSettings, OpenSettings):
 def run(settings: PruneSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
         data: str | Path | None = None) -> StageResult:
     """Prune `model` and save the result in `out`. `data`: the calibration text when `settings.calib` is unset."""
-    import slmkit
-    from slmkit.verbs.compress import compress
+    from slmkit.verbs.compress import compress  # torch: kept out of CLI start-up
 
     config = settings.method_config()
     return compress(settings, model, out, config, progress=progress, force=force, data=data,

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import slmkit
 from slmkit.errors import SlmError
+from slmkit.results import StageResult
 from slmkit.schema import setting
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN, CalibrationSettings, ComputeSettings, OpenSettings
 from slmkit.targets import GGUF_TARGETS
-from slmkit.results import StageResult
 from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 GRID = ("bits", "group_size", "symmetric", "target", "observer")
@@ -60,6 +61,7 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
 
     def method_config(self):
         """The config `slmkit.quantize` takes, checked: everything that can fail before the model is loaded."""
+        # The method configs live with the methods, which import torch: imported here, out of CLI start-up.
         grid = {name: getattr(self, name) for name in GRID}
         if self.method == "qat":
             from slmkit.distillation.qat import qat_config
@@ -83,8 +85,7 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
         data: str | Path | None = None) -> StageResult:
     """Quantize `model` and save the result in `out`. `data`: the calibration (QAT: training) text when
     `settings.calib` is unset."""
-    import slmkit
-    from slmkit.verbs.compress import compress
+    from slmkit.verbs.compress import compress  # torch: kept out of CLI start-up
 
     config = settings.method_config()
     description = ("QAT on q4_0's grid, step" if settings.method == "qat"

@@ -7,11 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import slmkit
+from slmkit.distillation.student import StudentConfig, parse_layers
+from slmkit.models.checkpoint import check_destination
+from slmkit.models.loading import local_path
+from slmkit.results import StageResult
 from slmkit.schema import setting
 from slmkit.settings import CalibrationSettings, OpenSettings
-from slmkit.results import StageResult
-from slmkit.verbs.registry import ProgressFactory, Verb, register
+from slmkit.verbs.opening import open_float32
 from slmkit.verbs.prune import parse_count, parse_width
+from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 
 # No --device: slmkit.student takes none; a structured student is scored on the CPU, where the model is.
@@ -33,8 +38,6 @@ class StudentSettings(CalibrationSettings, OpenSettings):
 
     def method_config(self):
         """The StudentConfig `slmkit.student` takes, checked."""
-        from slmkit.distillation.student import StudentConfig, parse_layers
-
         return StudentConfig(layers=parse_layers(self.layers) if self.layers is not None else None,
                              depth=self.depth, config=str(self.config) if self.config else None,
                              width=parse_width(self.width) or None, target_params=parse_count(self.target_params),
@@ -45,12 +48,8 @@ def run(settings: StudentSettings, model: str, out: Path, *, progress: ProgressF
         data: str | Path | None = None) -> StageResult:
     """Make a student of the teacher `model` and save it in `out` (stage "student", the teacher as parent).
     `data`: the calibration text of a structured student when `settings.calib` is unset."""
-    import slmkit
-    from slmkit.models.checkpoint import check_destination
-    from slmkit.models.loading import local_path
-    from slmkit.compress.calibration import Calibration
+    from slmkit.compress.calibration import Calibration  # torch: kept out of CLI start-up
     from slmkit.verbs.compress import calibrate
-    from slmkit.verbs.opening import open_float32
 
     config = settings.method_config()
     structured = config.structured()

@@ -24,7 +24,7 @@ class TorchMeasureStage(MeasureStage):
     def on_torch(self, model: RunModel) -> bool:
         """Whether torch runs the model, so `weights` (and bench's `compile`) apply: a GGUF or ONNX file runs
         on its own runtime with the weights it was written with."""
-        from slmkit.runtime import choose_backend
+        from slmkit.runtime import choose_backend  # torch: kept out of CLI start-up
 
         return choose_backend(model.spec) == "torch"
 

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from slmkit.errors import SlmError
+from slmkit.models.checkpoint import checkpoint_dir
 from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
 from slmkit.results import StageResult
 from slmkit.verbs import ProgressFactory, finetune
@@ -30,8 +32,6 @@ class FinetuneStage(verb_stage(finetune.VERB, exclude={"data"})):
 
 
 def training_file(stage: FinetuneStage, context: StageContext) -> str:
-    from slmkit.errors import SlmError
-
     chosen = stage.data or context.newest_file("synth", "data") or context.data
     if chosen is None:
         raise SlmError(f"the {stage.stage} stage needs data: set its `data`, run a synth stage before it, or pass "
@@ -42,19 +42,15 @@ def training_file(stage: FinetuneStage, context: StageContext) -> str:
 def run_training(stage: FinetuneStage, context: StageContext, **options) -> StageResult:
     """A finetune-like stage: its training verb (given `options`) on the newest model, resuming what a stopped run
     left; a run SIGTERM stopped is an error, so the stage is not taken as finished."""
-    from slmkit.errors import SlmError
-    from slmkit.finetuning import checkpoint_dir
-
     data = training_file(stage, context)
     resume = any(checkpoint_dir(context.out).glob("checkpoint-*"))  # a run cut short last time
     result = stage.verb.run(stage.settings(data, resume), context.source, context.out,
                             progress=steps(context.progress), **options)
-    done = result.record
-    if not done["completed"]:
-        raise SlmError(f"{stage.stage} stopped at step {done['step']} (SIGTERM); `slm run` again resumes it")
-    heldout = f"{context.out.name}/{done['heldout'].name}" if done["heldout"] else None
-    return StageResult({"data": data, **result.summary, "loss_curve": done["curve"], "heldout": heldout},
-                       context.out)
+    if not result.completed:
+        raise SlmError(f"{stage.stage} stopped at step {result.step} (SIGTERM); `slm run` again resumes it")
+    heldout = result.record["heldout"]
+    return StageResult({"data": data, **result.summary, "loss_curve": result.curve,
+                        "heldout": f"{context.out.name}/{heldout.name}" if heldout else None}, context.out)
 
 
 def steps(progress: ProgressFactory) -> ProgressFactory:

@@ -14,7 +14,7 @@ class PruneStage(verb_stage(prune.VERB, exclude=set(STRUCTURED_ONLY), written_ou
     @field_validator("method")
     @classmethod
     def _known(cls, method: str | None) -> str | None:
-        from slmkit.compress import PRUNE_METHODS
+        from slmkit.compress import PRUNE_METHODS  # torch: kept out of CLI start-up
 
         return method if method is None else known_method(PRUNE_METHODS, method)
 

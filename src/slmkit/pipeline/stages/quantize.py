@@ -47,7 +47,7 @@ class QuantizeStage(verb_stage(quantize.VERB, QuantizeSettingsStage, exclude=set
     @field_validator("method")
     @classmethod
     def _known(cls, method: str | None) -> str | None:
-        from slmkit.compress import QUANT_METHODS
+        from slmkit.compress import QUANT_METHODS  # torch: kept out of CLI start-up
 
         return method if method is None else known_method(QUANT_METHODS, method)
 

@@ -21,8 +21,11 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from slmkit.errors import SlmError
+from slmkit.models.checkpoint import atomic_directory
 from slmkit.pipeline.registry import StageContext, StageKind, verb_stage, write_json_atomic
 from slmkit.results import StageResult
+from slmkit.synthesis.output import dropped_path
 from slmkit.verbs import synth
 from slmkit.verbs.synth import SynthSettings
 
@@ -58,10 +61,6 @@ def partial_dir(out: Path) -> Path:
 
 
 def run_synth(stage: SynthStage, context: StageContext) -> StageResult:
-    from slmkit.errors import SlmError
-    from slmkit.models.checkpoint import atomic_directory
-    from slmkit.synthesis.output import dropped_path
-
     work = partial_dir(context.out)
     work.mkdir(parents=True, exist_ok=True)
     result = stage.verb.run(stage.settings(), stage.teacher or context.models[0].spec, work / DATA_FILE,
