@@ -61,6 +61,8 @@ class FinetuneConfig:
     grad_accum: int = setting("Steps accumulated per optimizer update.", 1, trainer="gradient_accumulation_steps")
     weight_decay: float = setting("AdamW weight decay (transformers leaves biases and norms out).", 0.0,
                                   trainer="weight_decay")
+    max_grad_norm: float = setting("Clip the gradients' global norm to this (0: no clipping).", 1.0,
+                                   trainer="max_grad_norm")
     max_length: int = setting("Tokens per sequence (longer ones are cut).", 512)
     packing: bool = setting("Pack several examples per row (each attends only to itself).", False)
     eval_data: str | None = setting("Evaluation file [default: --eval-fraction of --data held back].", None)
@@ -98,6 +100,8 @@ class FinetuneConfig:
             raise SlmError(f"--lr {self.lr}: must be between 0 and 1")
         if not 0 <= self.weight_decay < 1:
             raise SlmError(f"--weight-decay {self.weight_decay}: must be in [0, 1)")
+        if self.max_grad_norm < 0:
+            raise SlmError(f"--max-grad-norm {self.max_grad_norm}: must be 0 (no clipping) or more")
         if not 0 <= self.lora_dropout < 1:
             raise SlmError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
         if not 0 < self.eval_fraction < 1:
