@@ -10,10 +10,12 @@ import torch
 from conftest import SAMPLE_TEXT, run_slm, tiny_config
 
 import slmkit
+from slmkit.compress.block_grid import BlockParams
+from slmkit.compress.blocks import block_format
 from slmkit.compress.grid import fake_quantize, group_params
 from slmkit.distillation.qat import GridLinear, QATConfig, grid_weight
 from slmkit.errors import SlmError
-from slmkit.exporters.gguf import _exact_blocks, _permute_rows
+from slmkit.exporters.gguf import _permute_rows
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def test_the_grid_forward_is_what_a_q4_0_block_dequantizes_to():
     scale = (q4_0_scales(weight) * 0.8).half().float()  # clipped: some codes hit -8 / 7
     values = grid_weight(weight, scale)
     codes = torch.round(values / scale.repeat_interleave(32, dim=1))
-    blocks = _exact_blocks(codes.to(torch.int16).numpy(), scale.half().numpy(), gguf.GGMLQuantizationType.Q4_0)
+    # q4_0's bytes as the exporter packs them: code i of the block format is level i - 8
+    blocks = block_format("q4_0").pack((codes + 8).to(torch.uint8), BlockParams(d=scale.half()))
     stored = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0).reshape(weight.shape)
     np.testing.assert_array_equal(stored, values.numpy())
     assert codes.min() == -8 and codes.max() == 7

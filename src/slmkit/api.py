@@ -13,6 +13,7 @@ printing. A typical session:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from slmkit.compress import prune as prune_layers
 from slmkit.compress import quantize as quantize_layers
 from slmkit.compress.calibration import Calibration
 from slmkit.compress.formats import check_compressed_tensors, prepare_compressed_tensors
+from slmkit.compress.gguf_plan import write_plan
+from slmkit.compress.gguf_quantize import GGUFPlanConfig, plan_types, quantize_planned
+from slmkit.compress.gguf_quantize import candidates as plan_candidates
+from slmkit.compress.sensitivity import measure_sensitivity
 from slmkit.compress.runner import on_device
 from slmkit.compress.structured import StructuredConfig, prune_structured
 from slmkit.distillation import make_student
@@ -33,7 +38,7 @@ from slmkit.evaluation.bench import bench as run_bench
 from slmkit.evaluation.config import BenchConfig, EvalConfig
 from slmkit.evaluation.run import evaluate as run_evaluation
 from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
-from slmkit.exporters.gguf import export_gguf, write_modelfile
+from slmkit.exporters.gguf import export_gguf, gguf_file_size, write_modelfile
 from slmkit.exporters.onnx import export_onnx
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.checkpoint import save as save_checkpoint
@@ -68,6 +73,7 @@ class CompressResult(StageResult):
     quant_config: Any = None  # quantize: the QuantConfig, to pack the codes as compressed-tensors
     quant_params: dict = field(default_factory=dict, repr=False)  # layer -> (scale, zero point)
     fake_quant: bool = False  # quantize: float values on the grid, not packed
+    after_write: Callable[[Path], None] | None = None  # adds files beside the model (a GGUF plan)
 
 
 def load(spec: str = DEFAULT_MODEL, *, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
@@ -100,6 +106,7 @@ def save(lm, out: str | Path, tokenizer=None, *, result: CompressResult | None =
     if result is not None:
         stage, config, metrics = result.stage, result.config, result.metrics
         seed = result.seed if seed is None else seed
+        after_write = result.after_write
         if result.quant_config is not None and not result.fake_quant:
             after_write = prepare_compressed_tensors(model, result.quant_config, result.quant_params)
     return save_checkpoint(model, out, tokenizer, stage=stage, parent=parent, config=config, seed=seed,
@@ -179,19 +186,23 @@ def _structured(lm, config, ids, record: dict, seed: int | None, device, progres
 def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: bool = False,
              target: str | None = None, device: str | torch.device | None = None,
              progress: Progress = None) -> CompressResult:
-    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig), or QAT (QATConfig), of a loaded model in place: the
-    weights take the values of their codes (a bare transformers model too, given token ids). `save` then packs
-    them as compressed-tensors, or keeps the float values with `fake_quant`. `target`: the GGUF type the grid was
+    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig), QAT (QATConfig), or a GGUF plan (GGUFPlanConfig: a
+    llama.cpp block type per matrix under a budget), of a loaded model in place: the weights take the values of
+    their codes (a bare transformers model too, given token ids). `save` then packs them as compressed-tensors, or
+    keeps the float values with `fake_quant` (a plan's always, with the plan `slm export` packs). `target`: the GGUF type the grid was
     chosen for (recorded only). `device`: where each block is computed (QAT: where it trains; None: the config's
     device), a name or a torch.device resolved already.
 
-    Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`.
+    Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`;
+    `slmkit.quantize(lm, GGUFPlanConfig(size=100_000_000), Calibration("wiki.txt"))`.
     """
     from slmkit.distillation.qat import QATConfig  # heavy: the training stack (the note at the top)
 
-    if not fake_quant:
+    if not fake_quant and not isinstance(config, GGUFPlanConfig):  # a plan keeps float values: export packs them
         check_compressed_tensors(config)  # before any slow work
     _require_float32_on_cpu(lm, "quantization")
+    if isinstance(config, GGUFPlanConfig):
+        return _planned(lm, config, calibration, fake_quant, target, device, progress)
     if isinstance(config, QATConfig):
         return _quantization_aware(lm, config, calibration, fake_quant, target, device, progress)
     ids, record = _calibration_for(lm, config, calibration)
@@ -209,6 +220,35 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
     """What a quantize result's manifest records of how it was made."""
     return {**config.to_dict(), "format": "fake-quant" if fake_quant else "compressed-tensors",
             **({"target": target} if target else {}), **record}
+
+
+def _planned(lm, config, calibration, fake_quant: bool, target: str | None, device,
+             progress: Progress) -> CompressResult:
+    """A GGUF plan (compress.gguf_quantize): the type per matrix that fits the budget with the least predicted KL,
+    each matrix rounded on its grid; the checkpoint keeps the float values and the plan `slm export` packs."""
+    if not isinstance(lm, LoadedModel):
+        raise SlmError("a GGUF plan sizes the file slm export writes: pass a model opened by slmkit.load")
+    lm.require("causal-lm", "a GGUF plan")
+    model = lm.model
+    ids, record = _calibration_for(lm, config, calibration)
+    sensitivity = measure_sensitivity(model, ids[:config.sensitivity_samples])
+    found = plan_candidates(model, sensitivity, config.types)
+    smallest = {name: min(options, key=lambda option: option.bytes) for name, options in found.items()}
+    fixed = gguf_file_size(lm, {name: option.type for name, option in smallest.items()}) - sum(
+        option.bytes for option in smallest.values())
+    size = config.size if config.bpw is None else int(config.bpw * sum(p.numel() for p in model.parameters()) / 8)
+    planned = plan_types(found, budget=None if size is None else size - fixed, max_kl=config.max_kl)
+    params = quantize_planned(model, planned, sensitivity, ids, gptq=config.method == "gptq",
+                              device=resolve_device(device) if device else None, progress=progress)
+    predicted = {"file_bytes": fixed + sum(tensor.bytes for tensor in planned.values()),
+                 "predicted_kl": sum(tensor.predicted_kl for tensor in planned.values()),
+                 "types": dict(Counter(tensor.type for tensor in planned.values()).most_common())}
+    settings = {**config.to_dict(), "format": "fake-quant", "target": "gguf", **record}
+    return CompressResult(stage="quantize", config=settings, metrics={"plan": {name: vars(tensor) for name, tensor
+                                                                              in planned.items()}},
+                          summary={**settings, **predicted, "quantized_layers": len(planned)},
+                          seed=getattr(calibration, "seed", None), fake_quant=True,
+                          after_write=lambda directory: write_plan(directory, planned, params, predicted))
 
 
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None, device,
@@ -239,9 +279,10 @@ def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str |
 def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings | None = None, *,
            force: bool = False) -> StageResult:
     """Write a loaded model for another runtime; the result's `out` is what was written (the .gguf file, or the
-    ONNX directory), its summary the format, size and how to run it. GGUF: quant, architecture, tensors,
-    calibrated_exact_layers (kept bit for bit), calibrated_requantized_layers, modelfile; ONNX: kind, inputs,
-    output, opset.
+    ONNX directory), its summary the format, size and how to run it. GGUF: quant ("plan": the checkpoint's GGUF
+    plan chose each matrix's type), architecture, tensors, calibrated_exact_layers (kept bit for bit),
+    calibrated_requantized_layers, fallback_layers (k-quant matrices at llama.cpp's fallback type), modelfile; ONNX:
+    kind, inputs, output, opset.
 
     Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0")).summary["bytes"]`.
     """
@@ -261,10 +302,11 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | ExportSettings
     _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)
-    return StageResult({"format": "gguf", "quant": config.quant, "architecture": written.architecture,
+    return StageResult({"format": "gguf", "quant": written.quant, "architecture": written.architecture,
                         "tensors": written.tensors, "bytes": written.bytes,
                         "calibrated_exact_layers": len(written.exact_layers),
-                        "calibrated_requantized_layers": len(written.requantized_layers), "modelfile": str(modelfile),
+                        "calibrated_requantized_layers": len(written.requantized_layers),
+                        "fallback_layers": len(written.fallbacks), "modelfile": str(modelfile),
                         "run_with": f"slm chat {written.path}"}, written.path)
 
 

@@ -28,7 +28,7 @@ def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFa
     else:
         from slmkit.exporters.gguf import check_target
 
-        check_target(out, target.quant, force, reads=reads)
+        check_target(out, target.quant, force, reads=reads, checkpoint=reads[0])
     lm = open_float32(settings, model, progress)
     return slmkit.export(lm, out, target, force=force)
 

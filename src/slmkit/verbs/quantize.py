@@ -4,6 +4,7 @@ method config."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +13,21 @@ from slmkit.errors import SlmError
 from slmkit.results import StageResult
 from slmkit.schema import setting
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN, CalibrationSettings, ComputeSettings, OpenSettings
-from slmkit.targets import GGUF_TARGETS
+from slmkit.targets import GGUF_TARGETS, PLANNED_TARGET
 from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 GRID = ("bits", "group_size", "symmetric", "target", "observer")
 QAT_ONLY = ("steps", "lr", "batch_size", "start")
+PLAN_BUDGETS = ("size", "bpw", "max_kl")
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def parse_size(text: str) -> int:
+    """"100MB" -> 100_000_000 (powers of 1000, as file managers show sizes; no unit: bytes)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMG]?B)?\s*", text, flags=re.IGNORECASE)
+    if match is None or float(match[1]) <= 0:
+        raise SlmError(f"--size {text}: give a positive number and a unit, e.g. 100MB (B, KB, MB or GB)")
+    return int(float(match[1]) * SIZE_UNITS[(match[2] or "B").upper()])
 
 
 @dataclass(kw_only=True)
@@ -32,7 +43,13 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
     symmetric: bool | None = setting("Symmetric (q4_0-style, the default) or with a zero point.", None,
                                      flag="--sym/--asym")
     target: str | None = setting("Pick the grid of a GGUF type so `slm export` writes these exact values: "
-                                 + " | ".join(GGUF_TARGETS), None)
+                                 + " | ".join(GGUF_TARGETS) + f", or {PLANNED_TARGET}: a llama.cpp block type per "
+                                 "weight matrix, chosen under --size, --bpw or --max-kl", None)
+    size: str | None = setting("--target gguf: the GGUF file's size at most, e.g. 100MB (B, KB, MB, GB: powers of "
+                               "1000).", None)
+    bpw: float | None = setting("--target gguf: bits per model weight (the file's bits over the parameters).", None)
+    max_kl: float | None = setting("--target gguf: the smallest file whose predicted KL divergence per token from "
+                                   "the float model is at most this.", None)
     act_order: bool = setting("GPTQ: quantize columns by decreasing activation size.", False,
                               flag="--act-order/--no-act-order")
     observer: str | None = setting("How each group's scale is chosen: minmax (its full range) | mse (searches "
@@ -58,11 +75,23 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         super().__post_init__()
         if self.method != "qat" and any(getattr(self, name) is not None for name in QAT_ONLY):
             raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
+        if self.target != PLANNED_TARGET and any(getattr(self, name) is not None for name in PLAN_BUDGETS):
+            raise SlmError(f"--size, --bpw and --max-kl budget a GGUF plan: use them with --target {PLANNED_TARGET}")
+        if self.target == PLANNED_TARGET:
+            given = [f"--{name.replace('_', '-')}" for name in GRID if name != "target" and getattr(self, name)
+                     is not None] + (["--act-order"] if self.act_order else [])
+            if given:
+                raise SlmError(f"--target {PLANNED_TARGET} chooses each matrix's grid itself; drop {', '.join(given)}")
 
     def method_config(self):
         """The config `slmkit.quantize` takes, checked: everything that can fail before the model is loaded."""
         # The method configs live with the methods, which import torch: imported here, out of CLI start-up.
         grid = {name: getattr(self, name) for name in GRID}
+        if self.target == PLANNED_TARGET:
+            from slmkit.compress.gguf_quantize import GGUFPlanConfig
+
+            return GGUFPlanConfig(self.method, size=None if self.size is None else parse_size(self.size),
+                                  bpw=self.bpw, max_kl=self.max_kl)
         if self.method == "qat":
             from slmkit.distillation.qat import qat_config
 
@@ -89,6 +118,7 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
 
     config = settings.method_config()
     description = ("QAT on q4_0's grid, step" if settings.method == "qat"
+                   else f"{settings.method} on a GGUF plan, block" if settings.target == PLANNED_TARGET
                    else f"{settings.method} w{config.bits} quantization, block")
     return compress(settings, model, out, config, progress=progress, force=force, data=data,
                     method=lambda lm, calibration, device, update: slmkit.quantize(

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.exporters.config import GGUFConfig, OnnxConfig
 from slmkit.models.checkpoint import atomic_directory
+from slmkit.models.loading import local_path
 from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
 from slmkit.results import StageResult
 from slmkit.verbs import export
 from slmkit.verbs.export import ExportSettings
 
 
-class ExportStage(verb_stage(export.VERB, written_out=True)):
+# A run directory made before GGUF plans stored quant f16 written out; the stage keeps that default so it resumes.
+STORED_QUANT = "f16"
+
+
+class ExportStage(verb_stage(export.VERB, written_out=True, own_defaults={"quant": STORED_QUANT})):
     """ExportSettings' recipe settings."""
 
     def settings(self) -> ExportSettings:
         # The recipe's own words for the one-line error (its keys are no flags).
-        if self.format == "onnx" and self.quant != GGUFConfig.quant:
+        if self.format == "onnx" and self.quant not in (None, STORED_QUANT):
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
+        if self.format == "onnx":  # the stored default says nothing about an ONNX export
+            return self.config_class(**self.model_dump(exclude=self.not_settings | {"quant"}, exclude_none=True))
         return self.verb_settings()
 
     def config(self) -> GGUFConfig | OnnxConfig:
@@ -35,7 +43,11 @@ def run_export(stage: ExportStage, context: StageContext) -> StageResult:
     settings, out = stage.settings(), context.out
     if settings.format == "onnx":
         return stage.verb.run(settings, context.source, out, progress=context.progress)
-    path = out / f"model.{settings.quant}.gguf"
+    from slmkit.compress.gguf_plan import read_plan  # torch: kept out of CLI start-up
+
+    if settings.quant == STORED_QUANT and read_plan(local_path(context.source)) is not None:
+        settings = dataclasses.replace(settings, quant=None)  # a planned model is written as its plan says
+    path = out / (f"model.{settings.quant}.gguf" if settings.quant else "model.gguf")  # no quant: the plan, or f16
     result = {}
 
     def write(tmp: Path) -> None:
