@@ -5,6 +5,8 @@ every planned tensor holds the checkpoint's values bit for bit."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,7 +78,7 @@ def test_the_plan_settings_are_checked_before_anything_loads():
     assert parse_size("512") == 512
     with pytest.raises(SlmError, match="--size 10 parsecs: give a positive number and a unit"):
         QuantizeSettings(target="gguf", size="10 parsecs").method_config()
-    with pytest.raises(SlmError, match="--size, --bpw and --max-kl budget a GGUF plan: use them with --target gguf"):
+    with pytest.raises(SlmError, match="--size, --bpw, --max-kl and --imatrix-out belong to a GGUF plan: use them with --target gguf"):
         QuantizeSettings(size="100MB")
     with pytest.raises(SlmError, match="--target gguf chooses each matrix's grid itself; drop --bits"):
         QuantizeSettings(target="gguf", bits=4, size="100MB")
@@ -99,3 +101,24 @@ def test_a_recipe_quantizes_to_a_plan_and_exports_it(float_model, tmp_path):
     stages = json.loads((run_dir / "run.json").read_text())["stages"]
     quantized, exported = stages["01-quantize"]["result"], stages["02-export"]["result"]
     assert exported["quant"] == "plan" and exported["bytes"] == quantized["file_bytes"]
+
+
+def test_the_imatrix_it_writes_is_what_llama_quantize_reads(float_model, tmp_path):
+    imatrix = tmp_path / "imatrix.gguf"
+    lm, _ = planned_checkpoint(float_model, tmp_path / "planned", bpw=5.0, imatrix_out=str(imatrix))
+    reader = gguf.GGUFReader(imatrix)
+    assert bytes(reader.fields["general.type"].parts[-1]).decode() == "imatrix"
+    stored = {tensor.name: tensor.data.flatten() for tensor in reader.tensors}
+    tokens = 4 * 64  # sensitivity_samples x sequence length
+    assert stored["blk.0.ffn_down.weight.counts"].tolist() == [tokens]
+    assert stored["blk.0.ffn_down.weight.in_sum2"].shape == (512,) and (stored["blk.0.ffn_down.weight.in_sum2"] > 0).all()
+    assert "token_embd.weight.in_sum2" not in stored  # the embedding is looked up, not multiplied
+    tool = Path(__file__).resolve().parents[1] / "benchmarks/build/llama-tools/build/bin/llama-quantize"
+    if not tool.is_file():
+        pytest.skip("llama-quantize not built (benchmarks/llama_tools.py)")
+    f16 = tmp_path / "f16.gguf"
+    slmkit.export(slmkit.load(str(float_model)), f16, slmkit.GGUFConfig(quant="f16"))
+    done = subprocess.run([tool, "--imatrix", imatrix, f16, tmp_path / "q4_k_m.gguf", "Q4_K_M"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded 15 importance matrix entries" in done.stdout + done.stderr

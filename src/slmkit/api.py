@@ -39,6 +39,7 @@ from slmkit.evaluation.config import BenchConfig, EvalConfig
 from slmkit.evaluation.run import evaluate as run_evaluation
 from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig
 from slmkit.exporters.gguf import export_gguf, gguf_file_size, write_modelfile
+from slmkit.exporters.imatrix import write_imatrix
 from slmkit.exporters.onnx import export_onnx
 from slmkit.models.catalog import DEFAULT_MODEL
 from slmkit.models.checkpoint import save as save_checkpoint
@@ -231,7 +232,13 @@ def _planned(lm, config, calibration, fake_quant: bool, target: str | None, devi
     lm.require("causal-lm", "a GGUF plan")
     model = lm.model
     ids, record = _calibration_for(lm, config, calibration)
-    sensitivity = measure_sensitivity(model, ids[:config.sensitivity_samples])
+    measured_on = ids[:config.sensitivity_samples]
+    sensitivity = measure_sensitivity(model, measured_on)
+    if config.imatrix_out:
+        write_imatrix(model, config.imatrix_out, {name: entry.input_squares for name, entry in sensitivity.items()
+                                                  if entry.input_squares is not None},
+                      sequences=len(measured_on), sequence_length=measured_on.shape[1],
+                      datasets=[record.get("calib", "token ids")])
     found = plan_candidates(model, sensitivity, config.types)
     smallest = {name: min(options, key=lambda option: option.bytes) for name, options in found.items()}
     fixed = gguf_file_size(lm, {name: option.type for name, option in smallest.items()}) - sum(

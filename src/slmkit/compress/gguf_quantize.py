@@ -48,6 +48,7 @@ class GGUFPlanConfig:
         types: the block types it may choose from.
         sensitivity_samples: calibration sequences the sensitivity is measured on (a forward and a backward
             pass each).
+        imatrix_out: also write those sequences' input statistics as llama.cpp's imatrix GGUF here.
     """
 
     method_name: ClassVar[str] = "gguf-plan"
@@ -57,6 +58,7 @@ class GGUFPlanConfig:
     max_kl: float | None = None
     types: tuple[str, ...] = PLAN_TYPES
     sensitivity_samples: int = 8
+    imatrix_out: str | None = None
 
     def __post_init__(self):
         budgets = [name for name in ("size", "bpw", "max_kl") if getattr(self, name) is not None]

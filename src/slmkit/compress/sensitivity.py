@@ -37,9 +37,11 @@ class Use:
 
 @dataclass
 class Sensitivity:
-    """Every use of one weight matrix (as [out, in], weight_matrix's orientation)."""
+    """Every use of one weight matrix (as [out, in], weight_matrix's orientation), and the mean square of each
+    input column where a matmul reads it (llama.cpp's imatrix entry; None for an embedding only looked up)."""
 
     uses: list[Use]
+    input_squares: torch.Tensor | None = None
 
     @torch.no_grad()
     def predicted_kl(self, delta: torch.Tensor) -> float:
@@ -123,10 +125,12 @@ class _Sums:
                 share = (self.inputs[name] + UNSEEN_TOKEN_SHARE) / (self.tokens + UNSEEN_TOKEN_SHARE
                                                                      * module.num_embeddings)
                 use = Use(rows=share, columns=gradient)
-            else:
-                use = Use(rows=gradient, columns=self.inputs[name] / self.tokens)
             key = self.names[id(module.weight)]
-            found.setdefault(key, Sensitivity([])).uses.append(use)
+            found.setdefault(key, Sensitivity([]))
+            if not isinstance(module, nn.Embedding):
+                use = Use(rows=gradient, columns=self.inputs[name] / self.tokens)
+                found[key].input_squares = use.columns
+            found[key].uses.append(use)
         return found
 
 

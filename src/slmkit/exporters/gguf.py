@@ -153,6 +153,14 @@ def _sources(model, architecture: GGUFArchitecture) -> list[_Source]:
     return sources
 
 
+def gguf_tensor_names(model) -> dict[str, str]:
+    """Each parameter's tensor name in the GGUF file (a tied weight under each of its names)."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture_for(model.config).arch],
+                                     model.config.num_hidden_layers)
+    return {name: names.get_name(name, try_suffixes=(".weight", ".bias")) for name, _ in
+            model.named_parameters(remove_duplicate=False)}
+
+
 def _quant_types(sources: list[_Source], quant: str) -> tuple[dict[str, str], dict[str, str]]:
     """Each parameter's type under one --quant, and the k-quant fallbacks {gguf name: type}."""
     types, fallbacks = {}, {}

@@ -18,7 +18,7 @@ from slmkit.verbs.registry import ProgressFactory, Verb, register
 
 GRID = ("bits", "group_size", "symmetric", "target", "observer")
 QAT_ONLY = ("steps", "lr", "batch_size", "start")
-PLAN_BUDGETS = ("size", "bpw", "max_kl")
+PLAN_BUDGETS = ("size", "bpw", "max_kl", "imatrix_out")
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 
 
@@ -50,6 +50,9 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
     bpw: float | None = setting("--target gguf: bits per model weight (the file's bits over the parameters).", None)
     max_kl: float | None = setting("--target gguf: the smallest file whose predicted KL divergence per token from "
                                    "the float model is at most this.", None)
+    # An output beside the checkpoint, named on the command line: not a recipe setting.
+    imatrix_out: Path | None = setting("--target gguf: also write the calibration statistics as an imatrix GGUF "
+                                       "(llama-quantize --imatrix reads it).", None, recipe=False)
     act_order: bool = setting("GPTQ: quantize columns by decreasing activation size.", False,
                               flag="--act-order/--no-act-order")
     observer: str | None = setting("How each group's scale is chosen: minmax (its full range) | mse (searches "
@@ -76,7 +79,8 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         if self.method != "qat" and any(getattr(self, name) is not None for name in QAT_ONLY):
             raise SlmError("--steps, --lr, --batch-size and --start are QAT's: use them with --method qat")
         if self.target != PLANNED_TARGET and any(getattr(self, name) is not None for name in PLAN_BUDGETS):
-            raise SlmError(f"--size, --bpw and --max-kl budget a GGUF plan: use them with --target {PLANNED_TARGET}")
+            raise SlmError(f"--size, --bpw, --max-kl and --imatrix-out belong to a GGUF plan: use them with --target "
+                           f"{PLANNED_TARGET}")
         if self.target == PLANNED_TARGET:
             given = [f"--{name.replace('_', '-')}" for name in GRID if name != "target" and getattr(self, name)
                      is not None] + (["--act-order"] if self.act_order else [])
@@ -91,7 +95,8 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
             from slmkit.compress.gguf_quantize import GGUFPlanConfig
 
             return GGUFPlanConfig(self.method, size=None if self.size is None else parse_size(self.size),
-                                  bpw=self.bpw, max_kl=self.max_kl)
+                                  bpw=self.bpw, max_kl=self.max_kl,
+                                  imatrix_out=None if self.imatrix_out is None else str(self.imatrix_out))
         if self.method == "qat":
             from slmkit.distillation.qat import qat_config
 
@@ -117,6 +122,8 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
     from slmkit.verbs.compress import compress  # torch: kept out of CLI start-up
 
     config = settings.method_config()
+    if settings.imatrix_out is not None and settings.imatrix_out.exists() and not force:
+        raise SlmError(f"--imatrix-out {settings.imatrix_out} already exists; pass --force to replace it")
     description = ("QAT on q4_0's grid, step" if settings.method == "qat"
                    else f"{settings.method} on a GGUF plan, block" if settings.target == PLANNED_TARGET
                    else f"{settings.method} w{config.bits} quantization, block")
