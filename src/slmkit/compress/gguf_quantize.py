@@ -91,11 +91,16 @@ def types_for(columns: int, types: tuple[str, ...]) -> list[str]:
     return [name for name in types if columns % FORMATS[name].block_length == 0]
 
 
+def _owners(model: nn.Module) -> dict[str, nn.Module]:
+    """The module that holds each weight matrix, by parameter name (weight_matrix reads it as [out, in])."""
+    return {f"{name}.weight": module for name, module in model.named_modules()
+            if isinstance(getattr(module, "weight", None), torch.Tensor)}
+
+
 def matrices(model: nn.Module, sensitivity: dict[str, Sensitivity]) -> dict[str, torch.Tensor]:
     """Each measured weight matrix as [out, in] (weight_matrix's orientation), by parameter name."""
-    modules = {f"{name}.weight": module for name, module in model.named_modules() if hasattr(module, "weight")}
-    return {name: weight_matrix(modules[name]) if name in modules else dict(model.named_parameters())[name].data
-            for name in sensitivity}
+    owners = _owners(model)
+    return {name: weight_matrix(owners[name]) for name in sensitivity}
 
 
 @torch.no_grad()
@@ -148,12 +153,12 @@ def quantize_planned(model: nn.Module, planned: dict[str, PlannedTensor], sensit
     """Round every planned matrix onto its type's grid in place; its block parameters by parameter name."""
     quantizer = PlannedGPTQ(planned) if gptq else PlannedRTN(planned, sensitivity)
     run_sequential(model, quantizer, ids if gptq else None, progress=progress, device=device)
-    modules = {f"{name}.weight": module for name, module in model.named_modules() if hasattr(module, "weight")}
+    owners = _owners(model)
     for name in planned.keys() - quantizer.params.keys():  # outside the blocks: the embedding and the head
-        module = modules.get(name)
-        weight = weight_matrix(module) if module is not None else dict(model.named_parameters())[name].data
-        values, quantizer.params[name] = _rounded(weight, planned[name].type, sensitivity[name].importance)
-        weight.copy_(values.to(weight.dtype)) if module is None else set_weight_matrix(module, values)
+        module = owners[name]
+        values, quantizer.params[name] = _rounded(weight_matrix(module), planned[name].type,
+                                                  sensitivity[name].importance)
+        set_weight_matrix(module, values)
     return quantizer.params
 
 
