@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 SLM := $(BIN)/slm
 
 # The main job: the default recipe on the default model with no data (data-free calibration),
-# ending with the report, the 4-bit GGUF and the command that chats with it. Run again, it resumes.
+# ending with the report, the GGUF and the command that chats with it. Run again, it resumes.
 demo: $(STAMP)
 	$(SLM) run recipes/edge-chat.yaml --out runs/edge-chat
 

@@ -49,7 +49,9 @@ def test_the_exported_plan_fits_its_budget_and_keeps_the_values(float_model, tmp
     lm, result = planned_checkpoint(float_model, tmp_path / "planned", size=budget)
     written = slmkit.export(slmkit.load(str(tmp_path / "planned")), tmp_path / "planned.gguf")
     assert written.summary["quant"] == "plan"
-    assert written.summary["bytes"] == result.summary["file_bytes"] <= budget
+    assert written.summary["bytes"] <= budget
+    # Predicted before the checkpoint (whose name the file's metadata holds) existed.
+    assert abs(written.summary["bytes"] - result.summary["file_bytes"]) <= 256
     planned, _ = read_plan(tmp_path / "planned")
     reader = gguf.GGUFReader(tmp_path / "planned.gguf")
     stored = {tensor.name: tensor for tensor in reader.tensors}
@@ -100,7 +102,7 @@ def test_a_recipe_quantizes_to_a_plan_and_exports_it(float_model, tmp_path):
                          out=tmp_path / "run")
     stages = json.loads((run_dir / "run.json").read_text())["stages"]
     quantized, exported = stages["01-quantize"]["result"], stages["02-export"]["result"]
-    assert exported["quant"] == "plan" and exported["bytes"] == quantized["file_bytes"]
+    assert exported["quant"] == "plan" and abs(exported["bytes"] - quantized["file_bytes"]) <= 256
 
 
 def test_the_imatrix_it_writes_is_what_llama_quantize_reads(float_model, tmp_path):

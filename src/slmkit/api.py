@@ -57,6 +57,8 @@ from slmkit.synthesis.generate import synth as write_records
 # to import, which loading, compressing or serving a model need not pay.
 
 Progress = Callable[[int, int], None] | None
+# A GGUF's metadata names the model after the checkpoint it is exported from, not known while planning: room for it.
+NAME_MARGIN = 256
 
 
 @dataclass(kw_only=True)
@@ -244,7 +246,7 @@ def _planned(lm, config, calibration, fake_quant: bool, target: str | None, devi
     fixed = gguf_file_size(lm, {name: option.type for name, option in smallest.items()}) - sum(
         option.bytes for option in smallest.values())
     size = config.size if config.bpw is None else int(config.bpw * sum(p.numel() for p in model.parameters()) / 8)
-    planned = plan_types(found, budget=None if size is None else size - fixed, max_kl=config.max_kl)
+    planned = plan_types(found, budget=None if size is None else size - fixed - NAME_MARGIN, max_kl=config.max_kl)
     params = quantize_planned(model, planned, sensitivity, ids, gptq=config.method == "gptq",
                               device=resolve_device(device) if device else None, progress=progress)
     predicted = {"file_bytes": fixed + sum(tensor.bytes for tensor in planned.values()),

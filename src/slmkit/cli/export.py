@@ -25,13 +25,17 @@ def export_command(
     or for onnxruntime (ONNX: encoders and sequence classifiers, float32).
 
     A checkpoint from `slm quantize --target gguf-q4_0` (or gguf-q8_0) exported with the matching
-    --quant keeps its calibrated GPTQ/AWQ values exactly; other weights are rounded as llama.cpp does.
+    --quant keeps its calibrated GPTQ/AWQ values exactly, and a checkpoint with a GGUF plan (`slm quantize
+    --target gguf`) is written at each matrix's planned type without --quant; other weights are rounded at
+    export time.
     An ONNX export is a directory (model.onnx, config.json, tokenizer) that `slm eval` and `slm bench` run.
 
     Examples:
       slm export --quant q8_0 --out smollm2.q8_0.gguf
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out gptq-q4_0
       slm export gptq-q4_0 --quant q4_0 --out smollm2-gptq.q4_0.gguf
+      slm quantize --target gguf --size 100MB --out planned   # a llama.cpp block type per matrix
+      slm export planned --out smollm2-planned.gguf            # the plan's types, values kept exactly
       slm export ./my-classifier --format onnx --out my-classifier-onnx
       slm eval my-classifier-onnx --data dev.tsv   # run by onnxruntime
     """

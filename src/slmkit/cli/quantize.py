@@ -28,6 +28,8 @@ def quantize_command(
       slm quantize --method awq --bits 4 --group-size 32 --calib wiki.txt --out out/awq-w4g32
       slm quantize --method gptq --target gguf-q4_0 --calib wiki.txt --out out/gptq-q4_0  # then slm export
       slm quantize --method qat --target gguf-q4_0 --out out/qat-q4_0  # trained on the model's own text
+      slm quantize --target gguf --size 100MB --calib wiki.txt --out out/planned  # a block type per matrix
+      slm quantize --target gguf --max-kl 0.02 --imatrix-out imatrix.gguf --out out/planned-kl
     """
     result = quantize.run(config, model, out, progress=progress_bar, force=force)
     print_result(f"{model} — quantized", {"model": model, "out": str(out), **result.summary}, json_output)
