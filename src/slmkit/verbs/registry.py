@@ -16,9 +16,10 @@ ProgressFactory = Callable[..., AbstractContextManager]
 
 @dataclass
 class Verb:
-    """One verb, declared in its module as `VERB = register(Verb(...))`. `slm <name>` is `<name>_command` of the
-    module slmkit.cli.<name>, its options `settings`' fields; with `recipe`, `<name>` is a recipe stage too, made
-    from this record (slmkit.pipeline.stages.<name> adds what a recipe alone needs).
+    """One verb, declared in its module as `VERB = register(Verb(...))`. The command `slm <name>` offers
+    `settings`' fields as its options (the CLI finds its printing command by the verb's name); with `recipe`,
+    `<name>` is a recipe stage too, made from this record (slmkit.pipeline.stages.<name> adds what a recipe alone
+    needs).
 
     `run(settings, model, out, *, progress, force, data) -> StageResult` checks what can fail before the slow load,
     then does the work. `makes_model`: False for a verb that measures models (eval, bench) or makes data (synth).
