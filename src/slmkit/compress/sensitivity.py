@@ -17,6 +17,7 @@ embedding tied to the output head) adds both uses.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -90,9 +91,14 @@ class _Sums:
                         if is_linear(module) or isinstance(module, nn.Embedding)]
         self.inputs, self.gradients = defaultdict(float), defaultdict(float)
 
+    @contextmanager
     def hooked(self):
         handles = [module.register_forward_hook(self._forward_hook(name)) for name, module in self.modules]
-        return _Removing(handles)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _forward_hook(self, name: str):
         def hook(module, inputs, output):
@@ -133,14 +139,3 @@ class _Sums:
             found[key].uses.append(use)
         return found
 
-
-class _Removing:
-    def __init__(self, handles):
-        self.handles = handles
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
