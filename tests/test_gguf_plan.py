@@ -124,3 +124,18 @@ def test_the_imatrix_it_writes_is_what_llama_quantize_reads(float_model, tmp_pat
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded 15 importance matrix entries" in done.stdout + done.stderr
+
+
+def test_a_bad_imatrix_out_is_refused_before_anything_loads(float_model, tmp_path):
+    from slmkit.verbs.quantize import check_imatrix_out
+
+    weights = float_model / "model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(SlmError, match="which this command reads"):
+        check_imatrix_out(float_model, True, reads=[float_model])
+    with pytest.raises(SlmError, match="is a directory; name the .gguf file to write"):
+        check_imatrix_out(tmp_path, False, reads=[float_model])
+    (tmp_path / "old.gguf").write_text("x")
+    with pytest.raises(SlmError, match="already exists; pass --force to replace it"):
+        check_imatrix_out(tmp_path / "old.gguf", False, reads=[float_model])
+    assert weights.read_bytes() == before

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import slmkit
 from slmkit.errors import SlmError
+from slmkit.models.checkpoint import check_not_input, check_writable
+from slmkit.models.loading import local_path
 from slmkit.results import StageResult
 from slmkit.schema import setting
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN, CalibrationSettings, ComputeSettings, OpenSettings
@@ -115,6 +117,16 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         return config
 
 
+def check_imatrix_out(path: Path, force: bool, reads: list) -> None:
+    """--imatrix-out, before the slow load: not an input, not a directory, replaced only with --force, writable."""
+    check_not_input(path, reads)
+    if path.is_dir():
+        raise SlmError(f"--imatrix-out {path} is a directory; name the .gguf file to write")
+    if path.exists() and not force:
+        raise SlmError(f"--imatrix-out {path} already exists; pass --force to replace it")
+    check_writable(path)
+
+
 def run(settings: QuantizeSettings, model: str, out: Path, *, progress: ProgressFactory, force: bool = False,
         data: str | Path | None = None) -> StageResult:
     """Quantize `model` and save the result in `out`. `data`: the calibration (QAT: training) text when
@@ -122,8 +134,8 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
     from slmkit.verbs.compress import compress  # torch: kept out of CLI start-up
 
     config = settings.method_config()
-    if settings.imatrix_out is not None and settings.imatrix_out.exists() and not force:
-        raise SlmError(f"--imatrix-out {settings.imatrix_out} already exists; pass --force to replace it")
+    if settings.imatrix_out is not None:
+        check_imatrix_out(settings.imatrix_out, force, reads=[local_path(model), settings.calib])
     description = ("QAT on q4_0's grid, step" if settings.method == "qat"
                    else f"{settings.method} on a GGUF plan, block" if settings.target == PLANNED_TARGET
                    else f"{settings.method} w{config.bits} quantization, block")
