@@ -34,13 +34,14 @@ import torch
 import slmkit
 from llama_tools import ensure_tools
 from rotated_twin import rotate
-from slmkit.compress.gguf_plan import write_plan
+from slmkit.compress.gguf_plan import PLAN_FILE, write_plan
 from slmkit.compress.gguf_quantize import PLAN_TYPES, candidates, plan_types, quantize_planned
 from slmkit.compress.sensitivity import measure_sensitivity
 from slmkit.data import load_choice
 from slmkit.evaluation.choice import choice_accuracy
 from slmkit.evaluation.divergence import divergence
 from slmkit.exporters.gguf import gguf_file_size
+from slmkit.runtime.llamacpp import LlamaCppModel
 
 BENCH_DIR = Path(__file__).resolve().parent
 DATA = BENCH_DIR.parent.parent / "shared" / "data"
@@ -88,15 +89,32 @@ class Planner:
         return out, summary
 
 
+def remembered(reference):
+    """`reference` computing each window's logits once: every file of the menu is compared on the same windows,
+    so the f16 file runs once per window, not once per file (about 100 MB a window of 512 tokens)."""
+    computed, logits = {}, reference.logits
+
+    def cached(input_ids, attention):
+        key = input_ids.numpy().tobytes()
+        if key not in computed:
+            computed[key] = logits(input_ids, attention)
+        return computed[key]
+
+    reference.logits = cached
+    return reference
+
+
 def score(path: Path, reference, text: str, args, arc: list) -> dict:
-    lm = slmkit.load(str(path), backend="llamacpp", logits_all=True, n_ctx=args.max_length)
+    lm = LlamaCppModel(path, logits_all=True, n_ctx=args.max_length, n_threads=args.threads)
     measured = divergence(lm, reference, text, max_length=args.max_length, limit=args.windows)
     accuracy = choice_accuracy(lm, arc)["acc"] if arc else None
     return {"bytes": path.stat().st_size, "kl_mean": measured["kl_mean"], "kl_p99": measured["kl_p99"],
             "top1": measured["top1_agreement"], "ppl": measured["token_perplexity"], "arc": accuracy}
 
 
-def run_model(name: str, spec: str, args, tools, arc) -> list[dict]:
+def run_model(name: str, spec: str, args, tools, arc, rows: list[dict]) -> list[dict]:
+    """Scores `name`'s menu into `rows`, each row added (and written to --json-out) as soon as it is measured:
+    a run stopped half way keeps what it measured."""
     work = args.work / name
     work.mkdir(parents=True, exist_ok=True)
     lm = slmkit.load(spec)
@@ -109,19 +127,29 @@ def run_model(name: str, spec: str, args, tools, arc) -> list[dict]:
     ids = torch.tensor(lm.tokenizer(calibration_text).input_ids)
     ids = ids[:len(ids) // args.seq_len * args.seq_len].view(-1, args.seq_len)[:args.samples]
     theirs = llama_menu(tools, f16, calibration, args.types, work, len(ids), args.seq_len)
-    reference = slmkit.load(str(f16), backend="llamacpp", logits_all=True, n_ctx=args.max_length)
+    reference = remembered(LlamaCppModel(f16, logits_all=True, n_ctx=args.max_length, n_threads=args.threads))
     text = (DATA / "wikitext-2-raw-test.txt").read_text()
-    started = time.perf_counter()
-    planner = Planner(spec, ids, args.sensitivity_samples)
-    print(f"{name}: sensitivity and candidates in {time.perf_counter() - started:.0f} s", flush=True)
-    rows = [{"file": "f16", **score(f16, reference, text, args, arc)}]
+    planner = None
+    rows.append({"file": "f16", **score(f16, reference, text, args, arc)})
     for type_name, path in theirs.items():
         rows.append({"file": f"llama.cpp {type_name} (imatrix)", **score(path, reference, text, args, arc)})
+        ours = work / f"slmkit.{type_name}.gguf"
         started = time.perf_counter()
-        ours, summary = planner.file(path.stat().st_size, work / f"slmkit.{type_name}.gguf")
+        if ours.exists() and not args.replan:
+            plan = json.loads((ours.with_suffix("") / PLAN_FILE).read_text())
+            summary, seconds = {"predicted_kl": plan["predicted_kl"], "types": plan["types"]}, None
+        else:
+            if planner is None:
+                planner = Planner(spec, ids, args.sensitivity_samples)
+                print(f"{name}: sensitivity and candidates in {time.perf_counter() - started:.0f} s", flush=True)
+                started = time.perf_counter()
+            ours, summary = planner.file(path.stat().st_size, ours)
+            seconds = time.perf_counter() - started
         rows.append({"file": f"slmkit plan <= {type_name}", **score(ours, reference, text, args, arc),
-                     "predicted_kl": summary["predicted_kl"], "types": summary["types"],
-                     "seconds": time.perf_counter() - started})
+                     "predicted_kl": summary["predicted_kl"], "types": summary["types"], "seconds": seconds})
+        print(f"{name}: {type_name}: {json.dumps(rows[-2:], default=str)}", flush=True)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(args.results, indent=2, default=str))
     return rows
 
 
@@ -149,20 +177,25 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512, help="tokens per scored window")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows scored")
     parser.add_argument("--arc-limit", type=int, default=500, help="ARC-Easy questions (0: none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp threads when scoring (1 keeps it steady beside other work)")
     parser.add_argument("--work", type=Path, default=BENCH_DIR / "build" / "gguf-menu")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--replan", action="store_true",
+                        help="make slmkit's files again even where the work folder has them")
     args = parser.parse_args()
     args.types = args.types.split(",")
     tools = ensure_tools()
     arc = load_choice(DATA / "arc_easy_test.jsonl")[:args.arc_limit] if args.arc_limit else []
     models = {"smollm2": "smollm2-135m-instruct", "rotated": str(BENCH_DIR / "build" / "smollm2-rotated")}
-    results = {}
+    results = args.results = {}
     for name in args.models.split(","):
         if name == "rotated" and not Path(models["rotated"]).is_dir():
             twin = slmkit.load("smollm2-135m-instruct")
             rotate(twin.model, seed=0)
             slmkit.save(twin, models["rotated"], stage="rotated-twin", config={"seed": 0}, force=True)
-        results[name] = run_model(name, models[name], args, tools, arc)
+        results[name] = []
+        run_model(name, models[name], args, tools, arc, results[name])
         print_table(f"{name} ({'dequantized Q4_1 weights' if name == 'smollm2' else 'continuous weights'})",
                     results[name])
     if args.json_out:

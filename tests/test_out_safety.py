@@ -16,6 +16,7 @@ import slmkit
 import slmkit.runtime.torch_backend
 from slmkit.cli.main import app
 from slmkit.errors import SlmError
+from slmkit.models.checkpoint import check_not_input
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -70,6 +71,17 @@ def test_export_never_writes_over_the_gguf_it_reads(tmp_path, no_loading):
         message = refusal(["export", str(gguf), "--out", str(gguf), *force])
         assert message.startswith(f"--out {gguf} is {gguf}, which this command reads")
     assert gguf.read_bytes() == b"GGUF not really"
+
+
+def test_a_file_inside_the_model_directory_is_never_replaced_but_a_new_one_may_be_written(source, no_loading):
+    config = source / "config.json"
+    before = tree_digest(source)
+    for force in ([], ["--force"]):
+        message = refusal(["quantize", str(source), "--method", "rtn", "--out", str(config), *force])
+        assert message == (f"--out {config} is a file of {source}, which this command reads; choose another --out "
+                           "(--force replaces an earlier output, never an input)")
+    assert tree_digest(source) == before
+    check_not_input(source / "model.gguf", [source])  # a new file beside the weights destroys nothing
 
 
 def test_the_library_refuses_to_save_over_the_model_it_loaded(source):

@@ -98,8 +98,9 @@ def check_destination(out_dir: Path, force: bool, reads: Iterable[str | Path | N
 
 
 def check_not_input(out: Path, reads: Iterable[str | Path | None]) -> None:
-    """`out` is neither the current directory nor any file the command reads, nor a directory holding one
-    (symbolic links and `.` followed): replacing it would destroy the input."""
+    """`out` is neither the current directory nor any file the command reads, nor a directory holding one, nor
+    a file already inside a directory it reads (a model's own weights or tokenizer) (symbolic links and `.`
+    followed): replacing it would destroy the input. A new file inside a model's directory is allowed."""
     target = Path(os.path.realpath(out))
     if target == Path.cwd() or target in Path.cwd().parents:
         raise SlmError(f"--out {out}: that is the current directory (or holds it); name a directory to create, "
@@ -111,6 +112,9 @@ def check_not_input(out: Path, reads: Iterable[str | Path | None]) -> None:
         if target == source or target in source.parents:
             how = "is" if target == source else "holds"
             raise SlmError(f"--out {out} {how} {read}, which this command reads; choose another --out "
+                           "(--force replaces an earlier output, never an input)")
+        if source.is_dir() and source in target.parents and target.is_file():
+            raise SlmError(f"--out {out} is a file of {read}, which this command reads; choose another --out "
                            "(--force replaces an earlier output, never an input)")
 
 
