@@ -109,3 +109,29 @@ def run_slm(*args: str, stdin: str | None = None, timeout: int = 300) -> subproc
     """The real console entry point in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "slmkit.cli.main", *args], input=stdin, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def assert_plan_written_exactly(lm, gguf_path: Path, types: dict[str, str]) -> None:
+    """Every tensor of a planned GGUF is at its planned type (f16/f32 where the plan has none) and gguf-py reads
+    back exactly the checkpoint's values (llama's q/k rows in the file's order)."""
+    import gguf
+    import numpy as np
+
+    from slmkit.exporters.gguf import _permute_rows
+
+    config = lm.model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tensors = {tensor.name: tensor for tensor in gguf.GGUFReader(gguf_path).tensors}
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    for name, parameter in lm.model.named_parameters():
+        tensor = tensors[names.get_name(name, try_suffixes=(".weight",))]
+        expected = parameter.detach().numpy()
+        type_name = types.get(name, "f32" if expected.ndim == 1 else "f16")
+        assert tensor.tensor_type.name == type_name.upper(), name
+        if type_name == "f16":  # a head the plan left out, held at its float values
+            expected = expected.astype(np.float16).astype(np.float32)
+        kind = tensor.name.split(".")[-2]
+        if kind in heads:
+            expected = _permute_rows(expected, heads[kind])
+        stored = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(expected.shape)
+        np.testing.assert_array_equal(stored, expected, err_msg=name)

@@ -172,3 +172,77 @@ def test_a_full_vocabulary_cache_trains_as_the_live_teacher_and_is_built_once(tm
     assert {path.name: path.stat().st_mtime_ns for path in entry.iterdir()} == stamps
     run("top8", teacher_cache=str(tmp_path / "cache"), top_k_logits=8)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # another k: its own entry
+
+
+def _sharp_llama(seed: int):
+    """A tiny llama whose distributions are far from uniform (so two seeds' KL is a real loss)."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama")
+    config.initializer_range = 0.2
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _distilled(tmp_path, tokenizer, name: str, **extra) -> tuple[list[float], float, float]:
+    """A few steps of DistillationTrainer from one seed's llama to another's: (train losses, held-out KL before
+    and after)."""
+    from slmkit.data.training import collator
+    from slmkit.distillation.trainer import DistillationTrainer
+    from slmkit.train.base import training_arguments
+    from slmkit.train.run import TrainingRun
+
+    ids = torch.randint(0, VOCAB, (10, 16), generator=torch.Generator().manual_seed(0))
+    rows = [{"input_ids": row.tolist()} for row in ids]
+    args = training_arguments(str(tmp_path / name), max_steps=6, per_device_train_batch_size=2,
+                              per_device_eval_batch_size=3, learning_rate=3e-3, use_cpu=True, logging_steps=1,
+                              save_strategy="no", seed=0)
+    run = TrainingRun(DistillationTrainer, _sharp_llama(1), args, train=rows[2:], held_out=rows[:2],
+                      collator=collator("text", tokenizer), tokenizer=tokenizer, teacher=_sharp_llama(0), loss="fkl",
+                      temperature=2.0, alpha_ce=0.0, beta=0.5, **extra)
+    before = run.trainer.evaluate()["eval_kd_loss"]
+    run.train()
+    return [loss for _, loss in run.curve["train"]], before, run.trainer.evaluate()["eval_kd_loss"]
+
+
+def test_a_teacher_memory_trains_as_the_live_teacher_without_running_it_again(tmp_path, tiny_tokenizer, monkeypatch):
+    from slmkit.distillation.trainer import DistillationTrainer
+
+    live = _distilled(tmp_path, tiny_tokenizer, "live")
+    forwards = []
+    monkeypatch.setattr(DistillationTrainer, "_teacher_outputs", lambda *args: forwards.append(1))
+    remembered = _distilled(tmp_path, tiny_tokenizer, "memory", teacher_memory_bytes=1 << 20)
+    assert not forwards  # the memory answered every training and evaluation batch
+    # float16 log-probabilities: the live teacher's losses up to that rounding, step after step
+    assert remembered[0] == pytest.approx(live[0], rel=1e-3) and len(live[0]) == 6
+    assert remembered[1:] == pytest.approx(live[1:], rel=1e-3) and live[2] < live[1]
+
+
+def test_a_teacher_memory_batches_rows_as_one_by_one_and_keeps_nothing_past_its_bytes(tmp_path, tiny_tokenizer):
+    from slmkit.data.training import collator
+    from slmkit.distillation.cache import TeacherMemory
+
+    teacher, collate = _sharp_llama(0), collator("text", tiny_tokenizer)
+    rows = [{"input_ids": list(range(5 + n, 15 + 2 * n))} for n in range(5)]  # 10 to 13 tokens: padded batches
+    by_row = TeacherMemory.build(teacher, rows, collate, "cpu", max_bytes=1 << 20)
+    batched = TeacherMemory.build(teacher, rows, collate, "cpu", max_bytes=1 << 20, batch_size=3)
+    assert [len(logprobs) for logprobs in batched.logprobs] == [9, 10, 11, 12, 13]
+    assert all(torch.allclose(a.float(), b.float(), atol=2e-3) for a, b in zip(by_row.logprobs, batched.logprobs))
+    assert batched.lookup([4, 0], "cpu").shape == (13 + 9, VOCAB)
+    assert TeacherMemory.build(teacher, rows, collate, "cpu", max_bytes=(10 + 11 + 12 + 13 + 14) * VOCAB) is None
+
+
+def test_a_bfloat16_autocast_student_trains_and_is_evaluated_in_float32(tmp_path, tiny_tokenizer):
+    live = _distilled(tmp_path, tiny_tokenizer, "float32")
+    autocast = _distilled(tmp_path, tiny_tokenizer, "bfloat16", autocast=torch.bfloat16)
+    assert autocast[1] == live[1]  # the evaluation before training: float32 both
+    assert autocast[2] < autocast[1] and autocast[0] != live[0]
+    assert autocast[2] == pytest.approx(live[2], rel=0.05)
+
+
+def test_a_teacher_memory_is_refused_beside_what_needs_the_live_teacher(tmp_path, tiny_tokenizer):
+    from slmkit.distillation.trainer import OnPolicy
+
+    on_policy = OnPolicy(0.5, 4, 1.0, 0, frozenset(), 16, 0)
+    with pytest.raises(SlmError, match="on-policy batches each need it"):
+        _distilled(tmp_path, tiny_tokenizer, "refused", teacher_memory_bytes=1 << 20, on_policy=on_policy)

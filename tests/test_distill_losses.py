@@ -102,3 +102,27 @@ def test_identical_distributions_cost_nothing_and_bad_settings_are_refused():
     with pytest.raises(SlmError, match="no token to distill on"):
         distillation_loss(STUDENT[:0], TEACHER[:0])
     assert isinstance(top_k(TEACHER, 99), TopK) and top_k(TEACHER, 99).ids.shape == (2, 4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_forward_kl_by_hand_has_the_loss_and_gradients_of_autograd(temperature):
+    logits = torch.randn(9, 13, generator=torch.Generator().manual_seed(4))
+    teacher = torch.randn(9, 13, generator=torch.Generator().manual_seed(5))
+    teacher[0, 3] = -math.inf  # a token the teacher rules out adds nothing
+    by_hand, autograd = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    fast = distillation_loss(by_hand, teacher, loss="fkl", temperature=temperature, chunk_rows=4)
+    general = distillation_loss(autograd, teacher, loss="jsd", beta=0, temperature=temperature, chunk_rows=4)
+    fast.backward()
+    general.backward()
+    assert fast.item() == pytest.approx(general.item(), rel=1e-6)
+    assert torch.allclose(by_hand.grad, autograd.grad, atol=1e-7) and by_hand.grad.abs().sum() > 0
+    # log-probabilities (what a teacher memory keeps) give the loss of the logits they come from
+    log_probs = torch.log_softmax(teacher, dim=-1)
+    assert distillation_loss(logits, log_probs, temperature=temperature).item() == pytest.approx(fast.item(), rel=1e-6)
+
+
+def test_forward_kl_gradients_keep_the_logits_dtype_and_reach_a_teacher_that_asks():
+    student = torch.randn(5, 7, generator=torch.Generator().manual_seed(6)).bfloat16().requires_grad_()
+    teacher = torch.randn(5, 7, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    distillation_loss(student, teacher).backward()
+    assert student.grad.dtype == torch.bfloat16 and teacher.grad is not None and teacher.grad.abs().sum() > 0

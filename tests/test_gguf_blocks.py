@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_TEXT, run_slm, tiny_config
+from conftest import SAMPLE_TEXT, assert_plan_written_exactly, run_slm, tiny_config
 
 from slmkit import load
 from slmkit.compress.blocks import FORMATS, block_format
 from slmkit.compress.gguf_plan import PlannedTensor, write_plan
 from slmkit.errors import SlmError
 from slmkit.exporters.config import GGUF_QUANTS
-from slmkit.exporters.gguf import K_QUANT_FALLBACK, _permute_rows, export_gguf, gguf_file_size
+from slmkit.exporters.gguf import K_QUANT_FALLBACK, export_gguf, gguf_file_size
 from slmkit.models.checkpoint import save
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -89,24 +88,9 @@ def test_a_plan_is_written_at_its_types_with_the_checkpoints_values_bit_for_bit(
     directory, types = planned
     out, report = planned_gguf
     lm = load(str(directory))
-    config = lm.model.config
     assert report["quant"] == "plan" and report["calibrated_exact_layers"] == len(types)
     assert report["bytes"] == out.stat().st_size == gguf_file_size(lm, types)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    tensors = {tensor.name: tensor for tensor in gguf.GGUFReader(out).tensors}
-    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
-    for name, parameter in lm.model.named_parameters():
-        tensor = tensors[names.get_name(name, try_suffixes=(".weight",))]
-        expected = parameter.detach().numpy()
-        type_name = types.get(name, "f32" if expected.ndim == 1 else "f16")
-        assert tensor.tensor_type.name == type_name.upper(), name
-        if type_name == "f16":  # the head the plan left out
-            expected = expected.astype(np.float16).astype(np.float32)
-        kind = tensor.name.split(".")[-2]
-        if kind in heads:
-            expected = _permute_rows(expected, heads[kind])
-        stored = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(expected.shape)
-        np.testing.assert_array_equal(stored, expected, err_msg=name)
+    assert_plan_written_exactly(lm, out, types)
 
 
 def test_llama_cpp_runs_the_planned_file_as_torch_runs_the_checkpoint(planned, planned_gguf, tiny_tokenizer):

@@ -120,7 +120,7 @@ def _trained_from_rtn(lm, ids, watched: str = "model.layers.0.mlp.down_proj", **
     config = QATConfig(start="rtn", steps=4, lr=1e-3, batch_size=2, held_out=1, device="cpu", **settings)
     teacher = copy.deepcopy(lm.model).eval()
     start = start_on_grid(lm.model, config, ids[1:], torch.device("cpu"))
-    seen = [(lm.model.get_submodule(watched).weight.detach().clone(), start[watched])]
+    seen = [(lm.model.get_submodule(watched).weight.detach().clone(), start.scales[watched])]
 
     def after_step(step, total):
         layer = lm.model.get_submodule(watched)
@@ -148,7 +148,7 @@ def test_held_scales_stay_the_starts(sharp_llama_dir):
     ids = torch.randint(0, lm.config.vocab_size, (5, 16))
     start, trained, seen = _trained_from_rtn(lm, ids, learn_scales=False)
     name = "model.layers.0.mlp.down_proj"
-    assert torch.equal(trained[name][0], start[name].half().float())
+    assert torch.equal(trained[name][0], start.scales[name].half().float())
     assert not torch.equal(seen[-1][0], seen[0][0])
 
 

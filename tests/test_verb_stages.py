@@ -59,8 +59,9 @@ def test_the_measuring_stages_run_the_verb_once_per_chosen_model(calls, tmp_path
     assert evaluated.summary == {label: {"task": "perplexity", "backend": "torch", "weights": "float32"}
                                 for label in ("original", "01-prune")}
     assert json.loads((tmp_path / "02-eval" / "results.json").read_text()) == evaluated.summary
-    assert [(call[1].data, call[1].limit, call[2]) for call in calls] == [
-        (str(tmp_path / "t.txt"), 3, "teacher-spec"), (str(tmp_path / "t.txt"), 3, "pruned-spec")]
+    # On a text every model but the original is compared with the original.
+    assert [(call[1].data, call[1].limit, call[2], call[1].reference) for call in calls] == [
+        (str(tmp_path / "t.txt"), 3, "teacher-spec", None), (str(tmp_path / "t.txt"), 3, "pruned-spec", "teacher-spec")]
     calls.clear()
     benched = run_stage(stage_of("stage: bench\n    models: last\n    weights: int8"), tmp_path / "03-bench")
     assert benched.summary == {"01-prune": {"decode_tokens_per_s": 9.0}}

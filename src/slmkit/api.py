@@ -13,6 +13,7 @@ printing. A typical session:
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -189,22 +190,26 @@ def _structured(lm, config, ids, record: dict, seed: int | None, device, progres
 def quantize(lm, config, calibration: Calibration | Any = None, *, fake_quant: bool = False,
              target: str | None = None, device: str | torch.device | None = None,
              progress: Progress = None) -> CompressResult:
-    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig), QAT (QATConfig), or a GGUF plan (GGUFPlanConfig: a
-    llama.cpp block type per matrix under a budget), of a loaded model in place: the weights take the values of
-    their codes (a bare transformers model too, given token ids). `save` then packs them as compressed-tensors, or
-    keeps the float values with `fake_quant` (a plan's always, with the plan `slm export` packs). `target`: the GGUF type the grid was
-    chosen for (recorded only). `device`: where each block is computed (QAT: where it trains; None: the config's
-    device), a name or a torch.device resolved already.
+    """RTN, GPTQ or AWQ (RTNConfig, GPTQConfig, AWQConfig), QAT (QATConfig: on q4_0's grid), or a GGUF plan
+    (GGUFPlanConfig: a llama.cpp block type per matrix under a budget; PlanQATConfig: then trained on those grids),
+    of a loaded model in place: the weights take the values of their codes (a bare transformers model too, given
+    token ids). `save` then packs them as compressed-tensors, or keeps the float values with `fake_quant` (a
+    plan's always, with the plan `slm export` packs). `target`: the GGUF type the grid was chosen for (recorded
+    only). `device`: where each block is computed (QAT: where it trains; None: the config's device), a name or a
+    torch.device resolved already.
 
     Example: `slmkit.quantize(lm, GPTQConfig(bits=4, group_size=64), Calibration("wiki.txt"))`;
-    `slmkit.quantize(lm, GGUFPlanConfig(size=100_000_000), Calibration("wiki.txt"))`.
+    `slmkit.quantize(lm, GGUFPlanConfig(size=100_000_000), Calibration("wiki.txt"))`;
+    `slmkit.quantize(lm, PlanQATConfig(plan=GGUFPlanConfig(max_kl=0.02), steps=200), Calibration("wiki.txt"))`.
     """
-    from slmkit.distillation.qat import QATConfig  # heavy: the training stack (the note at the top)
+    from slmkit.distillation.plan_qat import PlanQATConfig  # heavy: the training stack (the note at the top)
+    from slmkit.distillation.qat import QATConfig
 
-    if not fake_quant and not isinstance(config, GGUFPlanConfig):  # a plan keeps float values: export packs them
+    planned = isinstance(config, (GGUFPlanConfig, PlanQATConfig))
+    if not fake_quant and not planned:  # a plan keeps float values: export packs them
         check_compressed_tensors(config)  # before any slow work
     _require_float32_on_cpu(lm, "quantization")
-    if isinstance(config, GGUFPlanConfig):
+    if planned:
         return _planned(lm, config, calibration, fake_quant, target, device, progress)
     if isinstance(config, QATConfig):
         return _quantization_aware(lm, config, calibration, fake_quant, target, device, progress)
@@ -228,36 +233,69 @@ def _quantize_settings(config, fake_quant: bool, target: str | None, record: dic
 def _planned(lm, config, calibration, fake_quant: bool, target: str | None, device,
              progress: Progress) -> CompressResult:
     """A GGUF plan (compress.gguf_quantize): the type per matrix that fits the budget with the least predicted KL,
-    each matrix rounded on its grid; the checkpoint keeps the float values and the plan `slm export` packs."""
+    each matrix rounded on its grid; the checkpoint keeps the float values and the plan `slm export` packs. A
+    PlanQATConfig then trains every planned matrix on its grid against the float model (distillation.plan_qat),
+    from the plan it makes first or from the checkpoint's own."""
+    from slmkit.distillation.plan_qat import PlanGrids, PlanQATConfig, checkpoint_plan  # heavy, as above
+    from slmkit.distillation.qat import train_on_grid, training_device
+
     if not isinstance(lm, LoadedModel):
         raise SlmError("a GGUF plan sizes the file slm export writes: pass a model opened by slmkit.load")
     lm.require("causal-lm", "a GGUF plan")
     model = lm.model
+    qat = config if isinstance(config, PlanQATConfig) else None
+    plan_config, stored = config if qat is None else qat.plan, None
+    if qat is not None:  # what can fail, before the sequences are read or sampled
+        if lm.tokenizer is None:
+            raise SlmError("QAT trains on token sequences: pass a model opened by slmkit.load, with its tokenizer")
+        device = training_device(qat, device)
+        if not isinstance(calibration, torch.Tensor):
+            calibration = (calibration or Calibration()).for_method(qat)
+            qat.held_out_count(calibration.samples)
+        if plan_config is None:
+            stored = checkpoint_plan(lm)
     ids, record = _calibration_for(lm, config, calibration)
-    measured_on = ids[:config.sensitivity_samples]
-    sensitivity = measure_sensitivity(model, measured_on)
-    if config.imatrix_out:
-        write_imatrix(model, config.imatrix_out, {name: entry.input_squares for name, entry in sensitivity.items()
-                                                  if entry.input_squares is not None},
-                      sequences=len(measured_on), sequence_length=measured_on.shape[1],
-                      datasets=[record.get("calib", "token ids")])
-    found = plan_candidates(model, sensitivity, config.types)
-    smallest = {name: min(options, key=lambda option: option.bytes) for name, options in found.items()}
-    fixed = gguf_file_size(lm, {name: option.type for name, option in smallest.items()}) - sum(
-        option.bytes for option in smallest.values())
-    size = config.size if config.bpw is None else int(config.bpw * sum(p.numel() for p in model.parameters()) / 8)
-    planned = plan_types(found, budget=None if size is None else size - fixed - NAME_MARGIN, max_kl=config.max_kl)
-    params = quantize_planned(model, planned, sensitivity, ids, gptq=config.method == "gptq",
-                              device=resolve_device(device) if device else None, progress=progress)
-    predicted = {"file_bytes": fixed + sum(tensor.bytes for tensor in planned.values()),
-                 "predicted_kl": sum(tensor.predicted_kl for tensor in planned.values()),
-                 "types": dict(Counter(tensor.type for tensor in planned.values()).most_common())}
+    if stored is not None:
+        planned, params, predicted, teacher = stored
+    else:
+        teacher = None if qat is None else copy.deepcopy(model).eval().requires_grad_(False)
+        ids_to_plan = ids if qat is None else ids[qat.held_out_count(len(ids)):]  # held out: they measure QAT
+        measured_on = ids_to_plan[:plan_config.sensitivity_samples]
+        sensitivity = measure_sensitivity(model, measured_on)
+        if plan_config.imatrix_out:
+            write_imatrix(model, plan_config.imatrix_out, {name: entry.input_squares for name, entry
+                                                           in sensitivity.items() if entry.input_squares is not None},
+                          sequences=len(measured_on), sequence_length=measured_on.shape[1],
+                          datasets=[record.get("calib", "token ids")])
+        found = plan_candidates(model, sensitivity, plan_config.types)
+        smallest = {name: min(options, key=lambda option: option.bytes) for name, options in found.items()}
+        fixed = gguf_file_size(lm, {name: option.type for name, option in smallest.items()}) - sum(
+            option.bytes for option in smallest.values())
+        size = plan_config.size if plan_config.bpw is None else int(
+            plan_config.bpw * sum(p.numel() for p in model.parameters()) / 8)
+        planned = plan_types(found, budget=None if size is None else size - fixed - NAME_MARGIN,
+                             max_kl=plan_config.max_kl)
+        params = quantize_planned(model, planned, sensitivity, ids_to_plan, gptq=plan_config.method == "gptq",
+                                  device=resolve_device(device) if device else None,
+                                  progress=progress if qat is None else None)  # QAT's bar counts its steps
+        predicted = {"file_bytes": fixed + sum(tensor.bytes for tensor in planned.values()),
+                     "predicted_kl": sum(tensor.predicted_kl for tensor in planned.values()),
+                     "types": dict(Counter(tensor.type for tensor in planned.values()).most_common())}
     settings = {**config.to_dict(), "format": "fake-quant", "target": "gguf", **record}
-    return CompressResult(stage="quantize", config=settings, metrics={"plan": {name: vars(tensor) for name, tensor
-                                                                              in planned.items()}},
-                          summary={**settings, **predicted, "quantized_layers": len(planned)},
+    trained, plan_summary = {}, predicted
+    if qat is not None:
+        trained, params = train_on_grid(model, teacher, lm.tokenizer, qat, ids, PlanGrids(planned, params), device,
+                                        progress=progress)
+        settings["loss_curve"] = trained.pop("loss_curve")  # as QAT on q4_0's grid: the qat stage's report plots it
+        plan_summary = {**predicted, "kl_before_qat": trained["kl_before"], "kl_after_qat": trained["kl_after"]}
+    # The manifest keeps the plan's totals beside its type per matrix; the budget is in its config.
+    return CompressResult(stage="quantize", config=settings,
+                          metrics={**predicted, **trained, "plan": {name: vars(tensor) for name, tensor
+                                                                    in planned.items()}},
+                          summary={**{key: value for key, value in settings.items() if key != "loss_curve"},
+                                   **predicted, **trained, "quantized_layers": len(planned)},
                           seed=getattr(calibration, "seed", None), fake_quant=True,
-                          after_write=lambda directory: write_plan(directory, planned, params, predicted))
+                          after_write=lambda directory: write_plan(directory, planned, params, plan_summary))
 
 
 def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str | None, device,

@@ -1,8 +1,9 @@
 """A GGUF plan as a checkpoint keeps it: the block type each weight matrix was quantized to, and the block
 parameters it was rounded on, so `slm export` packs the calibrated values bit for bit without re-rounding.
 
-- `gguf-plan.json`: {"tensors": {parameter name: {"type", "bytes", "predicted_kl"}}, and what the plan was made
-  for (budget, predicted and measured KL)};
+- `gguf-plan.json`: {"tensors": {parameter name: {"type", "bytes", "predicted_kl"}}, and the plan's totals: the
+  file's bytes, the predicted KL, the types; after QAT (distillation/plan_qat.py) the held-out KL measured before
+  and after it, kl_before_qat and kl_after_qat};
 - `gguf-blocks.safetensors`: each planned matrix's BlockParams, as `<parameter name>.<field>` tensors.
 
 The weights themselves stay in the checkpoint's own file, on their grids; a reader recovers the codes with
@@ -69,6 +70,16 @@ def read_plan(directory: str | Path | None) -> tuple[dict[str, PlannedTensor], d
             raise SlmError(f"{directory}: {PARAMS_FILE} lacks the block parameters of {name}")
         params[name] = BlockParams(**values)
     return planned, params
+
+
+def read_plan_summary(directory: str | Path) -> dict:
+    """The totals a checkpoint's plan records beside its tensors (write_plan's `summary`)."""
+    path = Path(directory) / PLAN_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SlmError(f"{path} cannot be read: {exc}") from exc
+    return {key: value for key, value in record.items() if key != "tensors"}
 
 
 def exact_codes(weight: torch.Tensor, type_name: str, params: BlockParams) -> torch.Tensor | None:

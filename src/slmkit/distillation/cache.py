@@ -12,6 +12,9 @@ batch's cached rows concatenate into exactly the rows the student's logits give.
 temperature and k, and the token ids and labels of every row: another teacher, data file, max_length,
 packing or held-back split gets its own entry, never a stale one. Each shard and the index are written
 atomically; a cache cut short is finished on the next run from its last whole shard.
+
+`TeacherMemory` is the other way to run the teacher once: its full distributions, in memory, for one run
+(QAT reads its 56 sequences ~9 times; a top-k would change what it trains).
 """
 
 from __future__ import annotations
@@ -61,26 +64,19 @@ class TeacherCache:
         return self.directory / f"shard-{shard:05d}.safetensors"
 
     def build(self, teacher, rows: list[dict], collate, device, progress=None) -> None:
-        """Run the teacher over every row of every missing shard (one row per forward pass: a packed row is
-        already max_length tokens) and write the shards, then the index."""
+        """Run the teacher over every row of every missing shard (`teacher_rows`) and write the shards, then the
+        index."""
         from safetensors.torch import save
 
         if self.complete:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         shards = -(-len(rows) // SHARD_ROWS)
-        teacher.eval()
         for shard in range(shards):
             if self._shard_path(shard).is_file():
                 continue
             ids, logprobs, rests, offsets = [], [], [], [0]
-            for row in rows[shard * SHARD_ROWS:(shard + 1) * SHARD_ROWS]:
-                batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
-                         for key, value in collate([_without_row_key(row)]).items()}
-                labels = batch.pop("labels")
-                with torch.inference_mode():
-                    logits = teacher(**batch).logits
-                scored = compared(logits, labels)
+            for scored in teacher_rows(teacher, rows[shard * SHARD_ROWS:(shard + 1) * SHARD_ROWS], collate, device):
                 found = top_k(scored, self.made_from["top_k"], self.made_from["temperature"])
                 ids.append(found.ids.to(torch.int32).cpu())
                 logprobs.append(found.logprobs.to(torch.float16).cpu())
@@ -114,6 +110,54 @@ class TeacherCache:
                 raise SlmError(f"{path}: missing from the teacher cache; remove {self.directory} to rebuild it")
             self._shards[shard] = load_file(path)
         return self._shards[shard]
+
+
+def teacher_rows(teacher, rows: list[dict], collate, device, batch_size: int = 1):
+    """The teacher's logits at each row's compared positions, row by row, `batch_size` rows a forward pass (one
+    when the collator packs them into one row: a packed row is already max_length tokens)."""
+    teacher.eval()
+    for start in range(0, len(rows), batch_size):
+        examples = [_without_row_key(row) for row in rows[start:start + batch_size]]
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                 for key, value in collate(examples).items()}
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = teacher(**batch).logits
+        if len(logits) == len(examples):
+            yield from (compared(row_logits[None], row_labels[None]) for row_logits, row_labels in zip(logits, labels))
+        else:  # packed into one row
+            for example in examples:
+                yield from teacher_rows(teacher, [example], collate, device)
+
+
+class TeacherMemory:
+    """The teacher's full next-token log-probabilities at every compared position of every row, computed once
+    and kept in memory in float16, for one run that reads the same rows many times.
+
+    float16 log-probabilities keep the likely tokens' (near 0) to 0.0005 and one of -16 to 0.008; the loss
+    renormalises them as it does logits (log_softmax is the same for logits and their log-probabilities, at any
+    temperature). Rows are indexed as the cache's: `lookup` concatenates what `compared` gives for a batch.
+    """
+
+    def __init__(self, logprobs: list[torch.Tensor]):
+        self.logprobs = logprobs
+
+    @classmethod
+    def build(cls, teacher, rows: list[dict], collate, device, max_bytes: int, batch_size: int = 1
+              ) -> TeacherMemory | None:
+        """The teacher run over `rows`, `batch_size` a pass; None (nothing kept) when they would take more than
+        `max_bytes`: the teacher then runs each step instead."""
+        tokens = sum(len(row["input_ids"]) for row in rows)  # at least the positions compared
+        logprobs = []
+        for scored in teacher_rows(teacher, rows, collate, device, batch_size):
+            if tokens * scored.shape[-1] * 2 > max_bytes:
+                return None
+            logprobs.append(torch.log_softmax(scored.float(), dim=-1).half().cpu())
+        return cls(logprobs)
+
+    def lookup(self, row_indices: list[int], device) -> torch.Tensor:
+        """[positions, vocabulary] float16 log-probabilities of these rows, concatenated in their order."""
+        return torch.cat([self.logprobs[row] for row in row_indices]).to(device)
 
 
 def _without_row_key(row: dict) -> dict:

@@ -11,21 +11,27 @@ is the KL from the float model's next-token distributions (self-distillation, as
 through DistillationTrainer, trained as every slmkit run is (train.run: the arguments QATConfig declares, one
 Trainer over the sequences). At the end each weight is snapped to its codes x float16 scale, so the checkpoint
 is on the grid and `slm export --quant q4_0` writes its blocks bit for bit.
+
+`train_on_grid` trains whatever grids its start installs: q4_0's here, a GGUF plan's block types in plan_qat.py.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
+from slmkit.compress.block_grid import Levels
+from slmkit.compress.grid_training import grid_values, straight_through_float16
 from slmkit.compress.quantize import GPTQConfig, QuantConfig, RTNConfig, resolve_grid
 from slmkit.compress.quantize import quantize as quantize_layers
 from slmkit.data.training import collator
@@ -42,19 +48,16 @@ GROUP = 32  # q4_0's block
 
 
 @dataclass
-class QATConfig(QuantConfig):
-    """q4_0's grid (what `--target gguf-q4_0` picks), trained.
+class GridTraining:
+    """How QAT trains, on any grid (QATConfig: q4_0's; plan_qat.PlanQATConfig: a GGUF plan's).
 
     Args:
-        start: the one-shot solution training starts from: gptq (calibrated on the same sequences) or rtn.
         steps: optimizer steps; batch_size: sequences per step; lr: peak learning rate (linear decay after a
             3% warm-up) of the latent weights and the scales.
         held_out: sequences kept out of training, on which the KL to the float model is measured before and
             after (recorded in the manifest); None: an eighth of them, 1 to 8.
         scale_steps: the first steps train the scales alone, the weights held (EfficientQAT's second phase).
         learn_scales: False holds each block's scale (so its clipping range) at the start's.
-        edges_at_q8_0: train with the embedding and output matrices at the q8_0 values the export writes, not
-            their float ones.
         device: where training runs: auto (a GPU when there is one) | cpu | cuda | mps; a whole device type, as
             transformers' Trainer takes it (another GPU: CUDA_VISIBLE_DEVICES).
 
@@ -64,10 +67,6 @@ class QATConfig(QuantConfig):
 
     method: ClassVar[str] = "qat"
     calibration_shape: ClassVar[tuple[int, int]] = (QAT_SAMPLES, QAT_SEQ_LEN)
-    group_size: int = GROUP
-    float16_scales: bool = True
-    observer: str = "mse"
-    start: str = "gptq"
     # trainer=: the TrainingArguments field(s) a setting fills (train.run). The CLI and the recipe offer these
     # through verbs.quantize's QuantizeSettings, not from here.
     # 4 x 256 tokens a step: SmolLM2-135M took 27 minutes end to end on 2 CPU cores
@@ -79,16 +78,9 @@ class QATConfig(QuantConfig):
     held_out: int | None = None
     scale_steps: int = 0
     learn_scales: bool = True
-    edges_at_q8_0: bool = False
     device: str = "auto"
 
     def __post_init__(self):
-        super().__post_init__()
-        if (self.bits, self.group_size, self.symmetric, self.float16_scales) != (4, GROUP, True, True):
-            raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0 (4 bits, blocks of 32, "
-                           "symmetric, float16 scales)")
-        if self.start not in START_METHODS:
-            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
         if self.steps < 1 or self.batch_size < 1 or (self.held_out is not None and self.held_out < 1):
             raise SlmError(f"--steps, --batch-size and the held-out sequences must be at least 1 (got {self.steps}, "
                            f"{self.batch_size}, {self.held_out})")
@@ -108,6 +100,33 @@ class QATConfig(QuantConfig):
                            f"rest: give more (--calib-samples)")
         return held
 
+
+@dataclass
+class QATConfig(GridTraining, QuantConfig):
+    """q4_0's grid (what `--target gguf-q4_0` picks), trained (GridTraining: how).
+
+    Args:
+        start: the one-shot solution training starts from: gptq (calibrated on the same sequences) or rtn.
+        edges_at_q8_0: train with the embedding and output matrices at the q8_0 values the export writes, not
+            their float ones.
+    """
+
+    method: ClassVar[str] = "qat"
+    group_size: int = GROUP
+    float16_scales: bool = True
+    observer: str = "mse"
+    start: str = "gptq"
+    edges_at_q8_0: bool = False
+
+    def __post_init__(self):
+        QuantConfig.__post_init__(self)
+        if (self.bits, self.group_size, self.symmetric, self.float16_scales) != (4, GROUP, True, True):
+            raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0 (4 bits, blocks of 32, "
+                           "symmetric, float16 scales)")
+        if self.start not in START_METHODS:
+            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        GridTraining.__post_init__(self)
+
     def start_config(self) -> QuantConfig:
         grid = dict(bits=self.bits, group_size=self.group_size, symmetric=True, float16_scales=True)
         return START_METHODS[self.start](**grid, **({"observer": self.observer} if self.start == "gptq" else {}))
@@ -122,26 +141,15 @@ def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | No
     return QATConfig(**grid, **given, device=device)
 
 
-def straight_through_round(values: torch.Tensor) -> torch.Tensor:
-    """round(values) forward, the identity backward."""
-    return values + (values.round() - values).detach()
-
-
-def straight_through_float16(values: torch.Tensor) -> torch.Tensor:
-    """values rounded to float16 (as a q4_0 block stores its scale) forward, the identity backward."""
-    return values + (values.half().float() - values).detach()
+@functools.cache
+def _signed_levels(bits: int) -> Levels:
+    return Levels(range(-(2 ** (bits - 1)), 2 ** (bits - 1)))
 
 
 def grid_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """codes x float16(scale) for a [rows, cols] weight and [rows, cols / 32] scales: the values a q4_0 block
     dequantizes to, computed as the exporter's codes are (weight / scale, rounded half to even, clamped)."""
-    rows, cols = weight.shape
-    scale16 = straight_through_float16(scale)
-    blocks = weight.reshape(rows, cols // GROUP, GROUP)
-    # scale16 detached here: the scale's gradient is taken with the codes held
-    codes = straight_through_round(blocks / scale16.detach().unsqueeze(-1)).clamp(-(2 ** (bits - 1)),
-                                                                                  2 ** (bits - 1) - 1)
-    return (codes * scale16.unsqueeze(-1)).reshape(rows, cols)
+    return grid_values(weight, straight_through_float16(scale), None, _signed_levels(bits), GROUP)
 
 
 class GridLinear(nn.Module):
@@ -185,7 +193,7 @@ def check_layers(model: nn.Module) -> None:
                                f"not a multiple of {GROUP}, so --method qat --target gguf-q4_0 cannot train it")
 
 
-def training_device(config: QATConfig, device: torch.device | str | None = None) -> torch.device:
+def training_device(config: GridTraining, device: torch.device | str | None = None) -> torch.device:
     """Where QAT trains: `device` (a name, or resolved already), else `config.device`; never cuda:N, where the
     one-shot start would run on that GPU and the Trainer on the first."""
     device = resolve_device(config.device if device is None else device)
@@ -207,36 +215,85 @@ def quantization_aware_training(model: nn.Module, tokenizer, config: QATConfig, 
     return train_on_grid(model, teacher, tokenizer, config, ids, start, device, progress=progress)
 
 
-def start_on_grid(model: nn.Module, config: QATConfig, train: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """The one-shot solution (config.start, calibrated on `train`) written into `model`; its scales per layer."""
-    _, params = quantize_layers(model, config.start_config(), train, device=device)
-    return {name: scale for name, (scale, _) in params.items()}
+class GridStart(Protocol):
+    """Where train_on_grid starts: the grids it installs in the model to train, and snaps back at the end."""
+
+    def install(self, model: nn.Module, config) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Make `model` compute through trainable grids (in place); (their latent weights, their scales)."""
+
+    def snap(self, model: nn.Module) -> dict:
+        """`model` back to plain modules holding the trained grids' values; what is stored of each grid."""
 
 
-def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: QATConfig, ids: torch.Tensor,
-                  start: dict[str, torch.Tensor], device, *, progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[dict, dict]:
-    """QAT from `start_on_grid`'s solution in `model` against the float `teacher`; see
-    quantization_aware_training."""
-    held = config.held_out_count(len(ids))
-    held_out, train = ids[:held], ids[held:]
-    grid_layers = {}
-    for name, scale in start.items():
-        grid_layers[name] = GridLinear(model.get_submodule(name), scale, config.bits)
-        grid_layers[name].scale.requires_grad_(config.learn_scales)
-        _swap(model, name, grid_layers[name])
-    # Written at q8_0 by the export, the embedding and output matrices are not trained.
-    embeddings = {id(e.weight): e.weight for e in (model.get_input_embeddings(), model.get_output_embeddings())
-                  if e is not None}
-    trainable = {key: weight.requires_grad for key, weight in embeddings.items()}
-    for weight in embeddings.values():
-        weight.requires_grad_(False)
+@dataclass
+class LayerScales:
+    """start_on_grid's solution, its layers' weights on q4_0's grid in the model: each layer's block scales."""
+
+    scales: dict[str, torch.Tensor]
+    bits: int = 4
+    _layers: dict[str, GridLinear] = field(default_factory=dict, init=False, repr=False)
+    _edges: list = field(default_factory=list, init=False, repr=False)
+
+    def install(self, model: nn.Module, config: QATConfig) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Each layer swapped for a GridLinear; the embedding and output matrices, written at q8_0 by the export,
+        not trained (at those q8_0 values with `config.edges_at_q8_0`)."""
+        self._layers = {name: GridLinear(model.get_submodule(name), scale, self.bits)
+                        for name, scale in self.scales.items()}
+        for name, layer in self._layers.items():
+            _swap(model, name, layer)
+        self._edges = hold_edges(model)
         if config.edges_at_q8_0:
             with torch.no_grad():
-                weight.copy_(q8_0_values(weight))
+                for weight, _ in self._edges:
+                    weight.copy_(q8_0_values(weight))
+        return [layer.weight for layer in self._layers.values()], [layer.scale for layer in self._layers.values()]
 
-    callbacks = [ScalesFirst([layer.weight for layer in grid_layers.values()], config.scale_steps)
-                 ] if config.scale_steps else []
+    def snap(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Plain Linears at codes x float16 scale; per layer (scale, zero point), for the compressed-tensors
+        writer."""
+        trained = {}
+        for name, layer in self._layers.items():
+            linear, scale = layer.snapped()
+            _swap(model, name, linear)
+            trained[name] = (scale, torch.zeros_like(scale))
+        release_edges(self._edges)
+        return trained
+
+
+def hold_edges(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+    """Hold (no gradient) the embedding and output matrices no grid trains (none parametrized by one);
+    each with whether it trained before, for release_edges."""
+    modules = (model.get_input_embeddings(), model.get_output_embeddings())
+    weights = {id(module.weight): module.weight for module in modules
+               if module is not None and not parametrize.is_parametrized(module, "weight")}
+    held = [(weight, weight.requires_grad) for weight in weights.values()]
+    for weight, _ in held:
+        weight.requires_grad_(False)
+    return held
+
+
+def release_edges(held: list[tuple[nn.Parameter, bool]]) -> None:
+    for weight, trainable in held:
+        weight.requires_grad_(trainable)
+
+
+def start_on_grid(model: nn.Module, config: QATConfig, train: torch.Tensor, device) -> LayerScales:
+    """The one-shot solution (config.start, calibrated on `train`) written into `model`; its scales per layer."""
+    _, params = quantize_layers(model, config.start_config(), train, device=device)
+    return LayerScales({name: scale for name, (scale, _) in params.items()}, config.bits)
+
+
+def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: GridTraining, ids: torch.Tensor,
+                  start: GridStart, device, *, progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[dict, dict]:
+    """QAT from `start` (start_on_grid's solution, or plan_qat's) in `model` against the float `teacher`; see
+    quantization_aware_training. Returns (metrics, `start.snap`'s stored grids)."""
+    held = config.held_out_count(len(ids))
+    held_out, train = ids[:held], ids[held:]
+    weights, scales = start.install(model, config)
+    for scale in scales:
+        scale.requires_grad_(config.learn_scales)
+    callbacks = [ScalesFirst(weights, config.scale_steps)] if config.scale_steps else []
     report = None if progress is None else (lambda step, total, facts: progress(step, total))
     with tempfile.TemporaryDirectory(prefix="slmkit-qat-") as scratch:
         run = TrainingRun(GridTrainer, model, _arguments(config, device, scratch), train=_rows(train),
@@ -251,13 +308,7 @@ def train_on_grid(model: nn.Module, teacher: nn.Module, tokenizer, config: QATCo
         after = run.trainer.evaluate()["eval_kd_loss"]
         curve = run.curve  # read after the last evaluation: it is the curve's eval point
     model.to("cpu")
-    trained = {}
-    for name, layer in grid_layers.items():
-        linear, scale = layer.snapped()
-        _swap(model, name, linear)
-        trained[name] = (scale, torch.zeros_like(scale))
-    for key, weight in embeddings.items():
-        weight.requires_grad_(trainable[key])
+    trained = start.snap(model)
     state = run.trainer.state
     metrics = {"kl_before": before, "kl_after": after, "steps": state.global_step,
                "tokens": state.num_input_tokens_seen,
@@ -290,6 +341,12 @@ class ScalesFirst(TrainerCallback):
 class GridTrainer(DistillationTrainer):
     """QAT's trainer: DistillationTrainer with the KL alone in the loss (alpha_ce 0), so the loss curve keeps
     that part and leaves out the cross-entropy it logs beside it."""
+
+    def compute_loss(self, *args, **kwargs):
+        # A matrix a plan's grid parametrizes (plan_qat) is read through it once a pass, though read twice (an
+        # embedding tied to the output head).
+        with parametrize.cached():
+            return super().compute_loss(*args, **kwargs)
 
     logged_parts = ("kd_loss",)
 

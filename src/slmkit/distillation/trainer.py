@@ -8,7 +8,13 @@ divergence (distill.losses), logged apart as `kd_loss` and `ce_loss`.
 
 With a teacher cache (distill.cache) the teacher's top-k comes from the cache, built before the first step
 over the training and evaluation rows (by the main process; the others wait), and the teacher is not run
-during training at all.
+during training at all. With a teacher memory (`teacher_memory_bytes`, distill.cache.TeacherMemory) its full
+distributions are computed once over the same rows and kept in memory, when they fit: what a run that reads
+few rows many times (QAT) asks for, the objective unchanged.
+
+`autocast`: the student's training forward pass (so its backward) runs under autocast to that dtype (bfloat16
+where the hardware computes it natively); the weights, their gradients, the optimizer, the loss and evaluation
+stay float32.
 
 Hidden-state and attention losses (distill.intermediate) are added to that, each with its weight, and logged
 as `hidden_loss` and `attention_loss`. With on-policy batches (distill.on_policy, GKD) a drawn share of the
@@ -27,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from slmkit.distillation.cache import ROW_KEY, TeacherCache, WithRowIndex, cache_key
+from slmkit.distillation.cache import ROW_KEY, TeacherCache, TeacherMemory, WithRowIndex, cache_key
 from slmkit.distillation.intermediate import LayerPairs, attention_loss, hidden_loss, projections
 from slmkit.distillation.losses import compared, distillation_loss
 from slmkit.distillation.on_policy import answer_seeds, draws_on_policy, on_policy_batch
@@ -92,7 +98,8 @@ class DistillationTrainer(SlmTrainer):
 
     def __init__(self, *args, teacher, loss: str, temperature: float, alpha_ce: float, beta: float,
                  cache: CacheSettings | None = None, internals: Internals | None = None,
-                 on_policy: OnPolicy | None = None, **kwargs):
+                 on_policy: OnPolicy | None = None, teacher_memory_bytes: int = 0,
+                 autocast: torch.dtype | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.kd = {"loss": loss, "temperature": temperature, "beta": beta}
@@ -101,7 +108,12 @@ class DistillationTrainer(SlmTrainer):
         self.model_accepts_loss_kwargs = False
         self._parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}  # training batches since the last log
         self._eval_parts: dict[str, list[float]] = {name: [] for name in LOSS_PARTS}  # this evaluation's batches
+        if teacher_memory_bytes and (cache is not None or internals is not None or on_policy is not None):
+            raise SlmError("the teacher memory holds the teacher's output distributions over the data: a teacher "
+                           "cache, hidden-state and attention losses and on-policy batches each need it otherwise")
         self.cache = self._open_cache(cache, temperature) if cache is not None else None
+        self.memory = self._remember_teacher(teacher_memory_bytes) if teacher_memory_bytes else None
+        self.autocast = autocast
         self.internals = internals
         self.on_policy = on_policy
         self._micro_batch = (-1, 0)  # (step, micro-batches drawn in it): what on-policy draws are seeded by
@@ -128,15 +140,30 @@ class DistillationTrainer(SlmTrainer):
             cache.build(self.teacher, rows, self.data_collator, self.args.device)
         self.accelerator.wait_for_everyone()
         self.teacher.to("cpu")  # not run again: the cache answers for it
+        self._index_rows(train, held_out)
+        return cache
+
+    def _remember_teacher(self, max_bytes: int) -> TeacherMemory | None:
+        train, held_out = list(self.train_dataset), list(self.eval_dataset or [])
+        self.teacher.to(self.args.device)
+        memory = TeacherMemory.build(self.teacher, train + held_out, self.data_collator, self.args.device, max_bytes,
+                                     self.args.per_device_eval_batch_size)
+        if memory is not None:
+            self.teacher.to("cpu")  # not run again: the memory answers for it
+            self._index_rows(train, held_out)
+        return memory
+
+    def _index_rows(self, train: list[dict], held_out: list[dict]) -> None:
+        """Each row carries its index in train + held_out to the batch (ROW_KEY), where the cache is read."""
         self.train_dataset = [{**row, ROW_KEY: index} for index, row in enumerate(train)]
         self.eval_dataset = [{**row, ROW_KEY: len(train) + index} for index, row in enumerate(held_out)]
         self.data_collator = WithRowIndex(self.data_collator)
-        return cache
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cached_rows = inputs.pop(ROW_KEY, None)
         wanted = self._wanted_outputs()
-        outputs = model(**inputs, **wanted)
+        with torch.autocast(self.args.device.type, self.autocast, enabled=model.training and bool(self.autocast)):
+            outputs = model(**inputs, **wanted)
         student_rows = compared(outputs.logits, inputs.get("labels"))
         teacher = None
         if self.cache is not None:
@@ -144,6 +171,8 @@ class DistillationTrainer(SlmTrainer):
             if len(teacher_rows.ids) != len(student_rows):
                 raise SlmError(f"the teacher cache {self.cache.directory} holds {len(teacher_rows.ids)} positions "
                                f"for this batch and it has {len(student_rows)}; remove that directory to rebuild it")
+        elif self.memory is not None:
+            teacher_rows = self.memory.lookup(cached_rows.tolist(), outputs.logits.device)
         else:
             teacher = self._teacher_outputs(inputs, outputs.logits.device, wanted)
             teacher_rows = compared(teacher.logits, inputs.get("labels"))

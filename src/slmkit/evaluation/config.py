@@ -53,7 +53,7 @@ class EvalSettings(EvalConfig, RuntimeSettings, OpenSettings):
 
     # A recipe's eval stage chooses its own file (held-back rows, the run's --data, a built-in text).
     data: Path = setting(".txt, .jsonl (text/ARC/HellaSwag/LAMBADA) or .tsv/.csv", flag="--data", recipe=False)
-    # A recipe's eval stage compares each model with the run's original itself.
+    # On a text, a recipe's eval stage compares every model but the original with the run's original itself.
     reference: str | None = setting("A model to compare with on the text (the original of a compressed one): KL "
                                     "divergence of the next-token distributions (mean, median, p99), top-1 "
                                     "agreement and the perplexity ratio, as llama-perplexity --kl-divergence "

@@ -2,10 +2,12 @@
 
 What a person choosing a model needs, measured: the original against every
 model a stage made (parameters, bytes on disk, peak RAM, prefill/decode speed,
-time to first token, perplexity, task accuracies, each with its change from
-the original), plots (quality against size with the Pareto front, decode
-speed per model, per-layer sparsity or quantization error), sample answers of
-the original and the final model, and the command that runs each artefact.
+time to first token, perplexity, KL divergence from the original and top-1
+agreement with it, task accuracies, each with its change from the original),
+each GGUF plan's types and predicted KL beside the KL measured, plots (quality
+against size with the Pareto front, decode speed per model, per-layer sparsity
+or quantization error), sample answers of the original and the final model,
+and the command that runs each artefact.
 This module computes them; the layout is in templates/report.md.j2 and report.html.j2.
 """
 
@@ -32,8 +34,13 @@ COLUMNS = [
     ("decode_tokens_per_s", "decode", "tok/s", True, "{:.1f}"),
     ("time_to_first_token_s", "first token", "s", False, "{:.3f}"),
     ("token_perplexity", "perplexity", "", False, "{:.3f}"),
+    ("kl_mean", "KL to original", "nats", False, "{:.3g}"),  # a near-lossless file's is 1e-4 or less
+    ("top1_agreement", "top-1 agreement", "%", True, "{:.1f}"),
 ]
 ACCURACY_KEYS = ("acc", "acc_norm", "accuracy", "macro_f1")
+PERCENT_KEYS = (*ACCURACY_KEYS, "top1_agreement")  # shares, shown as percentages
+EVAL_KEYS = ("token_perplexity", "kl_mean", "top1_agreement", *ACCURACY_KEYS)  # what the table takes from eval
+PLAN_BUDGETS = ("size", "bpw", "max_kl")  # a GGUF plan's budget, one of them, in its stage's result
 MEGABYTE_KEYS = ("bytes_on_disk", "peak_rss_bytes")
 
 
@@ -47,6 +54,7 @@ class ModelRow:
     values: dict = field(default_factory=dict)
     variant_of: str | None = None  # the label of the model this row measured again, run another way
     compiled: bool = False  # its decode step was compiled when benched
+    plan: dict | None = None  # the GGUF plan it holds: its totals, budget and "stage", the stage that made it
 
     @property
     def name(self) -> str:
@@ -92,6 +100,7 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
     """One row per model of the run and way it ran (backend and torch weights), filled from every measuring
     stage (later ones win): a model benched in float32 and again on int8 gets a row for each."""
     rows = {"original": ModelRow(run_label, "original", "original", state["model"])}
+    newest = rows["original"]  # the model the next model-making stage starts from
     for name, record in state["stages"].items():
         if record.get("status") != "done":
             continue
@@ -110,12 +119,13 @@ def collect_rows(directory: Path, state: dict, run_label: str) -> list[ModelRow]
                                        ("parameters", "bytes_on_disk", "peak_rss_bytes", "prefill_tokens_per_s",
                                         "decode_tokens_per_s", "time_to_first_token_s")})
                 else:
-                    row.values.update({key: value for key, value in result.items()
-                                       if key == "token_perplexity" or key in ACCURACY_KEYS})
+                    row.values.update({key: value for key, value in result.items() if key in EVAL_KEYS})
         elif makes_model(record["stage"]):
             path = directory / record["output"]
-            rows[name] = ModelRow(run_label, name, record["stage"], str(path))
+            rows[name] = ModelRow(run_label, name, record["stage"], str(path),
+                                  plan=_plan_of(name, record, path, newest))
             rows[name].values.setdefault("bytes_on_disk", _bytes_on_disk(path))
+            newest = rows[name]
     original = rows["original"]
     if original.values.get("bytes_on_disk") is None:  # not benched: an alias's files, if they are here
         found = local_path(original.path)
@@ -135,8 +145,23 @@ def _variant_row(rows: dict[str, ModelRow], base: ModelRow, runtime: str) -> Mod
     """The row of `base`'s model measured on `runtime` ("gptq-w8 (torch int8)"), made on first use."""
     label = f"{base.label} ({runtime})"
     if label not in rows:
-        rows[label] = ModelRow(base.run, label, base.stage, base.path, runtime, variant_of=base.label)
+        rows[label] = ModelRow(base.run, label, base.stage, base.path, runtime, variant_of=base.label,
+                               plan=base.plan)
     return rows[label]
+
+
+def _plan_of(name: str, record: dict, path: Path, source: ModelRow) -> dict | None:
+    """The GGUF plan a stage's model holds: a planned checkpoint's own (the totals its gguf-plan.json records: the
+    file's bytes, the predicted KL, the count of each type; the budget from its stage's result), or, for a GGUF
+    written as a plan says, the plan of `source`, the checkpoint it was exported from."""
+    from slmkit.compress.gguf_plan import PLAN_FILE, read_plan_summary  # torch: kept out of CLI start-up
+
+    result = record.get("result") or {}
+    if record["stage"] == "export":
+        return source.plan if result.get("quant") == "plan" else None
+    if not (path / PLAN_FILE).is_file():
+        return None
+    return {**read_plan_summary(path), **{key: result.get(key) for key in PLAN_BUDGETS}, "stage": name}
 
 
 def _runtime(result: dict) -> str | None:
@@ -156,7 +181,7 @@ def _format(key: str, value) -> str:
     if key in MEGABYTE_KEYS:
         value = value / 1e6
     spec = next((c[4] for c in COLUMNS if c[0] == key), "{:.2f}")
-    return spec.format(value * 100 if key in ACCURACY_KEYS else value)
+    return spec.format(value * 100 if key in PERCENT_KEYS else value)
 
 
 def _change(value, reference) -> str:
@@ -187,8 +212,42 @@ def _table(rows: list[ModelRow]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def _plans(rows: list[ModelRow]) -> list[tuple[str, str]]:
+    """(model, its GGUF plan in a line) for each model made from a plan and compared with the original (for a
+    plan none of whose models was, its checkpoint): the budget, the type counts, the GGUF file's size, and the KL
+    the plan predicted beside the KL the eval stage measured."""
+    planned = [row for row in rows if row.plan]
+    measured_plans = {(row.run, row.plan["stage"]) for row in planned if row.values.get("kl_mean") is not None}
+    shown = [row for row in planned if row.values.get("kl_mean") is not None
+             or ((row.run, row.plan["stage"]) not in measured_plans and row.label == row.plan["stage"])]
+    found = []
+    for row in shown:
+        plan = row.plan
+        made_by = "its plan" if plan["stage"] == row.label else f"the plan of {plan['stage']}"
+        types = ", ".join(f"{count} {type_name}" for type_name, count in plan["types"].items())
+        measured = row.values.get("kl_mean")
+        measured_text = "not measured" if measured is None else _format("kl_mean", measured)
+        if row.values.get("top1_agreement") is not None:
+            measured_text += f" (top-1 agreement {_format('top1_agreement', row.values['top1_agreement'])}%)"
+        budget = f" ({_budget(plan)})" if any(plan.get(key) for key in PLAN_BUDGETS) else ""
+        found.append((row.name, f"{made_by}{budget}: {types}; GGUF file "
+                                f"{_format('bytes_on_disk', plan['file_bytes'])} MB; predicted KL "
+                                f"{_format('kl_mean', plan['predicted_kl'])}, measured KL {measured_text}"))
+    return found
+
+
+def _budget(plan: dict) -> str:
+    """The one budget a plan was made under (GGUFPlanConfig: size, bpw or max_kl)."""
+    if plan.get("size"):
+        return f"size {_format('bytes_on_disk', plan['size'])} MB"
+    if plan.get("bpw"):
+        return f"{plan['bpw']} bits per weight"
+    return f"max KL {plan['max_kl']}"
+
+
 def headline(rows: list[ModelRow]) -> dict:
-    """Original vs the final model of the first run: size ratio, decode speed ratio, perplexity change."""
+    """Original vs the final model of the first run: size ratio, decode speed ratio, perplexity change, and the
+    final model's KL divergence from the original."""
     first_run = [r for r in rows if r.run == rows[0].run]
     original = first_run[0]
     measured = [r for r in first_run[1:] if r.values.get("token_perplexity") is not None
@@ -205,7 +264,8 @@ def headline(rows: list[ModelRow]) -> dict:
     return {"original": original.name, "final": final.name, "size_ratio": ratio("bytes_on_disk"),
             "decode_speed_ratio": speed,
             "perplexity_change_percent": 100 * (ppl_b / ppl_a - 1) if ppl_a and ppl_b else None,
-            "original_perplexity": ppl_a, "final_perplexity": ppl_b}
+            "original_perplexity": ppl_a, "final_perplexity": ppl_b,
+            "final_kl": final.values.get("kl_mean")}
 
 
 def _headline_text(numbers: dict) -> str:
@@ -217,6 +277,8 @@ def _headline_text(numbers: dict) -> str:
     if numbers["perplexity_change_percent"] is not None:
         parts.append(f"perplexity {numbers['original_perplexity']:.3f} -> {numbers['final_perplexity']:.3f} "
                      f"({numbers['perplexity_change_percent']:+.1f}%)")
+    if numbers["final_kl"] is not None:
+        parts.append(f"KL {_format('kl_mean', numbers['final_kl'])} nats per token from the original")
     return f"{numbers['final']} vs {numbers['original']}: " + (", ".join(parts) if parts else "not measured")
 
 
@@ -385,8 +447,8 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[Pat
              "evaluated_on": _evaluated_on(state), "finished": state.get("finished") or "no (stopped early)"}
             for directory, state in states]
     context = {"title": title, "runs": runs, "headline": _headline_text(numbers), "header": header, "cells": cells,
-               "samples": samples, "final": samples[0]["final"] if samples else None, "commands": commands,
-               "stage_times": stage_times}
+               "plans": _plans(rows), "samples": samples, "final": samples[0]["final"] if samples else None,
+               "commands": commands, "stage_times": stage_times}
     markdown = _render("report.md.j2", **context, plots=list(plots))
     page = _render("report.html.j2", **context,
                    plots={name: base64.b64encode(png).decode() for name, png in plots.items()})

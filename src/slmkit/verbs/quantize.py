@@ -1,6 +1,6 @@
-"""`quantize`: weight-only integer quantization (RTN, GPTQ, AWQ), or QAT (trained onto q4_0's grid against the
-float model). One settings class for `slm quantize`, the `quantize` and `qat` recipe stages and `slmkit.quantize`'s
-method config."""
+"""`quantize`: weight-only integer quantization (RTN, GPTQ, AWQ), or QAT (trained onto q4_0's grid, or a GGUF
+plan's grids, against the float model). One settings class for `slm quantize`, the `quantize` and `qat` recipe
+stages and `slmkit.quantize`'s method config."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
     """How to quantize: `method` on a grid of `bits` and `group_size` (or a GGUF `target`'s); QAT's training."""
 
     method: str = setting("rtn | gptq | awq | qat (trained on the grid against the float model; needs --target "
-                          "gguf-q4_0)", "gptq")
+                          f"gguf-q4_0, or {PLANNED_TARGET}: a plan's grids, or without a budget the checkpoint's own "
+                          "plan's)", "gptq")
     # None: the method's (or the target's) own value, resolved by compress.quantize.resolve_grid.
     bits: int | None = setting("4 or 8 [default: 4].", None)
     group_size: int | None = setting("Input columns per scale; 0 = one scale per row. Must divide every layer's "
@@ -96,9 +97,9 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         if self.target == PLANNED_TARGET:
             from slmkit.compress.gguf_quantize import GGUFPlanConfig
 
-            return GGUFPlanConfig(self.method, size=None if self.size is None else parse_size(self.size),
-                                  bpw=self.bpw, max_kl=self.max_kl,
-                                  imatrix_out=None if self.imatrix_out is None else str(self.imatrix_out))
+            budget = dict(size=None if self.size is None else parse_size(self.size), bpw=self.bpw,
+                          max_kl=self.max_kl, imatrix_out=None if self.imatrix_out is None else str(self.imatrix_out))
+            return self._trained_plan(budget) if self.method == "qat" else GGUFPlanConfig(self.method, **budget)
         if self.method == "qat":
             from slmkit.distillation.qat import qat_config
 
@@ -114,6 +115,27 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
             from slmkit.compress.formats import check_compressed_tensors
 
             check_compressed_tensors(config)
+        return config
+
+    def _trained_plan(self, budget: dict):
+        """--method qat --target gguf: a plan made under the budget, from the --start method's solution, or without
+        a budget the checkpoint's own plan; then trained."""
+        from slmkit.compress.gguf_quantize import GGUFPlanConfig
+        from slmkit.distillation.plan_qat import PlanQATConfig
+        from slmkit.distillation.qat import START_METHODS
+
+        if self.start is not None and self.start not in START_METHODS:
+            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        plan = None
+        if any(budget[name] is not None for name in ("size", "bpw", "max_kl")):
+            plan = GGUFPlanConfig(self.start or "gptq", **budget)
+        elif self.start is not None or self.imatrix_out is not None:
+            raise SlmError(f"--method qat --target {PLANNED_TARGET} without --size, --bpw or --max-kl trains the "
+                           "checkpoint's own plan; --start and --imatrix-out make a new one: give its budget")
+        training = {name: getattr(self, name) for name in ("steps", "lr", "batch_size") if getattr(self, name)
+                    is not None}
+        config = PlanQATConfig(plan=plan, **training, device=self.device)
+        config.held_out_count(config.calibration_shape[0] if self.calib_samples is None else self.calib_samples)
         return config
 
 
@@ -134,9 +156,14 @@ def run(settings: QuantizeSettings, model: str, out: Path, *, progress: Progress
     from slmkit.verbs.compress import compress  # torch: kept out of CLI start-up
 
     config = settings.method_config()
+    if settings.method == "qat" and settings.target == PLANNED_TARGET and config.plan is None:
+        from slmkit.distillation.plan_qat import own_plan
+
+        own_plan(local_path(model), model)  # the plan it trains: there, before the slow load
     if settings.imatrix_out is not None:
         check_imatrix_out(settings.imatrix_out, force, reads=[local_path(model), settings.calib])
-    description = ("QAT on q4_0's grid, step" if settings.method == "qat"
+    description = ("QAT on a GGUF plan's grids, step" if settings.method == "qat" and settings.target == PLANNED_TARGET
+                   else "QAT on q4_0's grid, step" if settings.method == "qat"
                    else f"{settings.method} on a GGUF plan, block" if settings.target == PLANNED_TARGET
                    else f"{settings.method} w{config.bits} quantization, block")
     return compress(settings, model, out, config, progress=progress, force=force, data=data,

@@ -1,4 +1,6 @@
-"""The `eval` stage: perplexity (or another task) of the original and the models made so far."""
+"""The `eval` stage: perplexity (or another task) of the original and the models made so far. On a text (the
+perplexity task) every model but the original is also compared with the original, each on its own runtime: KL
+divergence of the next-token distributions, top-1 agreement and the perplexity ratio (`slm eval --reference`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from slmkit.data import infer_task
 from slmkit.evaluation.config import EvalConfig
 from slmkit.pipeline.registry import MeasureStage, RunModel, StageContext, StageKind, measure_each, one_bar, verb_stage
 from slmkit.results import StageResult
@@ -45,16 +48,20 @@ class EvalStage(verb_stage(evaluation.VERB, TorchMeasureStage, exclude={"weights
     def config(self) -> EvalConfig:
         return EvalConfig(**self.model_dump(exclude=self.not_settings, exclude_none=True))
 
-    def settings(self, data: str, model: RunModel) -> EvalSettings:
-        """The settings `model` is measured with, on `data`."""
-        return self.verb_settings(data=data, weights=self.weights_for(model))
+    def settings(self, data: str, model: RunModel, reference: str | None = None) -> EvalSettings:
+        """The settings `model` is measured with, on `data`, compared with `reference` (a model spec) if given."""
+        return self.verb_settings(data=data, weights=self.weights_for(model), reference=reference)
 
 
 def run_eval(stage: EvalStage, context: StageContext) -> StageResult:
     data = stage.data or context.newest_file("finetune", "heldout") or context.data or str(SAMPLE_TEXT)
+    original = context.models[0]  # the run's own model: StageContext.models starts with it
+    # Only a text has next-token distributions to compare; the original is reopened for each model it is compared
+    # with, on the runtime its file calls for.
+    compared = (stage.task or infer_task(data)) == "perplexity"
 
     def measure(model: RunModel, update) -> dict:
-        settings = stage.settings(data, model)
+        settings = stage.settings(data, model, original.spec if compared and model is not original else None)
         # backend "auto": a GGUF is scored by llama.cpp, the runtime it was made for.
         measured = stage.verb.run(settings, model.spec, progress=one_bar(update))
         return {**measured.summary, "backend": measured.record["backend"], "weights": settings.weights}

@@ -2,32 +2,46 @@
 on the run's --data, else the newest synth stage's answers, else text the model samples itself.
 
 The quantize stage takes them bar QAT's: RTN, GPTQ or AWQ, saved as compressed-tensors (or float values on the
-grid). The qat stage is the verb with method qat: the newest model trained onto q4_0's grid against its own float
-distributions (distill.qat), saved as compressed-tensors that `export` with quant q4_0 writes bit for bit; QATConfig's
-sequence count and length where none are given.
+grid), or a GGUF plan (target gguf). The qat stage is the verb with method qat: the newest model trained onto q4_0's
+grid against its own float distributions (distill.qat), saved as compressed-tensors that `export` with quant q4_0
+writes bit for bit; QATConfig's sequence count and length where none are given. With target gguf and a budget it
+plans first and trains every matrix on its planned grid (distill.plan_qat). After a quantize stage that made a GGUF
+plan it trains that plan, whatever its target says, against the model the plan was made from; `export` then writes
+the trained plan bit for bit.
 
     - stage: qat
       steps: 200
     - stage: export
       quant: q4_0
+
+    - stage: quantize
+      target: gguf
+      max_kl: 0.02
+    - stage: qat
+      steps: 200
+    - stage: export
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from pydantic import field_validator
 
+from slmkit.errors import SlmError
 from slmkit.models.checkpoint import read_manifest
-from slmkit.pipeline.registry import Stage, StageContext, StageKind, known_method, run_verb, verb_stage
+from slmkit.models.loading import local_path
+from slmkit.pipeline.registry import Stage, StageContext, StageKind, known_method, verb_stage
 from slmkit.results import StageResult
 from slmkit.settings import QAT_SAMPLES, QAT_SEQ_LEN
+from slmkit.targets import PLANNED_TARGET
 from slmkit.verbs import quantize
 from slmkit.verbs.quantize import GRID, QAT_ONLY, QuantizeSettings
 
 ONE_SHOT_ONLY = {"method", "act_order", "fake_quant"}
-# The one grid QAT trains on, so a recipe need not name it (the CLI asks for --target), and QATConfig's sequence
-# shape, which the stage has always written into run.json.
+# q4_0's grid, so a recipe need not name it (the CLI asks for --target; a model with a GGUF plan trains on the
+# plan's grids: run_qat), and QATConfig's sequence shape, which the stage has always written into run.json.
 QAT_DEFAULTS = {"target": "gguf-q4_0", "calib_samples": QAT_SAMPLES, "calib_seq_len": QAT_SEQ_LEN}
 
 
@@ -61,7 +75,17 @@ class QATStage(verb_stage(quantize.VERB, QuantizeSettingsStage, stage="qat",
 
 
 def run_qat(stage: QATStage, context: StageContext) -> StageResult:
-    output = run_verb(stage, context)
+    from slmkit.compress.gguf_plan import read_plan  # torch: kept out of CLI start-up
+
+    settings = stage.settings()
+    if read_plan(local_path(context.source)) is not None:  # a planned model trains on its plan's grids
+        budget = [name for name in ("size", "bpw", "max_kl") if getattr(settings, name) is not None]
+        if budget:
+            raise SlmError(f"{context.source} has a GGUF plan, which the qat stage trains as it is: drop "
+                           f"{', '.join(budget)} (a budget plans a float model)")
+        settings = dataclasses.replace(settings, target=PLANNED_TARGET)
+    output = stage.verb.run(settings, context.source, context.out, progress=context.progress,
+                            data=context.calibration_data())
     # run.json keeps the training curve for the report's plot; the command prints only the numbers.
     output.summary["loss_curve"] = read_manifest(context.out)["config"]["loss_curve"]
     return output
