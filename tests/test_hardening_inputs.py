@@ -201,3 +201,41 @@ def test_sigint_during_finetune_prints_one_line_and_writes_nothing(tmp_path, tin
     assert stderr.strip() == f"interrupted: slm finetune stopped; nothing was written to {out}"
     assert not out.exists()
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary directory
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training_at_the_step_end(tmp_path, tiny_tokenizer,
+                                                                                 monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside `__del__` (the garbage collector's finalizers, which the
+    Trainer runs for seconds under load): the run stops at the end of that step instead of training on."""
+    import os
+
+    from transformers import TrainerCallback
+
+    from conftest import tiny_model
+    from slmkit.data.training import collator
+    from slmkit.train.base import SlmTrainer, training_arguments
+    from slmkit.train.run import TrainingRun
+
+    class InterruptedWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # Python code after the signal: its handler runs here, inside the finalizer
+
+    class DropOneAtStepTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                InterruptedWhileCollected()  # collected at once, its KeyboardInterrupt swallowed
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    rows = [{"input_ids": list(range(1 + row, 17 + row))} for row in range(8)]
+    args = training_arguments(str(tmp_path / "run"), max_steps=50, per_device_train_batch_size=2, use_cpu=True,
+                              save_strategy="no", report_to=[])
+    run = TrainingRun(SlmTrainer, tiny_model("llama"), args, train=rows, held_out=rows[:2],
+                      collator=collator("text", tiny_tokenizer), tokenizer=tiny_tokenizer,
+                      callbacks=[DropOneAtStepTwo()])
+    with pytest.raises(KeyboardInterrupt):
+        run.train()
+    assert swallowed == [KeyboardInterrupt]  # the first one was lost, as Python loses it
+    assert run.trainer.state.global_step == 3  # stopped at the next step's end, not after 50
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back

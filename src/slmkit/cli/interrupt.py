@@ -45,6 +45,15 @@ class InterruptibleCommand(TyperCommand):
     """A Typer command that answers Ctrl-C with `interrupted_line` and exit status 130 (128 + SIGINT)."""
 
     def invoke(self, ctx):
+        previous_hook = sys.unraisablehook
+
+        def quiet_about_interrupts(unraisable) -> None:
+            # A Ctrl-C that landed in a finalizer is not printed as "Exception ignored in ...": the training
+            # loop raises it again (train.base.StopOnSignal) and the user is told once, below.
+            if unraisable.exc_type is not KeyboardInterrupt:
+                previous_hook(unraisable)
+
+        sys.unraisablehook = quiet_about_interrupts
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -52,3 +61,5 @@ class InterruptibleCommand(TyperCommand):
                 traceback.print_exc()
             print(interrupted_line(ctx.info_name, ctx.params), file=sys.stderr)
             raise typer.Exit(130) from None
+        finally:
+            sys.unraisablehook = previous_hook

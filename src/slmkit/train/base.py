@@ -6,6 +6,8 @@ laptop (or a node that may be pre-empted) needs.
   complete ones (the Trainer itself writes straight into `checkpoint-N`);
 - a NaN or infinite loss stops the run before the optimizer applies it, so the last checkpoint stays good;
 - SIGTERM (a scheduler's pre-emption, `kill`) finishes the current step, saves a checkpoint and stops;
+- Ctrl-C (SIGINT) raises KeyboardInterrupt at once, as Python does, and again at the end of the step if the
+  first one was lost;
 - progress (step, loss, tokens/s) goes to a callback instead of tqdm, so the CLI draws it.
 
 Resume, mixed precision, gradient accumulation and distributed training (DDP/FSDP under `torchrun` or
@@ -40,33 +42,59 @@ class TrainingError(SlmError):
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGTERM asks the run to save a checkpoint and stop at the end of the current step.
+    """SIGTERM asks the run to save a checkpoint and stop at the end of the current step; a Ctrl-C that Python
+    lost stops it there too.
 
     Under DDP every rank gets the signal but not necessarily in the same step; the flag is reduced across
     ranks so they all save and stop at the same step (a rank that stopped alone would hang the others).
+
+    Ctrl-C raises KeyboardInterrupt wherever the main thread is, and Python swallows it when that is a finalizer
+    run by the garbage collector (exceptions in `__del__` and weakref callbacks are only printed); the Trainer
+    collects garbage at the start of training, which under load takes seconds. So SIGINT is also remembered and
+    raised again at the next step's (or evaluation batch's) end. `SlmTrainer.train` installs the handlers for
+    the whole run and restores the caller's afterwards, however the run ends.
     """
 
     def __init__(self):
         self.requested = False
         self.stopped = False
-        self._previous = None
+        self.interrupted = False
+        self._previous_term = None
+        self._previous_int = None
 
     def _request(self, signum, frame) -> None:
         self.requested = True
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGTERM, self._request)
+    def _interrupt(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def install_handlers(self) -> None:
+        self.interrupted = False
+        self._previous_term = signal.signal(signal.SIGTERM, self._request)
+        # Only where Ctrl-C raises KeyboardInterrupt (the main thread, not ignored or handled by the caller).
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous_int = signal.signal(signal.SIGINT, self._interrupt)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._raise_lost_interrupt()
         if self._agreed():
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self._raise_lost_interrupt()
+
+    def restore_handlers(self) -> None:
+        for signum, previous in ((signal.SIGTERM, self._previous_term), (signal.SIGINT, self._previous_int)):
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_term = self._previous_int = None
+
+    def _raise_lost_interrupt(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def _agreed(self) -> bool:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -124,6 +152,13 @@ class SlmTrainer(Trainer):
     @property
     def stopped_by_signal(self) -> bool:
         return self._signal.stopped
+
+    def train(self, *args, **kwargs):
+        self._signal.install_handlers()  # before the Trainer's first garbage collection
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._signal.restore_handlers()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
