@@ -19,6 +19,7 @@ _CONFIGS = {"Calibration": "slmkit.compress.calibration", "CompressResult": "slm
             "SamplingConfig": "slmkit.sampling", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",
             "AWQConfig": "slmkit.compress", "QATConfig": "slmkit.distillation.qat",
+            "GGUFPlanConfig": "slmkit.compress.gguf_quantize", "PlanQATConfig": "slmkit.distillation.plan_qat",
             "StructuredConfig": "slmkit.compress.structured",
             "LoadedModel": "slmkit.models", "FinetuneConfig": "slmkit.finetuning",
             "SynthConfig": "slmkit.synthesis", "FilterConfig": "slmkit.synthesis",

@@ -111,6 +111,8 @@ class DistillationTrainer(SlmTrainer):
         if teacher_memory_bytes and (cache is not None or internals is not None or on_policy is not None):
             raise SlmError("the teacher memory holds the teacher's output distributions over the data: a teacher "
                            "cache, hidden-state and attention losses and on-policy batches each need it otherwise")
+        if autocast is not None and internals is not None:
+            raise SlmError("hidden-state and attention losses compare float32 states: train them without autocast")
         self.cache = self._open_cache(cache, temperature) if cache is not None else None
         self.memory = self._remember_teacher(teacher_memory_bytes) if teacher_memory_bytes else None
         self.autocast = autocast
