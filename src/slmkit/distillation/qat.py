@@ -123,13 +123,18 @@ class QATConfig(GridTraining, QuantConfig):
         if (self.bits, self.group_size, self.symmetric, self.float16_scales) != (4, GROUP, True, True):
             raise SlmError("--method qat trains on q4_0's grid: pass --target gguf-q4_0 (4 bits, blocks of 32, "
                            "symmetric, float16 scales)")
-        if self.start not in START_METHODS:
-            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        check_start(self.start)
         GridTraining.__post_init__(self)
 
     def start_config(self) -> QuantConfig:
         grid = dict(bits=self.bits, group_size=self.group_size, symmetric=True, float16_scales=True)
         return START_METHODS[self.start](**grid, **({"observer": self.observer} if self.start == "gptq" else {}))
+
+
+def check_start(start: str) -> None:
+    """A one-shot method QAT can start from (q4_0's grid or a plan's), or the one-line refusal naming them."""
+    if start not in START_METHODS:
+        raise SlmError(f"--start {start!r}: choose one of {', '.join(START_METHODS)}")
 
 
 def qat_config(*, bits: int | None, group_size: int | None, symmetric: bool | None, target: str | None,

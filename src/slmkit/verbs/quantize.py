@@ -122,10 +122,10 @@ class QuantizeSettings(CalibrationSettings, ComputeSettings, OpenSettings):
         a budget the checkpoint's own plan; then trained."""
         from slmkit.compress.gguf_quantize import GGUFPlanConfig
         from slmkit.distillation.plan_qat import PlanQATConfig
-        from slmkit.distillation.qat import START_METHODS
+        from slmkit.distillation.qat import check_start
 
-        if self.start is not None and self.start not in START_METHODS:
-            raise SlmError(f"--start {self.start!r}: choose one of {', '.join(START_METHODS)}")
+        if self.start is not None:
+            check_start(self.start)
         plan = None
         if any(budget[name] is not None for name in ("size", "bpw", "max_kl")):
             plan = GGUFPlanConfig(self.start or "gptq", **budget)
