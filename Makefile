@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv web browser clean
 
 venv: $(STAMP)
 
@@ -25,20 +25,31 @@ $(STAMP): pyproject.toml
 
 SLM := $(BIN)/slm
 
+# The browser runtimes `slm export --format web` copies into its folders (llama.cpp in WebAssembly, transformers.js):
+# npm packages pinned with their integrity hashes by src/slmkit/web/package-lock.json. --ignore-scripts: nothing
+# runs at install (the packages ship built files; onnxruntime-node's download script is not needed).
+WEB := src/slmkit/web
+WEB_STAMP := $(WEB)/node_modules/.package-lock.json
+
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): $(WEB)/package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --prefix $(WEB)
+
 # The main job: the default recipe on the default model with no data (data-free calibration),
 # ending with the report, the GGUF and the command that chats with it. Run again, it resumes.
-demo: $(STAMP)
+demo: $(STAMP) $(WEB_STAMP)
 	$(SLM) run recipes/edge-chat.yaml --out runs/edge-chat
 
-# The HTML report test opens the report in headless Chromium (Debian's package); without it
-# (not root, no apt) that one test is skipped.
+# The report and page tests open pages in headless Chromium (Debian's package); without it
+# (not root, no apt) those tests are skipped.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
-		echo "note: chromium not installed; the HTML report browser test will be skipped"
+		echo "note: chromium not installed; the browser tests will be skipped"
 
-test: $(STAMP) browser
+test: $(STAMP) $(WEB_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(WEB)/node_modules

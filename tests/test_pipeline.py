@@ -15,6 +15,7 @@ from slmkit.models.checkpoint import read_manifest
 from slmkit.pipeline.recipe import load_recipe, parse_recipe
 from slmkit.pipeline.run import run_recipe
 
+from chromium import CHROMIUM
 from conftest import run_slm
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -272,11 +273,7 @@ def test_report_escapes_prompts_and_answers_in_html_and_keeps_markdown_rows(tmp_
     assert "## Sample answers" in lines and "- eval (eval): 1.0 s" in lines
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian package chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
 def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp_path):
     recipe = parse_recipe(two_stage_recipe(sample_text), "tiny.yaml")
     run_dir = run_recipe(recipe, recipe_path="tiny.yaml", model=str(tiny_llama_dir), out=tmp_path / "run")
@@ -284,7 +281,7 @@ def test_html_report_opens_in_headless_chromium(tiny_llama_dir, sample_text, tmp
 
     _, html_path = write_report([run_dir])
     # Chromium prints the DOM after the page has loaded and reports console messages on stderr.
-    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
                              "--v=0", "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout

@@ -3,62 +3,14 @@ the answer stream in, stop a reply."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-import shutil
-import subprocess
 import time
 
-import httpx2 as httpx
 import pytest
+from chromium import CHROMIUM, Page
 
 from test_serve import slow_lm, start, wait_until  # noqa: F401  (slow_lm is a fixture)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)")
-
-
-class Page:
-    """One tab, evaluated in with Runtime.evaluate."""
-
-    def __init__(self, url: str, profile):
-        from websockets.sync.client import connect
-
-        self.browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                                         "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
-                                        stderr=subprocess.PIPE, text=True)
-        for line in self.browser.stderr:
-            found = re.search(r"DevTools listening on ws://([^/]+)/", line)
-            if found:
-                break
-        else:
-            raise RuntimeError("Chromium did not start its DevTools endpoint")
-        tabs = httpx.get(f"http://{found.group(1)}/json/list").json()
-        self.stack = contextlib.ExitStack()
-        self.socket = self.stack.enter_context(connect(next(tab for tab in tabs if tab["type"] == "page")
-                                                       ["webSocketDebuggerUrl"], max_size=None))
-        self.calls = 0
-
-    def run(self, expression: str):
-        self.calls += 1
-        self.socket.send(json.dumps({"id": self.calls, "method": "Runtime.evaluate",
-                                     "params": {"expression": expression, "returnByValue": True}}))
-        while True:
-            reply = json.loads(self.socket.recv())
-            if reply.get("id") == self.calls:
-                return reply["result"]["result"].get("value")
-
-    def wait(self, expression: str, seconds: float = 20):
-        deadline = time.monotonic() + seconds
-        while not self.run(expression):
-            assert time.monotonic() < deadline, f"page never showed: {expression}"
-            time.sleep(0.05)
-
-    def close(self):
-        self.stack.close()
-        self.browser.kill()
-        self.browser.wait()
 
 
 def test_the_page_streams_an_answer_keeps_the_conversation_and_stops_a_reply(slow_lm, tmp_path):  # noqa: F811

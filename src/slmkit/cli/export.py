@@ -1,4 +1,4 @@
-"""`slm export MODEL --format gguf|onnx --out PATH`: a file local runtimes run."""
+"""`slm export MODEL --format gguf|onnx|web --out PATH`: a file local runtimes run, or a page a browser runs."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from slmkit.verbs.export import ExportSettings
 def export_command(
     config: ExportSettings,
     model: ModelArg = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", help="What to write: FILE.gguf, or a directory for onnx.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="FILE.gguf, or a directory (onnx, web).")] = ...,
     *, force: bool, json_output: bool,
 ) -> None:
-    """Export a model for llama.cpp / Ollama / LM Studio (GGUF, with an Ollama Modelfile beside it)
-    or for onnxruntime (ONNX: encoders and sequence classifiers, float32).
+    """Export a model for llama.cpp / Ollama / LM Studio (GGUF, with an Ollama Modelfile beside it),
+    for onnxruntime (ONNX: encoders and sequence classifiers, float32), or as a web page that runs it in
+    the visitor's browser (web: a decoder's GGUF on llama.cpp in WebAssembly, an encoder's ONNX on
+    transformers.js; nothing leaves the page's origin, and a second visit runs offline).
 
     A checkpoint from `slm quantize --target gguf-q4_0` (or gguf-q8_0) exported with the matching
     --quant keeps its calibrated GPTQ/AWQ values exactly, and a checkpoint with a GGUF plan (`slm quantize
@@ -38,13 +40,18 @@ def export_command(
       slm export planned --out smollm2-planned.gguf            # the plan's types, values kept exactly
       slm export ./my-classifier --format onnx --out my-classifier-onnx
       slm eval my-classifier-onnx --data dev.tsv   # run by onnxruntime
+      slm export smollm2-planned.gguf --format web --out chat-web   # the .gguf as it is
+      slm serve --static chat-web                                # open http://127.0.0.1:8000/
+    In the page, `await slm.ready`, then `slm.chat(messages, {max_tokens, temperature, onToken})`,
+    `slm.complete(prompt, options)`, `slm.classify(text)` or `slm.embed(text)`.
     """
     result = {"model": model, "out": str(out), **export.run(config, model, out, progress=progress_bar,
                                                              force=force).summary}
     if json_output:
         print_json(result)
         return
-    print_table(f"{model} → {out.name}", {**result, "bytes": human_bytes(result["bytes"])})
+    print_table(f"{model} → {out.name}", {**result, **{key: human_bytes(result[key]) for key in
+                                                      ("bytes", "model_bytes", "runtime_bytes") if key in result}})
     if result.get("calibrated_requantized_layers"):
         typer.echo(f"note: {result['calibrated_requantized_layers']} calibrated layers are not on the {config.quant} "
                    f"grid and were re-rounded; quantize with --target gguf-{config.quant} to keep them exactly",

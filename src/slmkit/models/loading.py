@@ -68,6 +68,29 @@ class LoadedModel:
         return {token for token in stops if token is not None}
 
 
+WEB_MANIFEST = "slm-web.json"  # what marks a folder from `slm export --format web`
+
+
+def web_folder_model(spec: str) -> str:
+    """A folder from `slm export --format web` stands for the model its page runs (the .gguf file, or the ONNX
+    directory), which slm's runtimes run natively; any other spec is itself."""
+    path = Path(spec).expanduser()
+    if not (path / WEB_MANIFEST).is_file():
+        return spec
+    try:
+        files = json.loads((path / WEB_MANIFEST).read_text())["model_files"]
+        paths = [file["path"] for file in files]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{path / WEB_MANIFEST}: not a web export's manifest (no model_files list)") from None
+    if len(paths) > 1 and paths[0].endswith(".gguf"):
+        raise ModelLoadError(f"{spec}: its GGUF is split into {len(paths)} files for the browser; run the .gguf it "
+                             "was exported from")
+    model = (path / paths[0]).resolve() if paths else None
+    if model is None or path.resolve() not in model.parents:
+        raise ModelLoadError(f"{path / WEB_MANIFEST}: model_files should name a file inside the folder")
+    return str(model if model.suffix == ".gguf" else model.parent)
+
+
 def is_onnx(spec: str | Path) -> bool:
     """A .onnx file, or a directory with model.onnx in it."""
     path = Path(spec).expanduser()

@@ -7,7 +7,7 @@ import slmkit.runtime.onnx  # noqa: F401  (an ONNX export: nothing else reads it
 import slmkit.runtime.llamacpp  # noqa: F401  (a .gguf file, when llama-cpp-python is installed)
 import slmkit.runtime.torch_backend  # noqa: F401  (everything else)
 from slmkit.errors import SlmError
-from slmkit.models.loading import LoadedModel
+from slmkit.models.loading import LoadedModel, web_folder_model
 from slmkit.runtime.interface import BACKENDS, Model, OpenOptions
 from slmkit.runtime.torch_backend import TorchModel
 
@@ -16,6 +16,7 @@ def choose_backend(spec: str, backend: str = "auto") -> str:
     """The runtime that runs `spec`: `backend` itself when it can, or the first whose files `spec` is for."""
     if backend != "auto" and backend not in BACKENDS:
         raise SlmError(f"unknown --backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
+    spec = web_folder_model(spec)
     if backend == "auto":
         return next(name for name, runtime in BACKENDS.items() if runtime.preferred(spec))
     if not BACKENDS[backend].handles(spec):
@@ -27,12 +28,13 @@ def open_model(spec: str, *, backend: str = "auto", **options) -> Model:
     """A model ready to run: scoring, generation, embeddings, bench steps (`runtime.interface.Model`).
 
     `backend`: auto | torch | llamacpp | onnx; auto runs a .gguf file with llama.cpp when llama-cpp-python
-    is installed, an ONNX export with onnxruntime and everything else with torch. `options`: the fields of
+    is installed, an ONNX export with onnxruntime and everything else with torch; a web export runs the model its
+    page runs. `options`: the fields of
     `runtime.interface.OpenOptions` (device, dtype, weights, compile_decode, n_ctx, logits_all, kind, ...).
     Example: `lm = open_model("smollm2-135m-instruct", weights="int8"); lm.info()`.
     """
     chosen = choose_backend(spec, backend)
-    return BACKENDS[chosen].open(spec, OpenOptions(**options))
+    return BACKENDS[chosen].open(web_folder_model(spec), OpenOptions(**options))
 
 
 def as_runtime(lm) -> Model:

@@ -17,8 +17,8 @@ from slmkit.server.protocol import error_body
 
 OPEN_PATHS = ("/health",)  # the only route without the key: a load balancer's probe
 # The paths counted by name; anything else is counted as "other" (a scanner's paths would grow the label set).
-ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-          "/openapi.json", "/docs")
+ROUTES = ("/", "/chat.css", "/chat.js", "/health", "/metrics", "/v1/models", "/v1/chat/completions",
+          "/v1/completions", "/v1/embeddings", "/openapi.json", "/docs")
 
 
 class Metrics:

@@ -32,3 +32,13 @@ async def models(request: Request):
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page():
     return HTMLResponse(files("slmkit.server").joinpath("page.html").read_text())
+
+
+@router.get("/chat.css", include_in_schema=False)
+async def page_style():
+    return Response(files("slmkit.server").joinpath("chat.css").read_text(), media_type="text/css")
+
+
+@router.get("/chat.js", include_in_schema=False)
+async def page_script():
+    return Response(files("slmkit.server").joinpath("chat.js").read_text(), media_type="text/javascript")

@@ -1,4 +1,5 @@
-"""The `export` stage: a GGUF file (with its Ollama Modelfile) or an ONNX directory."""
+"""The `export` stage: a GGUF file (with its Ollama Modelfile), an ONNX directory, or a web folder (the stages after
+it measure the model its page runs, natively)."""
 
 from __future__ import annotations
 
@@ -38,13 +39,16 @@ class ExportStage(verb_stage(export.VERB, written_out=True, own_defaults={"quant
 
 
 def run_export(stage: ExportStage, context: StageContext) -> StageResult:
-    """ONNX: the stage's directory. GGUF: the file and its Modelfile in the stage's directory, which appears in one
-    rename."""
+    """ONNX and web: the stage's directory. GGUF: the file and its Modelfile in the stage's directory, which appears
+    in one rename."""
     settings, out = stage.settings(), context.out
     if settings.format == "onnx":
         return stage.verb.run(settings, context.source, out, progress=context.progress)
     from slmkit.compress.gguf_plan import read_plan  # torch: kept out of CLI start-up
 
+    if settings.format == "web":  # unset: a decoder's plan, else f16, as below; an encoder keeps float32
+        settings = dataclasses.replace(settings, quant=None) if settings.quant == STORED_QUANT else settings
+        return stage.verb.run(settings, context.source, out, progress=context.progress)
     if settings.quant == STORED_QUANT and read_plan(local_path(context.source)) is not None:
         settings = dataclasses.replace(settings, quant=None)  # a planned model is written as its plan says
     path = out / (f"model.{settings.quant}.gguf" if settings.quant else "model.gguf")  # no quant: the plan, or f16
