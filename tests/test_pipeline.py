@@ -72,7 +72,7 @@ def sample_text(tmp_path) -> Path:
     ("name: x\nstages:\n  - stage: export\n    format: onnx\n    quant: q8_0\n",
      "r.yaml: stages[0] (export): quant applies to format gguf"),
     ("name: x\nstages:\n  - stage: export\n    format: onnx\n  - stage: prune\n    sparsity: 0.5\n",
-     "r.yaml: stages[1] (prune): comes after an ONNX export"),
+     "r.yaml: stages[1] (prune): comes after an ONNX or ExecuTorch export"),
     ("name: x\nstages:\n  - stage: bench\n    weights: int4\n", "r.yaml: stages[0].weights: "),
 ])
 def test_recipe_validation_errors_name_file_and_key(text, message):

@@ -15,7 +15,7 @@ _VERBS = ("load", "save", "prune", "quantize", "export", "evaluate", "bench", "g
           "student", "distill")
 _CONFIGS = {"Calibration": "slmkit.compress.calibration", "CompressResult": "slmkit.api",
             "GGUFConfig": "slmkit.exporters.config", "OnnxConfig": "slmkit.exporters.config",
-            "WebConfig": "slmkit.exporters.config",
+            "WebConfig": "slmkit.exporters.config", "ExecuTorchConfig": "slmkit.exporters.config",
             "EvalConfig": "slmkit.evaluation.config", "BenchConfig": "slmkit.evaluation.config",
             "SamplingConfig": "slmkit.sampling", "MagnitudeConfig": "slmkit.compress", "WandaConfig": "slmkit.compress",
             "SparseGPTConfig": "slmkit.compress", "RTNConfig": "slmkit.compress", "GPTQConfig": "slmkit.compress",

@@ -38,7 +38,7 @@ from slmkit.errors import SlmError
 from slmkit.evaluation.bench import bench as run_bench
 from slmkit.evaluation.config import BenchConfig, EvalConfig
 from slmkit.evaluation.run import evaluate as run_evaluation
-from slmkit.exporters.config import ExportSettings, GGUFConfig, OnnxConfig, WebConfig
+from slmkit.exporters.config import ExecuTorchConfig, ExportSettings, GGUFConfig, OnnxConfig, WebConfig
 from slmkit.exporters.gguf import export_gguf, gguf_file_size, write_modelfile
 from slmkit.exporters.imatrix import write_imatrix
 from slmkit.exporters.onnx import export_onnx
@@ -324,13 +324,15 @@ def _quantization_aware(lm, config, calibration, fake_quant: bool, target: str |
                           quant_config=config, quant_params=params, fake_quant=fake_quant)
 
 
-def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | WebConfig | ExportSettings | None = None, *,
+def export(lm, out: str | Path,
+           config: GGUFConfig | OnnxConfig | WebConfig | ExecuTorchConfig | ExportSettings | None = None, *,
            force: bool = False) -> StageResult:
     """Write a loaded model for another runtime; the result's `out` is what was written (the .gguf file, or the
     ONNX or web directory), its summary the format, size and how to run it. GGUF: quant ("plan": the checkpoint's
     GGUF plan chose each matrix's type), architecture, tensors, calibrated_exact_layers (kept bit for bit),
     calibrated_requantized_layers, fallback_layers (k-quant matrices at llama.cpp's fallback type), modelfile; ONNX:
-    kind, inputs, output, opset; web: kind, runtime, model_files, model_bytes, runtime_bytes. With a WebConfig,
+    kind, inputs, output, opset; web: kind, runtime, model_files, model_bytes, runtime_bytes; executorch: quant,
+    max_context (the program's KV cache, in tokens). With a WebConfig,
     `lm` may also be the path of a .gguf file or an ONNX directory, whose weights the folder keeps as they are.
 
     Example: `slmkit.export(lm, "smollm2.q8_0.gguf", GGUFConfig(quant="q8_0")).summary["bytes"]`.
@@ -352,6 +354,14 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | WebConfig | Ex
                             "runtime_bytes": written.runtime_bytes,
                             "bytes": written.model_bytes + written.runtime_bytes,
                             "run_with": f"slm serve --static {written.path}"}, written.path)
+    if isinstance(config, ExecuTorchConfig):
+        from slmkit.exporters.executorch import export_executorch  # executorch: an optional extra
+
+        _require_float32_on_cpu(lm, "ExecuTorch export")
+        written = export_executorch(lm, out, config, force=force)
+        return StageResult({"format": "executorch", "quant": written.quant, "max_context": written.max_context,
+                            "bytes": written.bytes, "run_with": f"slm generate -m {written.path} PROMPT"},
+                           written.path)
     if isinstance(config, OnnxConfig):
         written = export_onnx(lm, out, force=force)
         run_with = (f"slm eval {written.path} --data DEV.tsv" if written.kind == "classifier"
@@ -360,7 +370,8 @@ def export(lm, out: str | Path, config: GGUFConfig | OnnxConfig | WebConfig | Ex
                             "output": written.output, "opset": written.opset, "bytes": written.bytes,
                             "run_with": run_with}, written.path)
     if not isinstance(config, GGUFConfig):
-        raise SlmError(f"export takes a GGUFConfig, an OnnxConfig or a WebConfig, not {type(config).__name__}")
+        raise SlmError(f"export takes a GGUFConfig, an OnnxConfig, a WebConfig or an ExecuTorchConfig, not "
+                       f"{type(config).__name__}")
     _require_float32_on_cpu(lm, "GGUF export")
     written = export_gguf(lm, out, config.quant, force=force)
     modelfile = write_modelfile(written.path, lm.tokenizer)

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def quiet_torchao() -> None:
+    """torchao (installed with the executorch extra; transformers imports it where present) warns at import of each
+    CUDA kernel library it cannot load on a machine without CUDA, and torch that its enums need no pytree
+    registration. Set before any import (the CLI's start): transformers may import it before a verb quietens."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def quiet_libraries() -> None:
     """Library progress bars and warnings would bury our one-line output."""
     import logging
@@ -21,3 +31,4 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     # The ONNX exporter warns about every optional operator library it does not find (torchvision).
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    quiet_torchao()

@@ -74,9 +74,10 @@ class PlacementSettings:
 class RuntimeSettings(PlacementSettings):
     """Which runtime runs a model, and on the torch backend where and in what precision."""
 
-    backend: str = setting("auto | torch | llamacpp | onnx. auto runs a .gguf file with llama.cpp when "
+    backend: str = setting("auto | torch | llamacpp | onnx | executorch. auto runs a .gguf file with llama.cpp when "
                            "llama-cpp-python is installed, an ONNX export (a directory with model.onnx, or the "
-                           ".onnx file) with onnxruntime, everything else with torch.", "auto", recipe=False)
+                           ".onnx file) with onnxruntime, an ExecuTorch export (model.pte) with ExecuTorch, "
+                           "everything else with torch.", "auto", recipe=False)
     weights: str = setting("torch backend: float32 | bfloat16 | int8 (int8 weights, one scale per output channel: "
                            "faster decoding on a CPU).", "float32")
     # Checked where the model is opened (runtime.open_model), before the slow load.

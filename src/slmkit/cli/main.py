@@ -11,6 +11,7 @@ import typer
 from slmkit.cli import generate, info, models_cmd, run, serve
 from slmkit.cli.interrupt import InterruptibleCommand
 from slmkit.errors import SlmError
+from slmkit.logs import quiet_torchao
 from slmkit.verbs import VERBS
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ for registered in app.registered_commands:
 
 def main() -> None:
     """Run the CLI; user errors become one line on stderr (SLM_DEBUG=1 shows the traceback)."""
+    quiet_torchao()
     try:
         app()
     except SlmError as exc:

@@ -1,5 +1,6 @@
-"""What `slm export` writes: `GGUFConfig`, `OnnxConfig` and `WebConfig` are what `slmkit.export` takes; `ExportSettings` is the
-command's options and the recipe stage's fields, and makes one of them."""
+"""What `slm export` writes: `GGUFConfig`, `OnnxConfig`, `WebConfig` and `ExecuTorchConfig` are what
+`slmkit.export` takes; `ExportSettings` is the command's options and the recipe stage's fields, and makes one of
+them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from slmkit.errors import SlmError
 from slmkit.schema import setting
 from slmkit.settings import OpenSettings
 
-FORMATS = ("gguf", "onnx", "web")
+FORMATS = ("gguf", "onnx", "web", "executorch")
+# ExecuTorch's weight schemes (torchao): int8 dynamic activations x int4 (groups of 32) or int8 weights, or none.
+EXECUTORCH_QUANTS = ("8da4w", "8da8w", "f32")
 # The types the GGUF exporter writes: the float types and every block type of compress/blocks.py, spelled as there
 # (exporters/gguf.py maps each to its gguf-py type; kept here as names so reading a config imports no torch).
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_K", "q3_K", "q4_K",
@@ -64,24 +67,53 @@ class WebConfig:
             self.quant = gguf_quant(self.quant)
 
 
+@dataclass
+class ExecuTorchConfig:
+    """A `.pte` program for phones (ExecuTorch's Android/iOS runtimes), lowered to XNNPACK, with a KV cache.
+
+    Args:
+        quant: 8da4w (int8 dynamic activations x int4 weights in groups of 32, the output projection at int8 per
+            channel, the embedding int8 per row: what ExecuTorch's LLM runners expect) | 8da8w (int8 weights per
+            channel) | f32.
+        max_context: the tokens the program's KV cache holds [default: the model's context, at most 2048].
+    """
+
+    quant: str = "8da4w"
+    max_context: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quant not in EXECUTORCH_QUANTS:
+            raise SlmError(f"--quant {self.quant!r} does not apply to --format executorch; choose one of "
+                           f"{', '.join(EXECUTORCH_QUANTS)}")
+        if self.max_context is not None and (isinstance(self.max_context, bool) or not isinstance(
+                self.max_context, int) or self.max_context < 2):
+            raise SlmError(f"--max-context must be a whole number of at least 2, got {self.max_context!r}")
+
+
 @dataclass(kw_only=True)
 class ExportSettings(OpenSettings):
     """`slm export`: which format, and for GGUF which type."""
 
     format: str = setting("gguf (decoders) | onnx (encoders, classifiers) | web (a page that runs either in the "
-                          "browser)", "gguf")
-    quant: str | None = setting("gguf and web decoders: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | iq4_nl | q2_K | "
-                                "q3_K | q4_K | q5_K | q6_K [default: the checkpoint's GGUF plan, else f16]",
-                                GGUFConfig.quant)
+                          "browser) | executorch (a decoder as a .pte for phones)", "gguf")
+    quant: str | None = setting("gguf and web decoders: f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | "
+                                "iq4_nl | q2_K | q3_K | q4_K | q5_K | q6_K [default: the checkpoint's GGUF plan, "
+                                "else f16]; executorch: 8da4w | 8da8w | f32 [default: 8da4w]", GGUFConfig.quant)
+    max_context: int | None = setting("executorch only: the tokens its KV cache holds [default: the model's "
+                                      "context, at most 2048]", ExecuTorchConfig.max_context)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise SlmError(f"unknown --format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.format == "onnx" and self.quant is not None:
             raise SlmError("--quant applies to --format gguf; an ONNX export keeps the float32 weights (drop --quant)")
+        if self.format != "executorch" and self.max_context is not None:
+            raise SlmError("--max-context applies to --format executorch (drop it)")
         self.export_config()  # a bad --quant, before the slow load
 
-    def export_config(self) -> GGUFConfig | OnnxConfig | WebConfig:
+    def export_config(self) -> GGUFConfig | OnnxConfig | WebConfig | ExecuTorchConfig:
+        if self.format == "executorch":
+            return ExecuTorchConfig(quant=self.quant or ExecuTorchConfig.quant, max_context=self.max_context)
         if self.format == "web":
             return WebConfig(quant=self.quant)
         return OnnxConfig() if self.format == "onnx" else GGUFConfig(quant=self.quant)

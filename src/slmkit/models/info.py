@@ -23,7 +23,7 @@ def bytes_on_disk(path: Path | None) -> int | None:
         return None
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf", ".onnx"))
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf", ".onnx", ".pte"))
 
 
 def _first(config, *names):

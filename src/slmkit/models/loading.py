@@ -30,6 +30,9 @@ ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) adapter directory
 CLASSIFIER_HEADS = ("classifier.", "pre_classifier.", "score.")  # sequence-classification heads' weight names
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "tokenizer.model")
 ONNX_MODEL_FILE = "model.onnx"  # what `slm export --format onnx` writes into its directory
+PTE_MODEL_FILE = "model.pte"  # what `slm export --format executorch` writes into its directory
+PTE_ONLY = ("{path}: an ExecuTorch export; `slm eval`, `slm bench` and `slm generate` run it with ExecuTorch, "
+            "everything else needs the checkpoint it was exported from")
 ONNX_ONLY = ("{path}: an ONNX export; `slm eval` and `slm bench` run it with onnxruntime, everything else needs "
              "the torch checkpoint it was exported from")
 
@@ -89,6 +92,21 @@ def web_folder_model(spec: str) -> str:
     if model is None or path.resolve() not in model.parents:
         raise ModelLoadError(f"{path / WEB_MANIFEST}: model_files should name a file inside the folder")
     return str(model if model.suffix == ".gguf" else model.parent)
+
+
+def export_file(spec: str | Path, filename: str, what: str) -> Path:
+    """The file an export directory holds (`filename`), or the file itself when given directly."""
+    path = Path(spec).expanduser()
+    file = path if path.suffix == Path(filename).suffix else path / filename
+    if not file.is_file():
+        raise ModelLoadError(f"{spec}: no such {what} ({file})")
+    return file
+
+
+def is_pte(spec: str | Path) -> bool:
+    """A .pte file, or a directory with model.pte in it."""
+    path = Path(spec).expanduser()
+    return path.suffix == ".pte" or (path / PTE_MODEL_FILE).is_file()
 
 
 def is_onnx(spec: str | Path) -> bool:
@@ -154,6 +172,8 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> Path:
             return path
         if path.suffix == ".onnx":
             raise ModelLoadError(ONNX_ONLY.format(path=spec))
+        if path.suffix == ".pte":
+            raise ModelLoadError(PTE_ONLY.format(path=spec))
         raise ModelLoadError(f"{spec}: not a model; expected a Hugging Face directory, a .gguf file or an alias "
                              "(see `slm models`)")
     if _looks_like_path(spec):
@@ -351,6 +371,8 @@ def _load_directory(directory: Path, kind: str | None, allow_pickle: bool, trust
     if not has_safetensors:
         if (directory / ONNX_MODEL_FILE).is_file():
             raise ModelLoadError(ONNX_ONLY.format(path=directory))
+        if (directory / PTE_MODEL_FILE).is_file():
+            raise ModelLoadError(PTE_ONLY.format(path=directory))
         if not pickles:
             raise ModelLoadError(f"{directory}: no weights found (*.safetensors)")
         if not allow_pickle:

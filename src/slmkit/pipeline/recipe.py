@@ -66,8 +66,8 @@ class Recipe(BaseModel):
             except SlmError as exc:
                 raise ValueError(f"stages[{index}] ({stage.stage}): {exc}") from None
             if stage.makes_model and made_onnx:
-                raise ValueError(f"stages[{index}] ({stage.stage}): comes after an ONNX export, which only "
-                                 "onnxruntime runs; put model-making stages before it")
+                raise ValueError(f"stages[{index}] ({stage.stage}): comes after an ONNX or ExecuTorch export, which "
+                                 "only its own runtime runs; put model-making stages before it")
             # A stage that makes no model may measure none either (synth makes data): no `models` field.
             if not stage.makes_model and isinstance(getattr(stage, "models", None), list):
                 unknown = [label for label in stage.models if label not in made | {"original"}]

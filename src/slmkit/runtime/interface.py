@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from slmkit.errors import SlmError
+from slmkit.errors import ModelLoadError, SlmError
 from slmkit.models.kinds import check_kind, require_kind
 from slmkit.runtime.sampling import SamplingConfig
 from slmkit.runtime.weights import check_weights
@@ -209,6 +209,19 @@ def check_cpu_only(options: OpenOptions, runtime: str) -> None:
     if (options.dtype or "auto") != "auto":
         raise SlmError(f"--dtype {options.dtype} applies to the torch backend; {runtime} runs the weights "
                        "the file holds")
+
+
+def refuse_torch_options(spec: str, options: OpenOptions, runtime: str, why: Callable[[str], str],
+                         causal_only: str | None = None) -> None:
+    """What a runtime that runs a file's own weights on the CPU refuses: the torch-only flags (`why(flag)`: the
+    rest of the line), a kind other than a causal LM where the file holds only one (`causal_only`: the line),
+    --device and --dtype."""
+    flag = torch_only_flag(options)
+    if flag is not None:
+        raise SlmError(f"{flag} applies to the torch backend; {why(flag)}")
+    if causal_only is not None and options.kind not in (None, "causal-lm"):
+        raise ModelLoadError(f"{spec}: {causal_only}")
+    check_cpu_only(options, runtime)
 
 
 def register_backend(backend: Backend) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slmkit.errors import ModelLoadError, SlmError, first_line
+from slmkit.errors import SlmError, first_line
 from slmkit.models.validate import validate_gguf
-from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only, register_backend,
-                                      torch_only_flag)
+from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, refuse_torch_options,
+                                      register_backend)
 from slmkit.runtime.llamacpp_open import LlamaLog, llama_cpp_module, open_gguf
 from slmkit.runtime.sampling import SamplingConfig
 
@@ -282,14 +282,11 @@ class LlamaCppModel(RuntimeBase):
 
 
 def open_llamacpp(spec: str, options: OpenOptions) -> LlamaCppModel:
-    flag = torch_only_flag(options)
-    if flag is not None:
-        reason = ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
-                  if flag.startswith("--weights") else "llama.cpp runs a GGUF on its own compiled kernels")
-        raise SlmError(f"{flag} applies to the torch backend; {reason}, or add --backend torch")
-    if options.kind not in (None, "causal-lm"):
-        raise ModelLoadError(f"{spec}: a GGUF file holds a causal language model")
-    check_cpu_only(options, "llama.cpp")
+    refuse_torch_options(spec, options, "llama.cpp",
+                         lambda flag: ("a GGUF's weight types are chosen when it is exported (slm export --quant)"
+                                       if flag.startswith("--weights") else "llama.cpp runs a GGUF on its own "
+                                       "compiled kernels") + ", or add --backend torch",
+                         causal_only="a GGUF file holds a causal language model")
     return LlamaCppModel(Path(spec).expanduser(), n_ctx=options.n_ctx, logits_all=options.logits_all)
 
 

@@ -17,9 +17,9 @@ from slmkit.data.chat import literal_tokenizer
 from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import read_manifest
 from slmkit.models.kinds import KIND_NAMES, context_length
-from slmkit.models.loading import ONNX_MODEL_FILE, is_onnx
-from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo, check_cpu_only,
-                                      register_backend, torch_only_flag)
+from slmkit.models.loading import ONNX_MODEL_FILE, export_file, is_onnx
+from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo,
+                                      refuse_torch_options, register_backend)
 
 OUTPUTS = {"encoder": "last_hidden_state", "classifier": "logits"}
 # What a transformers encoder assumes when an input is left out; bench feeds input_ids alone.
@@ -68,10 +68,7 @@ class OnnxModel(RuntimeBase):
 
         ort = onnx_module("onnxruntime")
         self.spec = str(spec)
-        path = Path(spec).expanduser()
-        file = path if path.suffix == ".onnx" else path / ONNX_MODEL_FILE
-        if not file.is_file():
-            raise ModelLoadError(f"{spec}: no such ONNX file ({file})")
+        file = export_file(spec, ONNX_MODEL_FILE, "ONNX file")
         self.path = file.parent
         if not (self.path / "config.json").is_file():
             raise ModelLoadError(f"{self.path}: no config.json beside {file.name}; `slm export --format onnx` "
@@ -148,11 +145,9 @@ class OnnxModel(RuntimeBase):
 
 
 def open_onnx(spec: str, options: OpenOptions) -> OnnxModel:
-    flag = torch_only_flag(options)
-    if flag is not None:
-        raise SlmError(f"{flag} applies to the torch backend; an ONNX export runs on onnxruntime with the "
-                       "float32 weights it was exported with")
-    check_cpu_only(options, "onnxruntime")
+    refuse_torch_options(spec, options, "onnxruntime",
+                         lambda flag: "an ONNX export runs on onnxruntime with the float32 weights it was "
+                                      "exported with")
     return OnnxModel(spec, kind=options.kind)
 
 

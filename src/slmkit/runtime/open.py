@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # Importing a runtime registers it; `auto` tries them in this order.
 import slmkit.runtime.onnx  # noqa: F401  (an ONNX export: nothing else reads it)
+import slmkit.runtime.executorch  # noqa: F401  (an ExecuTorch export: nothing else reads it)
 import slmkit.runtime.llamacpp  # noqa: F401  (a .gguf file, when llama-cpp-python is installed)
 import slmkit.runtime.torch_backend  # noqa: F401  (everything else)
 from slmkit.errors import SlmError
@@ -27,7 +28,7 @@ def choose_backend(spec: str, backend: str = "auto") -> str:
 def open_model(spec: str, *, backend: str = "auto", **options) -> Model:
     """A model ready to run: scoring, generation, embeddings, bench steps (`runtime.interface.Model`).
 
-    `backend`: auto | torch | llamacpp | onnx; auto runs a .gguf file with llama.cpp when llama-cpp-python
+    `backend`: auto | torch | llamacpp | onnx | executorch; auto runs a .gguf file with llama.cpp when llama-cpp-python
     is installed, an ONNX export with onnxruntime and everything else with torch; a web export runs the model its
     page runs. `options`: the fields of
     `runtime.interface.OpenOptions` (device, dtype, weights, compile_decode, n_ctx, logits_all, kind, ...).

@@ -8,6 +8,9 @@ whether the request runs alone or beside others.
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -99,3 +102,27 @@ class TextPieces:
         taken = list(self.pieces)
         self.pieces.clear()
         return taken
+
+
+def stream_tokens(tokenizer, stops: set[int], so_far: torch.Tensor, state: Any,
+                  step: Callable[[Any, torch.Tensor], None], sampling: SamplingConfig,
+                  cancel: threading.Event | None) -> Iterator[str]:
+    """A runtime's generation loop: pick from `state.logits` [1, vocab], print, `step(state, token)` to feed the
+    token [1, 1] and get the next logits; ends at a stop token, max_new_tokens, or `cancel` (checked before every
+    token). `so_far` [1, tokens]: the ids the repetition penalty looks at."""
+    picker, text = TokenPicker(sampling), TextPieces(tokenizer)
+
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    for produced in range(sampling.max_new_tokens):
+        token = picker(so_far, state.logits)
+        if cancelled() or int(token) in stops:
+            break
+        yield from text.add(int(token))
+        # Checked again after the caller had the text: a stop asked for then costs no further step.
+        if cancelled() or produced + 1 == sampling.max_new_tokens:
+            break
+        so_far = torch.cat([so_far, token.to(so_far.device)], dim=1)
+        step(state, token)
+    yield from text.end()

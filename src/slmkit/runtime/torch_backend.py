@@ -32,7 +32,7 @@ from slmkit.models.kinds import context_length
 from slmkit.models.loading import LoadedModel, load
 from slmkit.runtime.interface import (DEFAULT_CONTEXT, Backend, OpenOptions, RuntimeBase, RuntimeInfo,
                                       register_backend, right_padded)
-from slmkit.runtime.sampling import SamplingConfig, TextPieces, TokenPicker
+from slmkit.runtime.sampling import SamplingConfig, stream_tokens
 from slmkit.runtime.torch_rows import TorchRows, TurnRows
 from slmkit.runtime.weights import (check_compile_before_loading, check_weights, convert_weights, decode_compile_config,
                                     enable_compile, new_kv_cache)
@@ -163,23 +163,9 @@ class TorchModel(LoadedModel, RuntimeBase):
         if self.kind != "seq2seq":
             self.require("causal-lm", "generation")
         self.require_tokenizer("generation")
-        picker, stops, text = TokenPicker(sampling), self.stop_tokens(), TextPieces(self.tokenizer)
         so_far = self._written_so_far(ids)
         state = self.prefill(ids, max(cache_tokens or 0, len(ids) + sampling.max_new_tokens))
-        def cancelled() -> bool:
-            return cancel is not None and cancel.is_set()
-
-        for produced in range(sampling.max_new_tokens):
-            token = picker(so_far, state.logits)
-            if cancelled() or int(token) in stops:
-                break
-            yield from text.add(int(token))
-            # Checked again after the caller had the text: a stop asked for then costs no further step.
-            if cancelled() or produced + 1 == sampling.max_new_tokens:
-                break
-            so_far = torch.cat([so_far, token], dim=1)
-            self.decode(state, token)
-        yield from text.end()
+        yield from stream_tokens(self.tokenizer, self.stop_tokens(), so_far, state, self.decode, sampling, cancel)
 
     def _written_so_far(self, ids: list[int]) -> torch.Tensor:
         """The ids the repetition penalty looks at: a causal LM's prompt; a seq2seq model's decoder input (its

@@ -1,5 +1,6 @@
 """`export`: a model as files another runtime runs: a GGUF file (llama.cpp, Ollama, LM Studio; an Ollama Modelfile
-beside it), an ONNX directory (onnxruntime), or a web folder whose page runs the model in the browser. ExportSettings (slmkit.exporters.config) is `slm export`'s options,
+beside it), an ONNX directory (onnxruntime), a web folder whose page runs the model in the browser, or an
+ExecuTorch directory for phones. ExportSettings (slmkit.exporters.config) is `slm export`'s options,
 the export recipe stage's fields and, as the config it names, what `slmkit.export` takes."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import slmkit
-from slmkit.exporters.config import ExportSettings, OnnxConfig, WebConfig
+from slmkit.exporters.config import ExecuTorchConfig, ExportSettings, OnnxConfig, WebConfig
 from slmkit.models.loading import is_onnx, local_path
 from slmkit.results import StageResult
 from slmkit.verbs.registry import ProgressFactory, Verb, register
@@ -27,6 +28,10 @@ def run(settings: ExportSettings, model: str, out: Path, *, progress: ProgressFa
         check_web_target(out, force, reads=reads)
         if str(model).endswith(".gguf") or is_onnx(model):  # a finished artefact: its weights as they are
             return slmkit.export(model, out, target, force=force)
+    elif isinstance(target, ExecuTorchConfig):
+        from slmkit.exporters.executorch import check_executorch_target
+
+        check_executorch_target(out, force, reads=reads)
     elif isinstance(target, OnnxConfig):
         from slmkit.exporters.onnx import check_onnx_target
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.exporters.config import GGUFConfig, OnnxConfig
+from slmkit.exporters.config import ExecuTorchConfig, GGUFConfig, OnnxConfig, WebConfig
 from slmkit.models.checkpoint import atomic_directory
 from slmkit.models.loading import local_path
 from slmkit.pipeline.registry import StageContext, StageKind, verb_stage
@@ -27,22 +27,23 @@ class ExportStage(verb_stage(export.VERB, written_out=True, own_defaults={"quant
         # The recipe's own words for the one-line error (its keys are no flags).
         if self.format == "onnx" and self.quant not in (None, STORED_QUANT):
             raise SlmError("quant applies to format gguf; an ONNX export keeps float32 weights (drop quant)")
-        if self.format == "onnx":  # the stored default says nothing about an ONNX export
+        # The stored default says nothing about an ONNX export, nor an ExecuTorch one (whose quants are its own).
+        if self.format == "onnx" or (self.format == "executorch" and self.quant == STORED_QUANT):
             return self.config_class(**self.model_dump(exclude=self.not_settings | {"quant"}, exclude_none=True))
         return self.verb_settings()
 
-    def config(self) -> GGUFConfig | OnnxConfig:
+    def config(self) -> GGUFConfig | OnnxConfig | WebConfig | ExecuTorchConfig:
         return self.settings().export_config()
 
     def onnx_only_output(self) -> bool:
-        return self.format == "onnx"
+        return self.format in ("onnx", "executorch")
 
 
 def run_export(stage: ExportStage, context: StageContext) -> StageResult:
     """ONNX and web: the stage's directory. GGUF: the file and its Modelfile in the stage's directory, which appears
     in one rename."""
     settings, out = stage.settings(), context.out
-    if settings.format == "onnx":
+    if settings.format in ("onnx", "executorch"):
         return stage.verb.run(settings, context.source, out, progress=context.progress)
     from slmkit.compress.gguf_plan import read_plan  # torch: kept out of CLI start-up
 

@@ -71,13 +71,17 @@ async function openDecoder(manifest, files, { threads, gpu = true, context, onPr
   const stats = {};
 
   // One request at a time (wllama runs one sequence); its pieces stream to `onToken(text)`.
-  async function generate(call, params, { max_tokens = 256, temperature = 0.7, top_p = 1, onToken } = {}) {
+  // slm's sampling defaults, not llama-server's (top_k 40, min_p 0.05, a repetition penalty over the last 64
+  // tokens): temperature 0 is then plain greedy, as `slm generate` decodes.
+  async function generate(call, params, { max_tokens = 256, temperature = 0.7, top_p = 1, top_k = 0, min_p = 0,
+                                          repetition_penalty = 1, seed, onToken } = {}) {
     if (running) throw new Error("a reply is still running; await it or call stop() first");
     running = new AbortController();
     const started = performance.now();
     let first = null, text = "", finish = null, usage = null, timings = null;
     try {
-      await call({ ...params, max_tokens, temperature, top_p, stream: true, abortSignal: running.signal,
+      await call({ ...params, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty: repetition_penalty,
+                   ...(seed === undefined ? {} : { seed }), stream: true, abortSignal: running.signal,
                    onData: (chunk) => {
                      const choice = chunk.choices?.[0];
                      const piece = choice ? (choice.delta ? choice.delta.content : choice.text) : null;
