@@ -84,3 +84,13 @@ def test_slm_runs_the_export_and_refuses_what_does_not_apply(exported, tmp_path)
                                   str(tmp_path / "x.gguf")), "--max-context applies to --format executorch")
     with pytest.raises(ModelLoadError, match="an ExecuTorch export"):
         load(str(result.out))
+
+
+def test_a_recipe_export_stage_takes_format_executorch():
+    from slmkit.pipeline.recipe import parse_recipe
+
+    recipe = parse_recipe("name: x\nstages:\n  - stage: export\n    format: executorch\n    max_context: 256\n",
+                          "r.yaml")
+    assert recipe.stages[0].config() == ExecuTorchConfig(quant="8da4w", max_context=256)
+    with pytest.raises(SlmError, match="does not apply to --format executorch"):
+        parse_recipe("name: x\nstages:\n  - stage: export\n    format: executorch\n    quant: q4_0\n", "r.yaml")

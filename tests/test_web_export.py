@@ -185,6 +185,23 @@ def test_the_page_classifies_as_onnxruntime_does(bert_tokenizer, tmp_path, servi
         page.close()
 
 
+@browser
+def test_the_page_embeds_as_onnxruntime_does(bert_tokenizer, tmp_path, serving):  # noqa: F811
+    from slmkit.runtime.onnx import OnnxModel
+
+    written = export_web(load(str(save(tiny_model("bert"), tmp_path / "enc", bert_tokenizer))), tmp_path / "web")
+    onnx = open_model(str(written.path))
+    assert isinstance(onnx, OnnxModel) and onnx.kind == "encoder"
+    server = serving(written.path)
+    page = Page(server.url + "/", tmp_path / "profile")
+    try:
+        assert page.run("window.slm.ready")["kind"] == "encoder"
+        vector = torch.tensor(page.run(f"window.slm.embed({json.dumps(TEXTS[0])})"))
+        torch.testing.assert_close(vector, onnx.embed([TEXTS[0]])[0], atol=1e-4, rtol=0)
+    finally:
+        page.close()
+
+
 def test_a_recipe_exports_a_web_folder_and_measures_the_model_its_page_runs(ascii_llama, tmp_path):
     from conftest import SAMPLE_TEXT
 

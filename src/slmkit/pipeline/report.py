@@ -21,7 +21,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError, json_problem
 from slmkit.models.checkpoint import read_manifest, write_atomic
-from slmkit.models.loading import WEB_MANIFEST, is_onnx, local_path
+from slmkit.models.loading import WEB_MANIFEST, is_onnx, is_pte, local_path
 from slmkit.pipeline.registry import STAGES
 from slmkit.pipeline.run import RUN_FILE
 
@@ -400,7 +400,8 @@ def _layer_series(rows: list[ModelRow]) -> dict[str, tuple[str, list[float]]]:
 
 def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
     """(model, where it is, a command that runs it): chat in the terminal, and the OpenAI-compatible server
-    for every artefact `slm serve` runs (a checkpoint, a GGUF; not an ONNX export); a web folder's page."""
+    for every artefact `slm serve` runs (a checkpoint, a GGUF; not an ONNX or ExecuTorch export); a web folder's
+    page."""
     found = []
     for row in rows:
         if row.label == "original" or row.stage in ("eval", "bench") or row.variant_of:
@@ -410,7 +411,7 @@ def _commands(rows: list[ModelRow]) -> list[tuple[str, str, str]]:
                           f"slm serve --static {row.path}  # then open http://127.0.0.1:8000/"))
             continue
         found.append((row.name, row.path, f"slm chat {row.path}"))
-        if not is_onnx(row.path):
+        if not is_onnx(row.path) and not is_pte(row.path):  # slm serve batches rows on torch and llama.cpp
             found.append((row.name + " (server)", row.path, f"slm serve {row.path}"))
         if row.path.endswith(".gguf"):
             modelfile = Path(row.path).with_suffix(".Modelfile")
