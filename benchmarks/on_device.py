@@ -40,7 +40,6 @@ import json
 import shutil
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,32 +47,13 @@ import slmkit
 from finetune_classifier import quoted_rows
 from slmkit.exporters import WebConfig
 from slmkit.models.loading import WEB_MANIFEST
-from slmkit.server.server import bind, url_of
 from slmkit.server.static import static_app
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "tests"))  # the DevTools driver the page tests use
+sys.path.insert(0, str(REPO / "tests"))  # the DevTools driver and loopback server the page tests use
 from chromium import CHROMIUM, Page  # noqa: E402
-
-
-class Served:
-    """A web folder on a free loopback port, served as `slm serve --static` serves it, in a thread."""
-
-    def __init__(self, folder: Path):
-        import uvicorn
-
-        self.sock = bind("127.0.0.1", 0)
-        self.url = url_of(self.sock)
-        self.server = uvicorn.Server(uvicorn.Config(static_app(folder), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from test_serve import Running  # noqa: E402
 
 
 def folder_bytes(folder: Path) -> int:
@@ -106,7 +86,7 @@ def native_decoder(gguf: Path, prompt: str, threads: int, context: int, gen_toke
             "text": llm.detokenize(tokens).decode(errors="replace")}
 
 
-def browser_decoder(served: Served, prompt: str, threads: int, gen_tokens: int, repeats: int,
+def browser_decoder(served: Running, prompt: str, threads: int, gen_tokens: int, repeats: int,
                     profile: Path) -> dict:
     shutil.rmtree(profile, ignore_errors=True)  # a first visit: nothing cached
     started = time.perf_counter()
@@ -120,7 +100,7 @@ def browser_decoder(served: Served, prompt: str, threads: int, gen_tokens: int, 
         for _ in range(repeats):
             text = page.run(call, timeout=600)
             runs.append({**page.run("window.slm.stats"), "text": text})
-        outside = [url for url in page.requests if not url.startswith((served.url, "blob:", "data:"))]
+        outside = page.requests_outside(served.url)
     finally:
         page.close()
     return {"threads": info["threads"], "multithread": info["multithread"], "load_s": load_seconds,
@@ -139,7 +119,7 @@ def decoder_part(args, work: Path) -> dict:
     from slmkit.runtime import open_model
 
     prompt = prompt_text(open_model(str(gguf), backend="llamacpp").tokenizer, args.prompt_tokens)
-    served = Served(folder)
+    served = Running(static_app(folder))
     rows = []
     try:
         for threads in args.threads:
@@ -180,7 +160,7 @@ def classifier_part(args, work: Path) -> dict:
         native.append(onnx.classify([text], max_length=512).softmax(-1)[0])
     native_ms = (time.perf_counter() - started) * 1000 / len(texts)
     labels = onnx.config.id2label
-    served = Served(folder)
+    served = Running(static_app(folder))
     shutil.rmtree(work / "profile-classifier", ignore_errors=True)
     page = Page(f"{served.url}/?threads={args.classifier_threads}", work / "profile-classifier")
     try:
@@ -192,7 +172,7 @@ def classifier_part(args, work: Path) -> dict:
             for (const text of texts) out.push(await window.slm.classify(text));
             return {{out, ms: (performance.now() - started) / texts.length}};
         }})()""", timeout=1800)
-        outside = [url for url in page.requests if not url.startswith((served.url, "blob:", "data:"))]
+        outside = page.requests_outside(served.url)
     finally:
         page.close()
         served.stop()

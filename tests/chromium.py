@@ -64,6 +64,10 @@ class Page:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
 
+    def requests_outside(self, origin: str) -> list[str]:
+        """The URLs the page asked for that are not `origin`'s (blob: and data: URLs are the page's own memory)."""
+        return [url for url in self.requests if not url.startswith((origin, "blob:", "data:"))]
+
     def goto(self, url: str, timeout: float = 30) -> None:
         """Open `url` and return once it has loaded."""
         loads = self.loads

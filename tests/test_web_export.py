@@ -119,12 +119,6 @@ def serving():
         server.stop()
 
 
-def same_origin(page, url):
-    """Every request the page made went to its own origin (blob: URLs are the page's own memory)."""
-    outside = [request for request in page.requests if not request.startswith((url, "blob:", "data:"))]
-    assert outside == []
-
-
 @browser
 def test_the_page_answers_as_slm_generate_on_llama_cpp_and_again_offline(ascii_llama, tmp_path, serving):
     written = export_web(load(str(ascii_llama)), tmp_path / "web", WebConfig(quant="q8_0"), shard_bytes=24 * 1024)
@@ -151,7 +145,7 @@ def test_the_page_answers_as_slm_generate_on_llama_cpp_and_again_offline(ascii_l
         assert streamed["stats"]["tokens_per_second"] > 0 and streamed["stats"]["time_to_first_token_ms"] > 0
         with pytest.raises(PageError, match="classify needs a classifier"):
             page.run("window.slm.classify('x')")
-        same_origin(page, server.url)
+        assert page.requests_outside(server.url) == []
         # The network gone: the service worker answers the page, the runtime and the model from its cache.
         server.stop()
         page.goto(server.url + "/?threads=1")
@@ -180,7 +174,7 @@ def test_the_page_classifies_as_onnxruntime_does(bert_tokenizer, tmp_path, servi
             got = page.run(f"window.slm.classify({json.dumps(text)})")
             assert got["label"] == onnx.config.id2label[expected]
             assert got["score"] == pytest.approx(float(probabilities[expected]), abs=1e-5)
-        same_origin(page, server.url)
+        assert page.requests_outside(server.url) == []
     finally:
         page.close()
 

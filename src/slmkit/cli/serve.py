@@ -39,11 +39,7 @@ def serve_command(
         sock = bind(config.host, config.port)
         stderr.print(f"serving {static} on {url_of(sock)}/ (the page runs the model in the browser)",
                      highlight=False, soft_wrap=True)
-        try:
-            serve_forever(app, sock)
-        except KeyboardInterrupt:
-            pass
-        stderr.print("stopped", highlight=False)
+        until_stopped(lambda: serve_forever(app, sock))
         return
     from slmkit.runtime import choose_backend  # torch: kept out of CLI start-up
 
@@ -61,8 +57,13 @@ def serve_command(
         stderr.print(f"serving {name} ({lm.backend}) on {url}: OpenAI API at {url}/v1, chat page at {url}/"
                      + (" (key required)" if config.api_key else ""), highlight=False, soft_wrap=True)
 
+    until_stopped(lambda: slmkit.serve(lm, settings, listening=sock, on_ready=ready))
+
+
+def until_stopped(serve) -> None:
+    """Run a server until Ctrl-C, then say it stopped."""
     try:
-        slmkit.serve(lm, settings, listening=sock, on_ready=ready)
+        serve()
     except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised Ctrl-C: the way a server is stopped
         pass
     stderr.print("stopped", highlight=False)

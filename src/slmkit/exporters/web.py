@@ -103,9 +103,11 @@ def export_web(lm, out: str | Path, config: WebConfig | None = None, *, force: b
 
     def write_model(tmp: Path) -> dict:
         if lm.kind == "causal-lm":
+            from gguf import GGUFReader
+
             gguf_path = tmp / "whole.gguf"
             export_gguf(lm, gguf_path, config.quant)
-            return _place_gguf(gguf_path, tmp, name, shard_bytes, move=True)
+            return _place_gguf(gguf_path, GGUFReader(gguf_path), tmp, name, shard_bytes, move=True)
         export_onnx(lm, tmp / "onnx-export")
         return _place_onnx(tmp / "onnx-export", tmp, name, lm.kind, move=True)
 
@@ -121,10 +123,9 @@ def export_web_file(path: str | Path, out: str | Path, *, force: bool = False,
     if path.suffix == ".gguf":
         from slmkit.models.validate import validate_gguf
 
-        validate_gguf(path)  # the browser's llama.cpp would abort on what this refuses
-        name = path.stem
-        return _write(out, lambda tmp: _place_gguf(path, tmp, name, shard_bytes, move=False), force=force,
-                      reads=[path])
+        reader = validate_gguf(path)  # the browser's llama.cpp would abort on what this refuses
+        return _write(out, lambda tmp: _place_gguf(path, reader, tmp, path.stem, shard_bytes, move=False),
+                      force=force, reads=[path])
     if (path / ONNX_MODEL_FILE).is_file():
         from slmkit.runtime.onnx import OnnxModel
 
@@ -186,13 +187,10 @@ def _version(package: str) -> str:
     return json.loads((NODE_MODULES / package / "package.json").read_text())["version"]
 
 
-def _place_gguf(gguf_path: Path, tmp: Path, name: str, shard_bytes: int, *, move: bool) -> dict:
-    """The GGUF in model/, split when larger than `shard_bytes`."""
-    from gguf import GGUFReader
-
+def _place_gguf(gguf_path: Path, reader, tmp: Path, name: str, shard_bytes: int, *, move: bool) -> dict:
+    """The GGUF (`reader` reads it) in model/, split when larger than `shard_bytes`."""
     (tmp / MODEL_DIR).mkdir()
     target = tmp / MODEL_DIR / "model.gguf"
-    reader = GGUFReader(gguf_path)
     architecture = reader.fields["general.architecture"].contents()
     context = reader.fields.get(f"{architecture}.context_length")
     settings = {"context": min(WEB_CONTEXT, int(context.contents())) if context else WEB_CONTEXT}

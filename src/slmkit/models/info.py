@@ -23,7 +23,8 @@ def bytes_on_disk(path: Path | None) -> int | None:
         return None
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf", ".onnx", ".pte"))
+    weights = (".safetensors", ".bin", ".gguf", ".onnx", ".pte")
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in weights)
 
 
 def _first(config, *names):

@@ -65,10 +65,14 @@ class LoadedModel:
 
     def stop_tokens(self) -> set[int]:
         """The end-of-generation tokens: the model's generation config (which may list several) and the tokenizer's."""
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        stops = set(configured if isinstance(configured, list) else [configured])
-        stops.add(self.tokenizer.eos_token_id)
-        return {token for token in stops if token is not None}
+        return end_tokens(getattr(getattr(self.model, "generation_config", None), "eos_token_id", None), self.tokenizer)
+
+
+def end_tokens(configured: int | list[int] | None, tokenizer) -> set[int]:
+    """The tokens that end an answer: a config's eos_token_id (one or a list) and the tokenizer's."""
+    stops = set(configured if isinstance(configured, list) else [configured])
+    stops.add(tokenizer.eos_token_id)
+    return {token for token in stops if token is not None}
 
 
 WEB_MANIFEST = "slm-web.json"  # what marks a folder from `slm export --format web`

@@ -16,9 +16,9 @@ import torch
 
 from slmkit.errors import ModelLoadError, SlmError, first_line
 from slmkit.models.checkpoint import read_manifest
-from slmkit.models.loading import PTE_MODEL_FILE, export_file, is_pte
+from slmkit.models.loading import PTE_MODEL_FILE, end_tokens, export_file, is_pte
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, refuse_torch_options,
-                                      register_backend)
+                                      register_backend, scored_row_by_row)
 from slmkit.runtime.sampling import SamplingConfig, stream_tokens
 
 
@@ -88,18 +88,12 @@ class ExecuTorchModel(RuntimeBase):
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         """Each row from position 0 in one call; positions past a row's length stay zero."""
-        width = input_ids.shape[1]
-        kept = keep or width
-        out = torch.zeros(len(input_ids), kept, self.config.vocab_size)
-        for row, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
-            length = sum(mask)
-            self._check_length(length)
-            first = max(0, width - kept)
-            if length <= first:
-                continue
+
+        def score(ids: list[int], first: int) -> torch.Tensor:
             with self.sequence_lock:
-                out[row, :length - first] = self._run(ids[:length], 0)[first:length].float()
-        return out
+                return self._run(ids, 0)[first:].float()
+
+        return scored_row_by_row(input_ids, attention_mask, keep, self.config.vocab_size, self._check_length, score)
 
     def classify(self, texts: list[str], max_length: int) -> torch.Tensor:
         self.require("classifier", "classification")
@@ -108,10 +102,7 @@ class ExecuTorchModel(RuntimeBase):
         self.require("encoder", "embeddings")
 
     def stop_tokens(self) -> set[int]:
-        configured = self.config.eos_token_id
-        stops = set(configured if isinstance(configured, list) else [configured])
-        stops.add(self.tokenizer.eos_token_id)
-        return {token for token in stops if token is not None}
+        return end_tokens(self.config.eos_token_id, self.tokenizer)
 
     def stream(self, ids: list[int], sampling: SamplingConfig, *, cancel: threading.Event | None = None,
                cache_tokens: int | None = None) -> Iterator[str]:

@@ -166,6 +166,23 @@ class RuntimeBase:
                        f"not {self.backend}")
 
 
+def scored_row_by_row(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int | None, vocab: int,
+                      check: Callable[[int], None], score: Callable[[list[int], int], torch.Tensor]) -> torch.Tensor:
+    """`Model.logits` for a runtime that holds one sequence: each right-padded row's length `check`ed, then its
+    tokens scored alone by `score(ids, first)` (the logits [len(ids) - first, vocab] of positions first..);
+    positions past a row's length stay zero."""
+    width = input_ids.shape[1]
+    kept = keep or width
+    first = max(0, width - kept)  # the first kept position
+    out = torch.zeros(len(input_ids), kept, vocab)
+    for row, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+        length = sum(mask)
+        check(length)
+        if length > first:
+            out[row, :length - first] = score(ids[:length], first)
+    return out
+
+
 def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) [rows, longest]: each row at the left, zeros after it (positions unchanged)."""
     width = max(map(len, rows))

@@ -18,7 +18,7 @@ import torch
 from slmkit.errors import SlmError, first_line
 from slmkit.models.validate import validate_gguf
 from slmkit.runtime.interface import (Backend, OpenOptions, RuntimeBase, RuntimeInfo, refuse_torch_options,
-                                      register_backend)
+                                      register_backend, scored_row_by_row)
 from slmkit.runtime.llamacpp_open import LlamaLog, llama_cpp_module, open_gguf
 from slmkit.runtime.sampling import SamplingConfig
 
@@ -190,21 +190,18 @@ class LlamaCppModel(RuntimeBase):
         """Each row scored in a fresh context; positions past a row's length stay zero."""
         if not self.logits_all:
             raise SlmError(f"{self.spec}: opened without logits_all; scoring needs every position's logits")
-        width = input_ids.shape[1]
-        kept = keep or width
-        out = torch.zeros(len(input_ids), kept, self.llm.n_vocab())
-        for row, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
-            length = sum(mask)
+
+        def check(length: int) -> None:
             if length > self.context:
                 raise SlmError(f"{length} tokens do not fit llama.cpp's context of {self.context}")
-            first = max(0, width - kept)  # the first kept position
-            if length <= first:
-                continue
+
+        def score(ids: list[int], first: int) -> torch.Tensor:
             with self.sequence.held():
                 self.llm.reset()
-                self.llm.eval(ids[:length])
-                out[row, :length - first] = torch.from_numpy(np.array(self.llm.scores[first:length]))
-        return out
+                self.llm.eval(ids)
+                return torch.from_numpy(np.array(self.llm.scores[first:len(ids)]))
+
+        return scored_row_by_row(input_ids, attention_mask, keep, self.llm.n_vocab(), check, score)
 
     def classify(self, texts: list[str], max_length: int) -> torch.Tensor:
         self.require("classifier", "classification")

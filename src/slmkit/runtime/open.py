@@ -34,8 +34,8 @@ def open_model(spec: str, *, backend: str = "auto", **options) -> Model:
     `runtime.interface.OpenOptions` (device, dtype, weights, compile_decode, n_ctx, logits_all, kind, ...).
     Example: `lm = open_model("smollm2-135m-instruct", weights="int8"); lm.info()`.
     """
-    chosen = choose_backend(spec, backend)
-    return BACKENDS[chosen].open(web_folder_model(spec), OpenOptions(**options))
+    spec = web_folder_model(spec)
+    return BACKENDS[choose_backend(spec, backend)].open(spec, OpenOptions(**options))
 
 
 def as_runtime(lm) -> Model:
